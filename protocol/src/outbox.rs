@@ -1,0 +1,375 @@
+//! The sending half of a session, shared by client and server (`docs/PROTOCOL.md` §6–§7).
+//!
+//! One invariant carries the no-loss guarantee: a message leaves the outbox only when the peer
+//! acknowledges or refuses it, or when its sender is told why it never will be. Transmitting a
+//! message hands out a copy and moves a cursor; a new connection moves the cursor back.
+
+use std::collections::VecDeque;
+
+use crate::data::Data;
+
+use crate::error::{ProtocolError, SendError, SendErrorReason};
+use crate::frame::{FrameKind, Msg};
+use crate::time::Time;
+
+/// Identifies one message accepted by `send`, for as long as the session object lives.
+///
+/// It is local to this side and is not the wire id: wire ids restart at 1 with each new session
+/// [DL-1], while a `MessageId` stays unique across reconnects and resets, so that outcomes can be
+/// matched to sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MessageId(pub u64);
+
+/// How a message accepted by `send` ended. Every accepted message gets exactly one [OB-3].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// The peer acknowledged it: it was delivered to the peer's application exactly once.
+    Acked,
+    /// The peer refused it for good with a `nack`, or this side refused to transmit it because it
+    /// exceeds the peer's `max_frame_bytes` (code `too_large`). It was not delivered.
+    Refused {
+        /// The `nack` code.
+        code: String,
+        /// The `nack` reason.
+        reason: String,
+    },
+    /// Its time-to-live ran out before it was first transmitted. It was not delivered.
+    Expired,
+    /// The peer started a new session (`resumed: false`) while this message was unacknowledged
+    /// after being transmitted: it may or may not have been delivered [RS-5].
+    SessionReset,
+    /// The session was closed while this message was unacknowledged. If it had been
+    /// transmitted it may have been delivered; otherwise it was not.
+    Closed,
+}
+
+/// Bounds of an outbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutboxLimits {
+    /// The most messages held at once (queued and in flight).
+    pub max_messages: usize,
+    /// The most bytes of `data` held at once.
+    pub max_bytes: usize,
+    /// The largest single message `data`, in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for OutboxLimits {
+    /// 1,000 messages, 1 MiB in all, 256 KiB a message.
+    fn default() -> Self {
+        OutboxLimits {
+            max_messages: 1000,
+            max_bytes: 1 << 20,
+            max_message_bytes: 256 * 1024,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    id: MessageId,
+    /// Assigned at first transmission, so that messages that never left keep their place in a
+    /// new session after a reset.
+    wire: Option<u64>,
+    data: Data,
+    expires_at: Option<Time>,
+}
+
+/// The ordered messages of one side that the peer has not yet acknowledged.
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    entries: VecDeque<Entry>,
+    limits: OutboxLimits,
+    bytes: usize,
+    next_local: u64,
+    /// The wire id the next first transmission gets.
+    next_wire: u64,
+    /// Every wire id up to this one has an outcome.
+    settled_through: u64,
+    /// How many entries from the front are transmitted on the current connection.
+    cursor: usize,
+    outcomes: VecDeque<(MessageId, Outcome)>,
+}
+
+impl Outbox {
+    pub(crate) fn new(limits: OutboxLimits) -> Self {
+        Outbox {
+            entries: VecDeque::new(),
+            limits,
+            bytes: 0,
+            next_local: 1,
+            next_wire: 1,
+            settled_through: 0,
+            cursor: 0,
+            outcomes: VecDeque::new(),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Messages that the current connection has not carried yet.
+    pub(crate) fn untransmitted(&self) -> usize {
+        self.entries.len() - self.cursor
+    }
+
+    /// Messages transmitted and not yet settled.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.entries.iter().filter(|e| e.wire.is_some()).count()
+    }
+
+    /// The highest wire id transmitted in this session (0 for none).
+    pub(crate) fn highest_sent(&self) -> u64 {
+        self.next_wire - 1
+    }
+
+    /// Accepts a message at the back of the queue [OB-2].
+    pub(crate) fn push(
+        &mut self,
+        data: Data,
+        expires_at: Option<Time>,
+    ) -> Result<MessageId, SendError> {
+        let size = data.len();
+        if size > self.limits.max_message_bytes {
+            let reason = SendErrorReason::TooLarge {
+                size,
+                limit: self.limits.max_message_bytes,
+            };
+            return Err(SendError::new(reason, data));
+        }
+        if self.entries.len() >= self.limits.max_messages {
+            let reason = SendErrorReason::QueueFullCount {
+                limit: self.limits.max_messages,
+            };
+            return Err(SendError::new(reason, data));
+        }
+        if self.bytes + size > self.limits.max_bytes {
+            let reason = SendErrorReason::QueueFullBytes {
+                queued: self.bytes,
+                size,
+                limit: self.limits.max_bytes,
+            };
+            return Err(SendError::new(reason, data));
+        }
+        let id = MessageId(self.next_local);
+        self.next_local += 1;
+        self.bytes += size;
+        self.entries.push_back(Entry {
+            id,
+            wire: None,
+            data,
+            expires_at,
+        });
+        Ok(id)
+    }
+
+    /// The next message to transmit on the current connection, if the window allows [FC-1], with
+    /// its wire id assigned. `max_frame_bytes` is the peer's limit: a message whose frame would
+    /// exceed it is refused locally instead of being sent [FR-6].
+    pub(crate) fn next_transmit(
+        &mut self,
+        now: Time,
+        max_inflight: u64,
+        max_frame_bytes: usize,
+    ) -> Option<Msg> {
+        self.expire(now);
+        loop {
+            let entry = self.entries.get(self.cursor)?;
+            let wire = match entry.wire {
+                Some(wire) => wire,
+                None => {
+                    if self.next_wire > self.settled_through + max_inflight {
+                        return None;
+                    }
+                    let frame_len = msg_frame_len(self.next_wire, entry.data.as_json());
+                    if frame_len > max_frame_bytes {
+                        let entry = self.remove_at(self.cursor);
+                        self.outcomes.push_back((
+                            entry.id,
+                            Outcome::Refused {
+                                code: crate::frame::NackCode::TooLarge.as_str().to_owned(),
+                                reason: format!(
+                                    "a frame of {frame_len} bytes exceeds the peer's limit of {max_frame_bytes} bytes"
+                                ),
+                            },
+                        ));
+                        continue;
+                    }
+                    let wire = self.next_wire;
+                    self.next_wire += 1;
+                    self.entries[self.cursor].wire = Some(wire);
+                    wire
+                }
+            };
+            let data = self.entries[self.cursor].data.clone();
+            self.cursor += 1;
+            return Some(Msg { id: wire, data });
+        }
+    }
+
+    /// A cumulative `ack` [DL-5].
+    pub(crate) fn handle_ack(&mut self, id: u64) -> Result<(), ProtocolError> {
+        self.check_in_range(FrameKind::Ack, id)?;
+        self.settle_through(id, None);
+        Ok(())
+    }
+
+    /// A `nack`: `id` is refused, every lower id is delivered [DL-6].
+    pub(crate) fn handle_nack(
+        &mut self,
+        id: u64,
+        code: String,
+        reason: String,
+    ) -> Result<(), ProtocolError> {
+        self.check_in_range(FrameKind::Nack, id)?;
+        if id > self.settled_through {
+            self.settle_through(id - 1, None);
+            self.settle_through(id, Some(Outcome::Refused { code, reason }));
+        }
+        Ok(())
+    }
+
+    fn check_in_range(&self, kind: FrameKind, id: u64) -> Result<(), ProtocolError> {
+        if id > self.highest_sent() {
+            return Err(ProtocolError::AckOutOfRange {
+                kind,
+                id,
+                highest_sent: self.highest_sent(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Settles every transmitted entry with a wire id up to `id`: as `Acked`, or with `outcome`.
+    fn settle_through(&mut self, id: u64, outcome: Option<Outcome>) {
+        if id <= self.settled_through {
+            return;
+        }
+        while self
+            .entries
+            .front()
+            .and_then(|e| e.wire)
+            .is_some_and(|w| w <= id)
+        {
+            let entry = self.remove_at(0);
+            let outcome = outcome.clone().unwrap_or(Outcome::Acked);
+            self.outcomes.push_back((entry.id, outcome));
+        }
+        self.settled_through = id;
+    }
+
+    /// The connection carrying this session ended: everything unsettled is transmitted again on
+    /// the next one [DL-2].
+    pub(crate) fn rewind(&mut self) {
+        self.cursor = 0;
+    }
+
+    /// The peer resumed the session and says it has received every id up to `last_received`.
+    /// Transmission restarts after that id [DL-9]; the lower ids stay until the peer's `ack` or
+    /// `nack` for them arrives, which it sends right after readiness [DL-8].
+    pub(crate) fn resume_after(&mut self, last_received: u64) -> Result<(), ProtocolError> {
+        if last_received > self.highest_sent() {
+            return Err(ProtocolError::ResumePosition {
+                claimed: last_received,
+                detail: format!("the highest id sent is {}", self.highest_sent()),
+            });
+        }
+        if last_received < self.settled_through {
+            return Err(ProtocolError::ResumePosition {
+                claimed: last_received,
+                detail: format!("it already acknowledged up to id {}", self.settled_through),
+            });
+        }
+        self.cursor = self
+            .entries
+            .iter()
+            .take_while(|e| e.wire.is_some_and(|w| w <= last_received))
+            .count();
+        Ok(())
+    }
+
+    /// The peer started a new session: transmitted messages are settled as
+    /// [`Outcome::SessionReset`], the others wait for the new session, whose ids start at 1 [RS-5].
+    pub(crate) fn reset_session(&mut self) {
+        let mut index = 0;
+        while index < self.entries.len() {
+            if self.entries[index].wire.is_some() {
+                let entry = self.remove_at(index);
+                self.outcomes.push_back((entry.id, Outcome::SessionReset));
+            } else {
+                index += 1;
+            }
+        }
+        self.next_wire = 1;
+        self.settled_through = 0;
+        self.cursor = 0;
+    }
+
+    /// Settles every message still held with `outcome`.
+    pub(crate) fn settle_all(&mut self, outcome: &Outcome) {
+        while !self.entries.is_empty() {
+            let entry = self.remove_at(0);
+            self.outcomes.push_back((entry.id, outcome.clone()));
+        }
+    }
+
+    /// Removes untransmitted messages whose time-to-live has run out [DL-11].
+    pub(crate) fn expire(&mut self, now: Time) {
+        let mut index = 0;
+        while index < self.entries.len() {
+            let entry = &self.entries[index];
+            if entry.wire.is_none() && entry.expires_at.is_some_and(|at| at <= now) {
+                let entry = self.remove_at(index);
+                self.outcomes.push_back((entry.id, Outcome::Expired));
+            } else {
+                index += 1;
+            }
+        }
+    }
+
+    /// The earliest time-to-live among untransmitted messages.
+    pub(crate) fn next_expiry(&self) -> Option<Time> {
+        self.entries
+            .iter()
+            .filter(|e| e.wire.is_none())
+            .filter_map(|e| e.expires_at)
+            .min()
+    }
+
+    pub(crate) fn poll_outcome(&mut self) -> Option<(MessageId, Outcome)> {
+        self.outcomes.pop_front()
+    }
+
+    fn remove_at(&mut self, index: usize) -> Entry {
+        let entry = self
+            .entries
+            .remove(index)
+            .expect("callers pass the index of an entry that exists");
+        self.bytes -= entry.data.len();
+        if index < self.cursor {
+            self.cursor -= 1;
+        }
+        entry
+    }
+}
+
+/// The length of `{"type":"msg","id":<id>,"data":<data>}`, as [`crate::codec::encode`] writes it.
+fn msg_frame_len(id: u64, data: &str) -> usize {
+    const FIXED: usize = r#"{"type":"msg","id":,"data":}"#.len();
+    FIXED + decimal_digits(id) + data.len()
+}
+
+fn decimal_digits(mut value: u64) -> usize {
+    let mut digits = 1;
+    while value >= 10 {
+        value /= 10;
+        digits += 1;
+    }
+    digits
+}
