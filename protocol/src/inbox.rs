@@ -85,11 +85,8 @@ impl Inbox {
         if self.receive(id)? == Verdict::Duplicate {
             return Ok(false);
         }
-        // The `nack` must reach the sender before any `ack` that covers its id, or the sender
-        // would count the refused message as delivered [DL-6].
-        if id > 1 && self.acked_on_wire < id - 1 {
-            self.owed.push_back(Frame::Ack(Ack { id: id - 1 }));
-        }
+        // Owed frames go out before the cumulative `ack`, so the `nack` reaches the sender before
+        // any `ack` that covers its id; it also acknowledges every lower id [DL-6].
         let nack = Nack {
             id,
             code: code.as_str().to_owned(),
