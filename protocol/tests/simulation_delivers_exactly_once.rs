@@ -819,10 +819,8 @@ impl Sim {
                         let at = self.now + self.rng.u64(0..=200);
                         self.schedule(at, Scheduled::NewToken);
                     }
-                    ClientEvent::Closed { reason } => {
-                        if self.now < ACTIVE_MS + QUIET_MS {
-                            return Err(format!("client session closed: {reason}"));
-                        }
+                    ClientEvent::Closed { reason } if self.now < ACTIVE_MS + QUIET_MS => {
+                        return Err(format!("client session closed: {reason}"));
                     }
                     ClientEvent::Ready {
                         session_id,
