@@ -421,6 +421,8 @@ pub struct ClientSession {
     last_received_at: Time,
     /// Set by a graceful `close`: the session ends when the outbox empties or at this time.
     closing_deadline: Option<Time>,
+    /// Connection attempts since the session was last ready, the current one included [RC-4].
+    attempts_since_ready: u32,
 }
 
 impl ClientSession {
@@ -442,6 +444,7 @@ impl ClientSession {
             events: VecDeque::new(),
             last_received_at: Time::ZERO,
             closing_deadline: None,
+            attempts_since_ready: 0,
         }
     }
 
@@ -449,7 +452,7 @@ impl ClientSession {
 
     /// The session's state.
     pub fn state(&self) -> ClientState {
-        let attempt = self.backoff.failures().saturating_add(1);
+        let attempt = self.attempts_since_ready;
         match &self.phase {
             Phase::Idle => ClientState::Idle,
             Phase::Connecting { .. }
@@ -464,7 +467,7 @@ impl ClientSession {
             },
             Phase::Backoff { until } => ClientState::Reconnecting {
                 at: *until,
-                attempt,
+                attempt: attempt.saturating_add(1),
             },
             Phase::AwaitingCredentials => ClientState::AwaitingCredentials,
             Phase::Closed => ClientState::Closed,
@@ -828,6 +831,7 @@ impl ClientSession {
     fn open_connection(&mut self) {
         let conn = ConnId(self.next_conn);
         self.next_conn += 1;
+        self.attempts_since_ready = self.attempts_since_ready.saturating_add(1);
         self.control.clear();
         self.phase = Phase::Connecting {
             conn,
@@ -901,7 +905,7 @@ impl ClientSession {
             client: Some(ClientInfo {
                 sdk: self.config.sdk.0.clone(),
                 version: self.config.sdk.1.clone(),
-                attempt: u64::from(self.backoff.failures()) + 1,
+                attempt: u64::from(self.attempts_since_ready),
             }),
         };
         self.control.push_back(Frame::Hello(hello));
@@ -957,6 +961,7 @@ impl ClientSession {
         });
         self.inbox.on_ready();
         self.backoff.reset();
+        self.attempts_since_ready = 0;
         self.phase = Phase::Ready { conn, welcome };
         self.emit(ClientEvent::Ready {
             session_id: ready.session_id,
