@@ -113,11 +113,11 @@ impl core::fmt::Display for Expected {
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum ProtocolError {
-    /// A frame could not be decoded [FR-1..FR-9].
-    #[error("[FR] {0}")]
+    /// A frame could not be decoded [FR-8].
+    #[error("[FR-8] {0}")]
     Decode(#[from] DecodeError),
-    /// A frame arrived in a state that does not allow it [HS-*].
-    #[error("[HS] expected {expected}, got `{got}`")]
+    /// A frame arrived in a state that does not allow it [HS-10].
+    #[error("[HS-10] expected {expected}, got `{got}`")]
     UnexpectedFrame {
         /// What the state allows.
         expected: Expected,

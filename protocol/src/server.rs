@@ -385,11 +385,10 @@ impl ServerConnection {
         self.end(ConnectionCloseReason::Goaway { code });
     }
 
-    /// Detaches the session, to keep it for resume or to hand it to another connection.
+    /// Detaches the session, to keep it for resume once the connection is closed, or to hand it
+    /// to another connection. A connection that is still open without its session carries no
+    /// messages: close it with [`goaway`](Self::goaway) (4203 after a takeover [RS-7]).
     pub fn take_session(&mut self) -> Option<ServerSession> {
-        if self.phase == ConnPhase::Ready {
-            self.phase = ConnPhase::Closed;
-        }
         self.session.take()
     }
 
