@@ -65,7 +65,8 @@ fn test() -> Result<(), String> {
             &[],
         )
     })?;
-    step("cargo test", || cargo(&["test", "--workspace"], &[]))?;
+    let mut totals = TestTotals::default();
+    step("cargo test", || cargo_test(&mut totals))?;
     step("cargo doc (warnings are errors)", || {
         cargo(
             &["doc", "--workspace", "--no-deps"],
@@ -86,7 +87,63 @@ fn test() -> Result<(), String> {
         "xtask test: all steps passed in {:.1}s",
         started.elapsed().as_secs_f64()
     );
+    println!("{} passed, {} failed", totals.passed, totals.failed);
     Ok(())
+}
+
+/// The counts of cargo's `test result:` lines, summed over every test binary.
+#[derive(Debug, Default)]
+struct TestTotals {
+    passed: u64,
+    failed: u64,
+}
+
+impl TestTotals {
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(label), Some(count)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(count) = count.parse::<u64>() else {
+                continue;
+            };
+            match label {
+                "passed" => self.passed += count,
+                "failed" => self.failed += count,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs `cargo test --workspace`, echoing its output and adding up its result lines.
+fn cargo_test(totals: &mut TestTotals) -> Result<(), String> {
+    use std::io::{BufRead, BufReader};
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut child = Command::new(&cargo)
+        .args(["test", "--workspace"])
+        .current_dir(workspace_root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|error| format!("could not run {cargo}: {error}"))?;
+    let stdout = child.stdout.take().ok_or("cargo test has no stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.map_err(|error| format!("reading cargo test output: {error}"))?;
+        println!("{line}");
+        totals.add_line(&line);
+    }
+    let status = child
+        .wait()
+        .map_err(|error| format!("waiting for cargo test: {error}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`cargo test --workspace` exited with {status}"))
+    }
 }
 
 fn step(name: &str, run: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
