@@ -891,6 +891,15 @@ impl Sim {
                 }
                 let at = (self.now + self.rng.u64(0..=latency)).max(link.last_to_client);
                 link.last_to_client = at;
+                if self.faults && self.rng.u8(0..50) == 0 {
+                    // The frame arrives twice.
+                    self.seq += 1;
+                    let copy = Scheduled::ToClient {
+                        conn,
+                        text: text.clone(),
+                    };
+                    self.queue.insert((at, self.seq), copy);
+                }
                 self.seq += 1;
                 self.queue
                     .insert((at, self.seq), Scheduled::ToClient { conn, text });
