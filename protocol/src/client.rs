@@ -11,9 +11,8 @@ use crate::close::{CloseClass, code, fit_close_reason};
 use crate::codec::{decode, encode};
 use crate::error::{DecodeError, Expected, ProtocolError, SendError, SendErrorReason};
 use crate::frame::{
-    ClientInfo, ConnectionReady, Frame, FrameKind, Goaway, Hello, NackCode,
-    PRE_WELCOME_MAX_FRAME_BYTES, PROTOCOL_VERSION, Pong, Resume, ResumeToken, Role, SUBPROTOCOL,
-    ServerPhase, Welcome,
+    ClientInfo, ConnectionReady, Frame, FrameKind, Goaway, Hello, PRE_WELCOME_MAX_FRAME_BYTES,
+    PROTOCOL_VERSION, Pong, Resume, ResumeToken, Role, SUBPROTOCOL, ServerPhase, Welcome,
 };
 use crate::inbox::{Inbox, Verdict};
 use crate::outbox::{MessageId, Outbox, OutboxLimits, Outcome};
@@ -659,12 +658,7 @@ impl ClientSession {
                 detail,
                 ..
             }) if self.is_ready() => {
-                let code = if too_large {
-                    NackCode::TooLarge
-                } else {
-                    NackCode::Invalid
-                };
-                if let Err(error) = self.inbox.refuse(id, code, detail) {
+                if let Err(error) = self.inbox.refuse_frame(id, too_large, detail) {
                     self.violation(error);
                 }
             }

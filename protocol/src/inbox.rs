@@ -74,6 +74,22 @@ impl Inbox {
         Ok(Verdict::Deliver)
     }
 
+    /// Refuses a `msg` frame that could not be decoded but whose `id` could: `too_large` when it
+    /// exceeded the frame limit [FR-6], `invalid` otherwise [FR-9].
+    pub(crate) fn refuse_frame(
+        &mut self,
+        id: u64,
+        too_large: bool,
+        detail: String,
+    ) -> Result<bool, ProtocolError> {
+        let code = if too_large {
+            NackCode::TooLarge
+        } else {
+            NackCode::Invalid
+        };
+        self.refuse(id, code, detail)
+    }
+
     /// Refuses message `id` for good. Returns `Ok(false)` for a duplicate of an id already
     /// received, which is acknowledged again instead [DL-4, DL-6].
     pub(crate) fn refuse(

@@ -14,8 +14,8 @@ use crate::close::{code, fit_close_reason};
 use crate::codec::{decode, encode};
 use crate::error::{DecodeError, Expected, ProtocolError, SendError};
 use crate::frame::{
-    ConnectionReady, Frame, FrameKind, Goaway, Hello, NackCode, PROTOCOL_VERSION, Ping, Pong,
-    Resume, ResumeToken, Role, ServerPhase, Welcome,
+    ConnectionReady, Frame, FrameKind, Goaway, Hello, PROTOCOL_VERSION, Ping, Pong, Resume,
+    ResumeToken, Role, ServerPhase, Welcome,
 };
 use crate::inbox::{Inbox, Verdict};
 use crate::outbox::{MessageId, Outbox, OutboxLimits, Outcome};
@@ -332,7 +332,8 @@ impl ServerConnection {
     // ----- commands -----
 
     /// Makes the connection ready with `session` [HS-4]: call this only after the connection is
-    /// registered so that messages routed to its user reach it. `resumed` says that `session` is
+    /// registered so that messages routed to its user reach it. On a connection that already
+    /// closed, the session is only kept, for [`take_session`](Self::take_session). `resumed` says that `session` is
     /// the one the `hello` asked to resume (the caller checked it with
     /// [`ServerSession::matches`] and that it belongs to the same user [SE-3]).
     pub fn accept(&mut self, mut session: ServerSession, resumed: bool, now: Time) {
@@ -372,17 +373,12 @@ impl ServerConnection {
     /// another connection took the session over [RS-7].
     pub fn goaway(&mut self, code: u16, reason: &str, retry_after: Option<Duration>, now: Time) {
         self.now = now;
-        if self.phase == ConnPhase::Closed {
-            return;
-        }
-        let reason = fit_close_reason(reason);
-        self.control.push_back(Frame::Goaway(Goaway {
+        self.close_with_goaway(
             code,
-            reason: reason.clone(),
-            retry_after_ms: retry_after.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-        }));
-        self.close = Some((code, reason));
-        self.end(ConnectionCloseReason::Goaway { code });
+            reason,
+            retry_after,
+            ConnectionCloseReason::Goaway { code },
+        );
     }
 
     /// Detaches the session, to keep it for resume once the connection is closed, or to hand it
@@ -411,13 +407,8 @@ impl ServerConnection {
                 detail,
                 ..
             }) if self.phase == ConnPhase::Ready => {
-                let code = if too_large {
-                    NackCode::TooLarge
-                } else {
-                    NackCode::Invalid
-                };
                 let refused = match self.session.as_mut() {
-                    Some(session) => session.inbox.refuse(id, code, detail),
+                    Some(session) => session.inbox.refuse_frame(id, too_large, detail),
                     None => Ok(false),
                 };
                 if let Err(error) = refused {
@@ -463,19 +454,15 @@ impl ServerConnection {
         }
         match self.phase {
             ConnPhase::AwaitingHello { deadline } if deadline <= now => {
-                self.goaway(
-                    code::HELLO_TIMEOUT,
-                    "no hello within the hello timeout",
-                    None,
-                    now,
-                );
-                self.replace_close_reason(ConnectionCloseReason::HelloTimeout);
+                let reason = "[HS-7] no hello within the hello timeout";
+                let why = ConnectionCloseReason::HelloTimeout;
+                self.close_with_goaway(code::HELLO_TIMEOUT, reason, None, why);
             }
             ConnPhase::AwaitingDecision | ConnPhase::Ready => {
                 if self.liveness_deadline() <= now {
-                    let reason = "nothing received for twice the heartbeat interval";
-                    self.goaway(code::HEARTBEAT_TIMEOUT, reason, None, now);
-                    self.replace_close_reason(ConnectionCloseReason::HeartbeatTimeout);
+                    let reason = "[HB-4] nothing received for twice the heartbeat interval";
+                    let why = ConnectionCloseReason::HeartbeatTimeout;
+                    self.close_with_goaway(code::HEARTBEAT_TIMEOUT, reason, None, why);
                 } else if self.next_ping_at <= now {
                     // The server pings, so that a browser whose timers are throttled only has to
                     // answer, which it does from its message handler [HB-1].
@@ -523,7 +510,8 @@ impl ServerConnection {
         }
     }
 
-    /// The next connection event, then the next event of the session it carries.
+    /// The next connection event (its session's events come from
+    /// [`poll_session_event`](Self::poll_session_event)).
     pub fn poll_event(&mut self) -> Option<ConnectionEvent> {
         self.events.pop_front()
     }
@@ -609,21 +597,32 @@ impl ServerConnection {
 
     fn violation(&mut self, error: ProtocolError) {
         let reason = error.to_string();
-        self.goaway(code::PROTOCOL_ERROR, &reason, None, self.now);
-        self.replace_close_reason(ConnectionCloseReason::ProtocolViolation(error));
+        let why = ConnectionCloseReason::ProtocolViolation(error);
+        self.close_with_goaway(code::PROTOCOL_ERROR, &reason, None, why);
     }
 
-    fn end(&mut self, reason: ConnectionCloseReason) {
+    /// Queues `goaway`, then the close with the same code once it is written [GA-1].
+    fn close_with_goaway(
+        &mut self,
+        code: u16,
+        reason: &str,
+        retry_after: Option<Duration>,
+        why: ConnectionCloseReason,
+    ) {
+        if self.phase == ConnPhase::Closed {
+            return;
+        }
+        let reason = fit_close_reason(reason);
+        self.control.push_back(Frame::Goaway(Goaway {
+            code,
+            reason: reason.clone(),
+            retry_after_ms: retry_after.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        }));
+        self.close = Some((code, reason));
         self.phase = ConnPhase::Closed;
         self.events.push_back(ConnectionEvent::Closed {
-            reason,
+            reason: why,
             session_ended: false,
         });
-    }
-
-    fn replace_close_reason(&mut self, reason: ConnectionCloseReason) {
-        if let Some(ConnectionEvent::Closed { reason: last, .. }) = self.events.back_mut() {
-            *last = reason;
-        }
     }
 }
