@@ -232,3 +232,18 @@ pub enum SendErrorReason {
     #[error("the session is closing or closed")]
     Closed,
 }
+
+/// Why [`crate::ServerConnection::refuse`] could not refuse a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum RefuseError {
+    /// The connection carries no session.
+    #[error("the connection carries no session")]
+    NoSession,
+    /// The message was not received, or its `ack` or a later refusal already went out.
+    #[error("message {id} can no longer be refused: it was not received or is already settled")]
+    TooLate {
+        /// The message.
+        id: u64,
+    },
+}

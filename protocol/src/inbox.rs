@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use crate::error::ProtocolError;
+use crate::error::{ProtocolError, RefuseError};
 use crate::frame::{Ack, Frame, Nack, NackCode};
 
 /// What the receiver does with an incoming `msg`.
@@ -113,6 +113,30 @@ impl Inbox {
         self.ack_due = false;
         self.forget_settled_nacks();
         Ok(true)
+    }
+
+    /// The application refuses a message that was delivered to it and not yet acknowledged: the
+    /// `nack` goes out before the cumulative `ack` that would have covered it [DL-6].
+    pub(crate) fn refuse_delivered(
+        &mut self,
+        id: u64,
+        code: &str,
+        reason: &str,
+    ) -> Result<(), RefuseError> {
+        let last_refused = self.recent_nacks.back().map_or(0, |n| n.id);
+        if id > self.last_received || id <= self.acked_on_wire || id <= last_refused {
+            return Err(RefuseError::TooLate { id });
+        }
+        let nack = Nack {
+            id,
+            code: code.to_owned(),
+            reason: reason.to_owned(),
+        };
+        self.owed.push_back(Frame::Nack(nack.clone()));
+        self.recent_nacks.push_back(nack);
+        // The ack still owed covers the messages after `id`; without any, the nack is enough.
+        self.ack_due = self.last_received > id;
+        Ok(())
     }
 
     /// A new connection of this session became ready: the peer's view of what was received is

@@ -72,7 +72,7 @@ pub use client::{
 };
 pub use close::CloseClass;
 pub use data::Data;
-pub use error::{DecodeError, Expected, ProtocolError, SendError, SendErrorReason};
+pub use error::{DecodeError, Expected, ProtocolError, RefuseError, SendError, SendErrorReason};
 pub use frame::{Frame, FrameKind, ResumeToken, Role, SUBPROTOCOL, ServerPhase};
 pub use outbox::{MessageId, OutboxLimits, Outcome};
 pub use server::{

@@ -12,7 +12,7 @@ use crate::data::Data;
 
 use crate::close::{code, fit_close_reason};
 use crate::codec::{decode, encode};
-use crate::error::{DecodeError, Expected, ProtocolError, SendError};
+use crate::error::{DecodeError, Expected, ProtocolError, RefuseError, SendError};
 use crate::frame::{
     ConnectionReady, Frame, FrameKind, Goaway, Hello, PROTOCOL_VERSION, Ping, Pong, Resume,
     ResumeToken, Role, ServerPhase, Welcome,
@@ -116,8 +116,12 @@ impl ServerConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SessionEvent {
-    /// A message from the client, delivered once and in order.
+    /// A message from the client, delivered once and in order. It is acknowledged when the
+    /// connection next transmits, unless the application refuses it first with
+    /// [`ServerConnection::refuse`].
     Message {
+        /// Its id in the session.
+        id: u64,
         /// Its JSON value.
         data: Data,
     },
@@ -139,7 +143,7 @@ pub struct ServerSession {
     resume_token: ResumeToken,
     outbox: Outbox,
     inbox: Inbox,
-    received: VecDeque<Data>,
+    received: VecDeque<(u64, Data)>,
 }
 
 impl ServerSession {
@@ -215,7 +219,7 @@ impl ServerSession {
         }
         self.received
             .pop_front()
-            .map(|data| SessionEvent::Message { data })
+            .map(|(id, data)| SessionEvent::Message { id, data })
     }
 }
 
@@ -379,6 +383,15 @@ impl ServerConnection {
             retry_after,
             ConnectionCloseReason::Goaway { code },
         );
+    }
+
+    /// Refuses a client message the application was handed in [`SessionEvent::Message`]: a
+    /// `nack` with `code` and `reason` goes out instead of the `ack` [DL-6]. Call it before the
+    /// connection next transmits, and in id order; a message already acknowledged can no longer
+    /// be refused.
+    pub fn refuse(&mut self, id: u64, code: &str, reason: &str) -> Result<(), RefuseError> {
+        let session = self.session.as_mut().ok_or(RefuseError::NoSession)?;
+        session.inbox.refuse_delivered(id, code, reason)
     }
 
     /// Detaches the session, to keep it for resume once the connection is closed, or to hand it
@@ -563,7 +576,7 @@ impl ServerConnection {
                     return;
                 };
                 match session.inbox.receive(msg.id) {
-                    Ok(Verdict::Deliver) => session.received.push_back(msg.data),
+                    Ok(Verdict::Deliver) => session.received.push_back((msg.id, msg.data)),
                     Ok(Verdict::Duplicate) => {}
                     Err(error) => self.violation(error),
                 }

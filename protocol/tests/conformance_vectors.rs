@@ -391,7 +391,7 @@ fn server_transcripts_produce_exactly_the_stated_frames_closes_and_events() {
                 .collect();
             events.extend(std::iter::from_fn(|| server.poll_session_event()).map(
                 |event| match event {
-                    SessionEvent::Message { data } => json!({"type": "message",
+                    SessionEvent::Message { data, .. } => json!({"type": "message",
                         "data": data.deserialize::<Value>().expect("messages carry JSON")}),
                     SessionEvent::Outcome { id, outcome } => {
                         assert!(id.0 <= sent);

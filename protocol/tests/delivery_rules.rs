@@ -641,3 +641,43 @@ fn server_sessions_report_outcomes() {
         }]
     );
 }
+
+/// [DL-6] The server application may refuse a delivered message before its `ack` goes out: the
+/// `nack` takes the ack's place and the later messages are still acknowledged.
+#[test]
+fn dl_6_the_server_application_refuses_before_the_ack() {
+    let mut server = Server::ready();
+    server.receive(msg(1, json!("ok")));
+    server.receive(msg(2, json!("forbidden")));
+    server.receive(msg(3, json!("ok")));
+    let delivered: Vec<u64> = server
+        .session_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            SessionEvent::Message { id, .. } => Some(id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(delivered, vec![1, 2, 3]);
+    server
+        .connection
+        .refuse(2, "forbidden", "not allowed")
+        .expect("not yet acked");
+    assert_eq!(
+        server.connection.refuse(1, "forbidden", "x"),
+        Err(readyws_protocol::RefuseError::TooLate { id: 1 }),
+        "refusals go in id order"
+    );
+    let frames = server.transmits();
+    assert_eq!(
+        frames,
+        vec![
+            json!({"type": "nack", "id": 2, "code": "forbidden", "reason": "not allowed"}),
+            json!({"type": "ack", "id": 3})
+        ]
+    );
+    assert!(
+        server.connection.refuse(3, "forbidden", "late").is_err(),
+        "3 is acknowledged"
+    );
+}

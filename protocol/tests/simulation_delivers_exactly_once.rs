@@ -936,7 +936,7 @@ impl Sim {
             while let Some(event) = server.poll_session_event() {
                 progress = true;
                 match event {
-                    SessionEvent::Message { data } => self.client_ledger.receive(&data)?,
+                    SessionEvent::Message { data, .. } => self.client_ledger.receive(&data)?,
                     SessionEvent::Outcome { id, outcome } => {
                         self.server_ledger
                             .outcome(&session_id, id, outcome, self.now)?;
@@ -977,7 +977,7 @@ impl Sim {
         let session_id = session.id().to_owned();
         while let Some(event) = session.poll_event() {
             match event {
-                SessionEvent::Message { data } => self.client_ledger.receive(&data)?,
+                SessionEvent::Message { data, .. } => self.client_ledger.receive(&data)?,
                 SessionEvent::Outcome { id, outcome } => {
                     self.server_ledger
                         .outcome(&session_id, id, outcome, self.now)?;
