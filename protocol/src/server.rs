@@ -169,6 +169,12 @@ impl ServerSession {
         &self.session_id
     }
 
+    /// The session's resume secret, for a server that must check resumes while the session is
+    /// attached elsewhere. Never log it [SE-2].
+    pub fn resume_token(&self) -> &ResumeToken {
+        &self.resume_token
+    }
+
     /// Whether `resume` names this session with its secret (compared in constant time) [SE-4].
     pub fn matches(&self, resume: &Resume) -> bool {
         let token_matches = self.resume_token == resume.resume_token;

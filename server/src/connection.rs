@@ -1,0 +1,378 @@
+//! One task per WebSocket: a driver of the protocol crate's [`ServerConnection`]. It turns socket
+//! frames, hub commands and timer wake-ups into `handle_*` calls and carries out what comes back;
+//! the only decisions it makes are the server's own (who the user is, which session to attach).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use readyws_protocol::close::code;
+use readyws_protocol::frame::Resume;
+use readyws_protocol::{
+    ConnectionEvent, Outcome, ServerConnection, ServerPhase, SessionEvent, Time,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::auth::UserId;
+use crate::hub::{Attach, ConnCommand, Copies};
+use crate::metrics as m;
+use crate::{Decision, Inbound, ServerHandle, Shared};
+
+/// How long a resume waits for the connection that holds the session to let go of it.
+const SURRENDER_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub(crate) async fn run(shared: Arc<Shared>, socket: WebSocket) {
+    let conn_id = shared.next_connection();
+    let (tx, rx) = mpsc::unbounded_channel();
+    shared.register_connection(conn_id, tx.clone());
+    let phase = if shared.is_started() {
+        ServerPhase::Accepting
+    } else {
+        ServerPhase::Starting
+    };
+    let opened = Instant::now();
+    let connection = ServerConnection::new(shared.protocol.clone(), phase, shared.now());
+    let span = info_span!(
+        "readyws_connection",
+        conn = conn_id,
+        user = tracing::field::Empty,
+        session = tracing::field::Empty
+    );
+    let mut task = Task {
+        startup_deadline: opened + shared.options.startup_max_wait,
+        shared: shared.clone(),
+        conn_id,
+        connection,
+        tx,
+        user: None,
+        copies: Copies::new(),
+        waiting_for_startup: None,
+        session_ended: false,
+        opened,
+        span: span.clone(),
+    };
+    task.run(socket, rx).instrument(span).await;
+    shared.unregister_connection(conn_id);
+}
+
+struct Task {
+    shared: Arc<Shared>,
+    conn_id: u64,
+    connection: ServerConnection,
+    tx: mpsc::UnboundedSender<ConnCommand>,
+    user: Option<UserId>,
+    /// The session's outbox entries that are copies of mailbox records.
+    copies: Copies,
+    /// A `hello` accepted by the authenticator while start-up is still running [SG-2].
+    waiting_for_startup: Option<Option<Resume>>,
+    session_ended: bool,
+    startup_deadline: Instant,
+    opened: Instant,
+    span: tracing::Span,
+}
+
+impl Task {
+    async fn run(&mut self, mut socket: WebSocket, mut rx: mpsc::UnboundedReceiver<ConnCommand>) {
+        debug!("socket opened");
+        let mut started = self.shared.started.subscribe();
+        loop {
+            self.handle_events().await;
+            if !self.flush(&mut socket).await {
+                break;
+            }
+            let wake = self.connection.poll_timeout().map(|at| self.instant(at));
+            let waiting = self.waiting_for_startup.is_some();
+            tokio::select! {
+                frame = socket.recv() => self.handle_frame(frame),
+                Some(command) = rx.recv() => self.handle_command(command),
+                () = sleep_until(wake) => self.connection.handle_timeout(self.shared.now()),
+                Ok(()) = started.changed(), if waiting => {
+                    if *started.borrow() {
+                        if let Some(resume) = self.waiting_for_startup.take() {
+                            self.attach(resume).await;
+                        }
+                    }
+                }
+                () = tokio::time::sleep_until(self.startup_deadline), if waiting => {
+                    self.waiting_for_startup = None;
+                    let retry = self.shared.options.startup_retry_after;
+                    self.goaway(code::STARTUP_FAILED, "server start-up did not finish in time", Some(retry));
+                }
+            }
+        }
+        self.finish(&mut rx);
+    }
+
+    /// Writes every pending frame, then the close if one is due. Returns `false` once the
+    /// connection is over.
+    async fn flush(&mut self, socket: &mut WebSocket) -> bool {
+        while let Some(text) = self.connection.poll_transmit() {
+            if socket.send(Message::Text(text.into())).await.is_err() {
+                self.connection.handle_closed(None, self.shared.now());
+                return false;
+            }
+        }
+        if let Some((code, reason)) = self.connection.poll_close() {
+            let frame = CloseFrame {
+                code,
+                reason: reason.into(),
+            };
+            let _ = socket.send(Message::Close(Some(frame))).await;
+            return false;
+        }
+        !self.connection.is_closed()
+    }
+
+    fn handle_frame(&mut self, frame: Option<Result<Message, axum::Error>>) {
+        let now = self.shared.now();
+        match frame {
+            Some(Ok(Message::Text(text))) => self.connection.handle_text(text.as_str(), now),
+            Some(Ok(Message::Binary(_))) => self.connection.handle_binary(now),
+            Some(Ok(Message::Close(close))) => {
+                let close = close.as_ref().map(|f| (f.code, f.reason.as_str()));
+                self.connection.handle_closed(close, now);
+            }
+            // WebSocket-level pings carry no readyws meaning [TR-4].
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Err(error)) => {
+                debug!(%error, "socket error");
+                self.connection.handle_closed(None, now);
+            }
+            None => self.connection.handle_closed(None, now),
+        }
+    }
+
+    fn handle_command(&mut self, command: ConnCommand) {
+        let now = self.shared.now();
+        match command {
+            ConnCommand::Deliver { held, data } => {
+                let queued = self
+                    .connection
+                    .session_mut()
+                    .map(|session| session.send(data, None, now));
+                match queued {
+                    Some(Ok(message)) => {
+                        self.copies.insert(message, held);
+                        m::message_out();
+                    }
+                    _ => self.hub_copy_settled(held, &Outcome::Closed),
+                }
+            }
+            ConnCommand::Surrender { done } => {
+                self.surrender(done);
+            }
+            ConnCommand::Goaway {
+                code,
+                reason,
+                retry_after,
+            } => self.goaway(code, &reason, retry_after),
+        }
+    }
+
+    /// Hands the session back to the hub for the connection that resumes it, and tells this one's
+    /// client to stop [RS-7].
+    fn surrender(&mut self, done: oneshot::Sender<()>) {
+        self.detach(false);
+        self.goaway(
+            code::SESSION_TAKEN_OVER,
+            "another connection resumed this session",
+            None,
+        );
+        let _ = done.send(());
+    }
+
+    async fn handle_events(&mut self) {
+        loop {
+            let mut progressed = false;
+            while let Some(event) = self.connection.poll_event() {
+                progressed = true;
+                match event {
+                    ConnectionEvent::Hello(hello) => {
+                        self.handle_hello(hello.token.as_deref(), hello.resume)
+                            .await
+                    }
+                    ConnectionEvent::Closed {
+                        reason,
+                        session_ended,
+                    } => {
+                        self.session_ended = session_ended;
+                        info!(?reason, session_ended, "connection closed");
+                    }
+                    other => debug!(?other, "connection event"),
+                }
+            }
+            while let Some(event) = self.connection.poll_session_event() {
+                progressed = true;
+                self.handle_session_event(event);
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    async fn handle_hello(&mut self, token: Option<&str>, resume: Option<Resume>) {
+        match self.shared.authenticator.authenticate(token) {
+            Err(error) => {
+                warn!(%error, "hello refused");
+                self.goaway(error.goaway_code(), &error.to_string(), None);
+            }
+            Ok(user) => {
+                self.span.record("user", user.as_str());
+                self.user = Some(user);
+                if self.shared.is_started() {
+                    self.attach(resume).await;
+                } else {
+                    debug!("waiting for server start-up");
+                    self.waiting_for_startup = Some(resume);
+                }
+            }
+        }
+    }
+
+    /// Registers the connection with a session, then makes it ready [HS-4].
+    async fn attach(&mut self, resume: Option<Resume>) {
+        let Some(user) = self.user.clone() else {
+            return;
+        };
+        for _ in 0..3 {
+            let attached = self.shared.hub().attach(
+                &user,
+                resume.as_ref(),
+                self.conn_id,
+                &self.tx,
+                self.shared.now(),
+            );
+            match attached {
+                Attach::Ready {
+                    session,
+                    copies,
+                    resumed,
+                } => {
+                    self.span.record("session", session.id());
+                    self.copies = copies;
+                    self.connection.accept(*session, resumed, self.shared.now());
+                    m::session_ready(self.opened.elapsed());
+                    info!(resumed, backlog = self.copies.len(), "connection ready");
+                    return;
+                }
+                Attach::TakeOver { tx } => {
+                    let (done, answered) = oneshot::channel();
+                    if tx.send(ConnCommand::Surrender { done }).is_ok() {
+                        let _ = tokio::time::timeout(SURRENDER_TIMEOUT, answered).await;
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+        }
+        warn!("could not take over the session; closing so that the client retries");
+        self.goaway(
+            code::OVERLOADED,
+            "session busy, retry",
+            Some(Duration::from_millis(500)),
+        );
+    }
+
+    fn handle_session_event(&mut self, event: SessionEvent) {
+        match event {
+            SessionEvent::Message { id, data } => {
+                m::message_in();
+                let (Some(user), Some(session)) = (self.user.as_ref(), self.connection.session())
+                else {
+                    return;
+                };
+                let handle = ServerHandle {
+                    shared: self.shared.clone(),
+                };
+                let inbound = Inbound {
+                    user,
+                    session_id: session.id(),
+                    data: &data,
+                };
+                // The ack goes out only after the handler returned: an ack means "processed".
+                if let Decision::Refuse { code, reason } =
+                    self.shared.handler.on_message(&handle, inbound)
+                {
+                    m::nack("sent");
+                    if let Err(error) = self.connection.refuse(id, &code, &reason) {
+                        warn!(%error, "could not refuse message");
+                    }
+                }
+            }
+            SessionEvent::Outcome { id, outcome } => {
+                match &outcome {
+                    Outcome::Acked => m::acked(),
+                    Outcome::Refused { .. } => m::nack("received"),
+                    _ => {}
+                }
+                if let Some(held) = self.copies.remove(&id) {
+                    self.hub_copy_settled(held, &outcome);
+                }
+            }
+            other => debug!(?other, "session event"),
+        }
+    }
+
+    fn hub_copy_settled(&self, held: u64, outcome: &Outcome) {
+        if let Some(user) = &self.user {
+            self.shared.hub().copy_settled(user, held, outcome);
+        }
+    }
+
+    fn goaway(&mut self, code: u16, reason: &str, retry_after: Option<Duration>) {
+        m::goaway(code);
+        self.connection
+            .goaway(code, reason, retry_after, self.shared.now());
+    }
+
+    /// Gives the session back to the hub: kept for resume, or ended when the client closed it.
+    fn detach(&mut self, ended: bool) {
+        let (Some(user), Some(session)) = (self.user.clone(), self.connection.take_session())
+        else {
+            return;
+        };
+        let copies = std::mem::take(&mut self.copies);
+        self.shared.hub().detach(
+            &user,
+            self.conn_id,
+            session,
+            copies,
+            ended,
+            self.shared.now(),
+        );
+    }
+
+    fn finish(&mut self, rx: &mut mpsc::UnboundedReceiver<ConnCommand>) {
+        // Process what the last frames produced (outcomes settle copies before the detach).
+        while let Some(event) = self.connection.poll_session_event() {
+            self.handle_session_event(event);
+        }
+        self.detach(self.session_ended);
+        // Copies sent to this task that it will never queue: the records stay in the mailbox.
+        rx.close();
+        while let Ok(command) = rx.try_recv() {
+            if let ConnCommand::Deliver { held, .. } = command {
+                self.hub_copy_settled(held, &Outcome::Closed);
+            }
+        }
+        debug!(
+            lifetime_ms = self.opened.elapsed().as_millis() as u64,
+            "connection task ended"
+        );
+    }
+
+    fn instant(&self, at: Time) -> Instant {
+        let now = self.shared.now();
+        Instant::now() + at.saturating_since(now)
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

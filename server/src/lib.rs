@@ -1,0 +1,434 @@
+//! # readyws-server
+//!
+//! The reference readyws v1 server (`docs/PROTOCOL.md`), on axum and tokio: the server side of
+//! the incident this protocol exists for. A backend publishes to a user whose connection is not
+//! registered yet, or not any more, and the message waits in that user's mailbox until a session
+//! of the user acknowledges it.
+//!
+//! - Every socket is driven by the protocol crate's [`readyws_protocol::ServerConnection`]; this
+//!   crate adds what spans connections: users, their sessions (live, or kept for the resume
+//!   window), and their mailboxes.
+//! - **Start-up gate**: with [`ServerOptions::wait_for_startup`], sockets get `welcome` with
+//!   `phase: "starting"` until [`ServerHandle::mark_started`]; after
+//!   [`ServerOptions::startup_max_wait`] they get `goaway` 4002 with `retry_after_ms` [SG-1–SG-4].
+//! - **Delivery**: [`ServerHandle::publish`] copies a message to every session of the user and
+//!   keeps it in the user's mailbox until one of them acknowledges it [CU-1–CU-5]. A session that
+//!   becomes ready receives every held message it lacks, oldest first, before anything newer.
+//! - **Inbound**: an [`InboundHandler`] sees each client message once; the `ack` goes out after it
+//!   returns [`Decision::Accept`], a `nack` with its code and reason after [`Decision::Refuse`].
+//!
+//! ```no_run
+//! use readyws_server::{AcceptAll, InsecureDevAuth, Server, ServerOptions};
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let server = Server::new(ServerOptions::default(), InsecureDevAuth, AcceptAll);
+//! let handle = server.handle();
+//! // Mount it in an existing axum app …
+//! let app = axum::Router::new().nest("/realtime", server.router());
+//! # drop(app);
+//! // … and publish from anywhere.
+//! let data = readyws_protocol::Data::from_json(r#"{"text":"hi"}"#).unwrap();
+//! handle.publish(&"alice".into(), data)?;
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
+mod auth;
+mod connection;
+mod http;
+mod hub;
+mod metrics;
+mod options;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use readyws_protocol::{Data, ServerConfig, Time};
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tracing::info;
+
+pub use auth::{AuthError, Authenticator, InsecureDevAuth, JwtHs256, UserId};
+pub use options::{MailboxLimits, OverflowPolicy, ServerOptions};
+
+use hub::{ConnCommand, Hub};
+
+impl From<&str> for UserId {
+    fn from(id: &str) -> Self {
+        UserId::new(id)
+    }
+}
+
+/// A client message, as the [`InboundHandler`] sees it.
+#[derive(Debug)]
+pub struct Inbound<'a> {
+    /// Who sent it.
+    pub user: &'a UserId,
+    /// On which session.
+    pub session_id: &'a str,
+    /// The message.
+    pub data: &'a Data,
+}
+
+/// What the handler decided about a client message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Processed: the client gets an `ack`.
+    Accept,
+    /// Refused for good: the client gets a `nack` with this code and reason, and stops retrying.
+    Refuse {
+        /// A `nack` code, such as `forbidden`.
+        code: String,
+        /// Why, in words.
+        reason: String,
+    },
+}
+
+/// Receives every client message once, in order per session. It runs on the connection's task:
+/// a message is acknowledged only after it returns, so keep it quick or hand work off.
+pub trait InboundHandler: Send + Sync + 'static {
+    /// Decides about one message. `server` can publish, for replies.
+    fn on_message(&self, server: &ServerHandle, message: Inbound<'_>) -> Decision;
+}
+
+impl<F> InboundHandler for F
+where
+    F: Fn(&ServerHandle, Inbound<'_>) -> Decision + Send + Sync + 'static,
+{
+    fn on_message(&self, server: &ServerHandle, message: Inbound<'_>) -> Decision {
+        self(server, message)
+    }
+}
+
+/// Accepts every client message and does nothing with it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AcceptAll;
+
+impl InboundHandler for AcceptAll {
+    fn on_message(&self, _: &ServerHandle, _: Inbound<'_>) -> Decision {
+        Decision::Accept
+    }
+}
+
+/// Publishes every client message back to its user, unchanged: the `--echo` of `readyws serve`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Echo;
+
+impl InboundHandler for Echo {
+    fn on_message(&self, server: &ServerHandle, message: Inbound<'_>) -> Decision {
+        match server.publish(message.user, message.data.clone()) {
+            Ok(_) => Decision::Accept,
+            // The sender learns that its message could not be echoed.
+            Err(error) => Decision::Refuse {
+                code: "unavailable".to_owned(),
+                reason: error.to_string(),
+            },
+        }
+    }
+}
+
+/// What a publish did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PublishReport {
+    /// Live sessions of the user the message was handed to.
+    pub delivered: usize,
+    /// Whether no live session was reached: the message waits in the mailbox for the user's next
+    /// session (it stays in the mailbox until acknowledged either way).
+    pub held: bool,
+    /// Older held messages dropped to make room ([`OverflowPolicy::DropOldest`]).
+    pub dropped_oldest: usize,
+}
+
+/// Why a publish was refused. Nothing was stored.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The user's mailbox is full and the policy is [`OverflowPolicy::RejectNew`].
+    #[error("the user's mailbox is full ({messages} messages, {bytes} bytes held)")]
+    MailboxFull {
+        /// Messages held.
+        messages: usize,
+        /// Bytes held.
+        bytes: usize,
+    },
+    /// The message alone exceeds the mailbox's byte bound.
+    #[error("a {size}-byte message exceeds the mailbox limit of {limit} bytes")]
+    TooLarge {
+        /// The message's size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The server is shutting down.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+/// The lifecycle phase `/readyz` reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Readiness {
+    /// Waiting for [`ServerHandle::mark_started`].
+    Starting,
+    /// Making connections ready.
+    Accepting,
+    /// Shutting down.
+    Stopping,
+}
+
+pub(crate) struct Shared {
+    options: ServerOptions,
+    protocol: ServerConfig,
+    hub: Mutex<Hub>,
+    authenticator: Box<dyn Authenticator>,
+    handler: Box<dyn InboundHandler>,
+    started: watch::Sender<bool>,
+    stopping: AtomicBool,
+    epoch: std::time::Instant,
+    next_connection: AtomicU64,
+    connections: Mutex<HashMap<u64, mpsc::UnboundedSender<ConnCommand>>>,
+    sweeper_started: AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn now(&self) -> Time {
+        let millis = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        Time::from_millis(millis)
+    }
+
+    pub(crate) fn hub(&self) -> MutexGuard<'_, Hub> {
+        // A panic while holding the lock would be a bug in this crate; the state it guards stays
+        // consistent between calls, so keep serving rather than poisoning every connection.
+        self.hub
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn is_started(&self) -> bool {
+        *self.started.borrow()
+    }
+
+    pub(crate) fn next_connection(&self) -> u64 {
+        self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn connections(&self) -> MutexGuard<'_, HashMap<u64, mpsc::UnboundedSender<ConnCommand>>> {
+        self.connections
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn register_connection(&self, id: u64, tx: mpsc::UnboundedSender<ConnCommand>) {
+        let open = {
+            let mut connections = self.connections();
+            connections.insert(id, tx);
+            connections.len()
+        };
+        metrics::connection_opened(open);
+    }
+
+    pub(crate) fn unregister_connection(&self, id: u64) {
+        let open = {
+            let mut connections = self.connections();
+            connections.remove(&id);
+            connections.len()
+        };
+        metrics::connection_closed(open);
+    }
+}
+
+/// The reference server. Build it, take a [`ServerHandle`] to publish, then either mount
+/// [`Server::router`] in your axum app or run [`Server::serve`].
+pub struct Server {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("options", &self.shared.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// A server with these options, authenticating `hello` tokens with `authenticator` and handing
+    /// client messages to `handler`.
+    pub fn new(
+        options: ServerOptions,
+        authenticator: impl Authenticator,
+        handler: impl InboundHandler,
+    ) -> Self {
+        let protocol = options.effective_protocol();
+        let (started, _) = watch::channel(!options.wait_for_startup);
+        Server {
+            shared: Arc::new(Shared {
+                hub: Mutex::new(Hub::new(protocol.clone(), options.mailbox)),
+                protocol,
+                options,
+                authenticator: Box::new(authenticator),
+                handler: Box::new(handler),
+                started,
+                stopping: AtomicBool::new(false),
+                epoch: std::time::Instant::now(),
+                next_connection: AtomicU64::new(1),
+                connections: Mutex::new(HashMap::new()),
+                sweeper_started: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// A handle to publish and to steer the server's lifecycle.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// The HTTP routes: `/ws` (the WebSocket endpoint), `POST /api/publish`, `/healthz`,
+    /// `/readyz` and `/metrics`. Must be called inside a tokio runtime: it starts the task that
+    /// expires resume windows and held messages.
+    pub fn router(&self) -> axum::Router {
+        if !self.shared.sweeper_started.swap(true, Ordering::SeqCst) {
+            tokio::spawn(sweep(Arc::downgrade(&self.shared)));
+        }
+        http::router(self.shared.clone())
+    }
+
+    /// Serves [`Server::router`] on `listener` until `shutdown` completes, then shuts down
+    /// gracefully: every connection gets `goaway` 4000 with a `retry_after_ms` spread at random
+    /// over [`ServerOptions::shutdown_spread`], and the server returns once they have closed or
+    /// [`ServerOptions::shutdown_grace`] has passed.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let handle = self.handle();
+        let router = self.router();
+        let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        shutdown.await;
+        handle.shutdown();
+        let _ = stop_accepting.send(());
+        let deadline = tokio::time::Instant::now() + self.shared.options.shutdown_grace;
+        while handle.open_connections() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        info!(open = handle.open_connections(), "shutdown complete");
+        serving.abort();
+        Ok(())
+    }
+}
+
+/// Publishes and steers the lifecycle; cheap to clone.
+#[derive(Clone)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("readiness", &self.readiness())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerHandle {
+    /// Sends `data` to every session of `user`, holding it in the user's mailbox until one of them
+    /// acknowledges it [CU-1]. Refused only when the mailbox is full under
+    /// [`OverflowPolicy::RejectNew`], the message is larger than the mailbox, or the server is
+    /// stopping — and then nothing was stored.
+    pub fn publish(&self, user: &UserId, data: Data) -> Result<PublishReport, PublishError> {
+        if self.shared.stopping.load(Ordering::SeqCst) {
+            return Err(PublishError::ShuttingDown);
+        }
+        let now = self.shared.now();
+        self.shared.hub().publish(user, data, now)
+    }
+
+    /// Marks start-up complete: waiting sockets get `connection_ready` [SG-2].
+    pub fn mark_started(&self) {
+        self.shared.started.send_replace(true);
+    }
+
+    /// What `/readyz` reports.
+    pub fn readiness(&self) -> Readiness {
+        if self.shared.stopping.load(Ordering::SeqCst) {
+            Readiness::Stopping
+        } else if self.shared.is_started() {
+            Readiness::Accepting
+        } else {
+            Readiness::Starting
+        }
+    }
+
+    /// Messages held for `user` and not yet acknowledged.
+    pub fn mailbox_depth(&self, user: &UserId) -> usize {
+        self.shared.hub().mailbox_depth(user)
+    }
+
+    /// WebSocket connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.shared.connections().len()
+    }
+
+    /// Starts a graceful shutdown: new sockets are refused, and every open one gets `goaway` 4000
+    /// with a `retry_after_ms` drawn uniformly from `[0, shutdown_spread)` so that clients do not
+    /// all return at once.
+    pub fn shutdown(&self) {
+        if self.shared.stopping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let spread =
+            u64::try_from(self.shared.options.shutdown_spread.as_millis()).unwrap_or(u64::MAX);
+        let connections: Vec<_> = self.shared.connections().values().cloned().collect();
+        info!(connections = connections.len(), "shutting down");
+        for tx in connections {
+            let retry_after = Duration::from_millis(random_below(spread));
+            let _ = tx.send(ConnCommand::Goaway {
+                code: readyws_protocol::close::code::GOING_AWAY,
+                reason: "server shutting down".to_owned(),
+                retry_after: Some(retry_after),
+            });
+        }
+    }
+}
+
+/// A uniformly random number in `[0, bound)` (0 when `bound` is 0).
+fn random_below(bound: u64) -> u64 {
+    if bound == 0 {
+        return 0;
+    }
+    let mut bytes = [0u8; 8];
+    getrandom::getrandom(&mut bytes).expect("the OS random number generator is available");
+    u64::from_le_bytes(bytes) % bound
+}
+
+/// Ends lapsed resume windows and expires held messages, until the server is dropped.
+async fn sweep(shared: Weak<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let now = shared.now();
+        shared.hub().sweep(now);
+    }
+}

@@ -1,0 +1,154 @@
+//! Server settings, each with a documented default.
+
+use std::fmt;
+use std::time::Duration;
+
+use readyws_protocol::{OutboxLimits, ServerConfig};
+
+/// What happens when a publish finds the user's mailbox full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OverflowPolicy {
+    /// Refuse the new message: the publisher gets [`crate::PublishError::MailboxFull`] at once
+    /// (HTTP 429). Nothing already accepted is lost. The default.
+    RejectNew,
+    /// Accept the new message and drop the oldest held ones to make room; each drop is counted
+    /// (`readyws_mailbox_dropped_total{reason="overflow"}`) and logged.
+    DropOldest,
+}
+
+/// Bounds of each user's mailbox: the messages the server holds for a user until a session of
+/// that user acknowledges them [CU-1, CU-5].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MailboxLimits {
+    /// The most messages held per user. Default: 1,000.
+    pub max_messages: usize,
+    /// The most bytes of `data` held per user. Default: 1 MiB.
+    pub max_bytes: usize,
+    /// How long a message may wait while no session holds it before it expires. Default:
+    /// 10 minutes (longer than the default resume window, so a message outlives the session that
+    /// last held it by at least a few minutes).
+    pub ttl: Duration,
+    /// What a full mailbox does. Default: [`OverflowPolicy::RejectNew`].
+    pub overflow: OverflowPolicy,
+}
+
+impl Default for MailboxLimits {
+    fn default() -> Self {
+        MailboxLimits {
+            max_messages: 1000,
+            max_bytes: 1 << 20,
+            ttl: Duration::from_secs(600),
+            overflow: OverflowPolicy::RejectNew,
+        }
+    }
+}
+
+/// Everything the server can be told. Start from [`ServerOptions::default`].
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct ServerOptions {
+    /// Protocol settings announced in `welcome` (heartbeat, frame limit, window, resume window,
+    /// hello timeout). Default: [`ServerConfig::default`], whose outbox bounds are replaced by
+    /// ones derived from the mailbox so that a session never refuses a held message.
+    pub protocol: ServerConfig,
+    /// Per-user mailbox bounds. Default: [`MailboxLimits::default`].
+    pub mailbox: MailboxLimits,
+    /// Whether new sockets wait for [`crate::ServerHandle::mark_started`] (`phase: "starting"`).
+    /// Default: `false` (the server accepts at once).
+    pub wait_for_startup: bool,
+    /// How long a socket waits for start-up before `goaway` 4002. Default: 30 s.
+    pub startup_max_wait: Duration,
+    /// The `retry_after_ms` sent with that `goaway`. Default: 5 s.
+    pub startup_retry_after: Duration,
+    /// At shutdown, each session's `retry_after_ms` is drawn uniformly from `[0, spread)`.
+    /// Default: 10 s.
+    pub shutdown_spread: Duration,
+    /// How long shutdown waits for connections to close after the `goaway`s. Default: 5 s.
+    pub shutdown_grace: Duration,
+    /// The bearer key of the HTTP publish API; without one the API answers 403. Default: none.
+    pub api_key: Option<String>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            protocol: ServerConfig::default(),
+            mailbox: MailboxLimits::default(),
+            wait_for_startup: false,
+            startup_max_wait: Duration::from_secs(30),
+            startup_retry_after: Duration::from_secs(5),
+            shutdown_spread: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(5),
+            api_key: None,
+        }
+    }
+}
+
+impl fmt::Debug for ServerOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerOptions")
+            .field("protocol", &self.protocol)
+            .field("mailbox", &self.mailbox)
+            .field("wait_for_startup", &self.wait_for_startup)
+            .field("startup_max_wait", &self.startup_max_wait)
+            .field("startup_retry_after", &self.startup_retry_after)
+            .field("shutdown_spread", &self.shutdown_spread)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl ServerOptions {
+    /// Sets the protocol settings.
+    pub fn protocol(mut self, protocol: ServerConfig) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
+    /// Sets the mailbox bounds.
+    pub fn mailbox(mut self, mailbox: MailboxLimits) -> Self {
+        self.mailbox = mailbox;
+        self
+    }
+
+    /// Makes new sockets wait for [`crate::ServerHandle::mark_started`].
+    pub fn wait_for_startup(mut self, wait: bool) -> Self {
+        self.wait_for_startup = wait;
+        self
+    }
+
+    /// Sets how long sockets wait for start-up, and the `retry_after_ms` they get after.
+    pub fn startup_max_wait(mut self, wait: Duration, retry_after: Duration) -> Self {
+        self.startup_max_wait = wait;
+        self.startup_retry_after = retry_after;
+        self
+    }
+
+    /// Sets the shutdown spread and grace period.
+    pub fn shutdown(mut self, spread: Duration, grace: Duration) -> Self {
+        self.shutdown_spread = spread;
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// Sets the publish API key.
+    pub fn api_key(mut self, key: Option<String>) -> Self {
+        self.api_key = key;
+        self
+    }
+
+    /// The protocol settings with session outboxes large enough for a full mailbox plus the
+    /// messages in flight.
+    pub(crate) fn effective_protocol(&self) -> ServerConfig {
+        let window = usize::try_from(self.protocol.max_inflight).unwrap_or(usize::MAX);
+        self.protocol.clone().outbox(OutboxLimits {
+            max_messages: self.mailbox.max_messages.saturating_add(window),
+            max_bytes: self
+                .mailbox
+                .max_bytes
+                .saturating_add(window.saturating_mul(self.protocol.max_frame_bytes)),
+            max_message_bytes: self.protocol.max_frame_bytes,
+        })
+    }
+}
