@@ -20,7 +20,7 @@
 //! ```no_run
 //! use readyws_server::{AcceptAll, InsecureDevAuth, Server, ServerOptions};
 //!
-//! # async fn run() -> std::io::Result<()> {
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let server = Server::new(ServerOptions::default(), InsecureDevAuth, AcceptAll);
 //! let handle = server.handle();
 //! // Mount it in an existing axum app …
@@ -267,6 +267,8 @@ impl Server {
         handler: impl InboundHandler,
     ) -> Self {
         let protocol = options.effective_protocol();
+        // Installed before anything is recorded, so that `/metrics` misses nothing.
+        metrics::prometheus();
         let (started, _) = watch::channel(!options.wait_for_startup);
         Server {
             shared: Arc::new(Shared {
