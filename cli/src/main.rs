@@ -1,0 +1,233 @@
+//! `readyws`: the command-line entry point. `readyws serve` runs the reference server.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use readyws_protocol::ServerConfig;
+use readyws_server::{
+    AcceptAll, Echo, InboundHandler, InsecureDevAuth, JwtHs256, MailboxLimits, OverflowPolicy,
+    Server, ServerOptions,
+};
+use tokio::net::TcpListener;
+use tracing::{error, info, warn};
+
+#[derive(Parser)]
+#[command(
+    name = "readyws",
+    version,
+    about = "readyws: WebSocket messages that wait until the connection is ready"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the reference server: WebSocket endpoint at /ws, publish API at POST /api/publish,
+    /// and /healthz, /readyz, /metrics on the same port.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Verify hello tokens as HS256 JWTs signed with this secret (`sub` is the user id).
+    #[arg(
+        long,
+        env = "READYWS_JWT_SECRET",
+        hide_env_values = true,
+        conflicts_with = "insecure_dev_auth"
+    )]
+    jwt_secret: Option<String>,
+    /// INSECURE, development only: the hello token is taken as the user id, unchecked.
+    #[arg(long)]
+    insecure_dev_auth: bool,
+    /// Bearer key for POST /api/publish (the API is off without one).
+    #[arg(long, env = "READYWS_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Simulate a cold start: sockets wait in phase "starting" for this many milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    startup_delay: u64,
+    /// How long a socket waits for start-up before goaway 4002.
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    startup_max_wait_ms: u64,
+    /// The server's ping interval.
+    #[arg(long, value_name = "MS", default_value_t = 25_000)]
+    heartbeat_ms: u64,
+    /// Publish each accepted client message back to the same user, unchanged.
+    #[arg(long)]
+    echo: bool,
+    /// The largest frame either side may send.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_frame_bytes: usize,
+    /// The most unacknowledged messages in flight per direction.
+    #[arg(long, default_value_t = 256)]
+    max_inflight: u64,
+    /// How long a session stays resumable after its connection drops.
+    #[arg(long, value_name = "MS", default_value_t = 120_000)]
+    resume_window_ms: u64,
+    /// How long a socket may stay silent before its hello.
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    hello_timeout_ms: u64,
+    /// Messages held per user.
+    #[arg(long, default_value_t = 1000)]
+    mailbox_max_messages: usize,
+    /// Bytes held per user.
+    #[arg(long, default_value_t = 1 << 20)]
+    mailbox_max_bytes: usize,
+    /// How long a held message may wait while no session holds it.
+    #[arg(long, value_name = "MS", default_value_t = 600_000)]
+    mailbox_ttl_ms: u64,
+    /// What a full mailbox does.
+    #[arg(long, value_enum, default_value_t = Overflow::Reject)]
+    mailbox_overflow: Overflow,
+    /// At shutdown, retry_after_ms is spread uniformly over this window.
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    shutdown_spread_ms: u64,
+    /// How long shutdown waits for connections to close.
+    #[arg(long, value_name = "MS", default_value_t = 5_000)]
+    shutdown_grace_ms: u64,
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, default_value = "info")]
+    log: tracing::Level,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Overflow {
+    /// Refuse new messages (HTTP 429).
+    Reject,
+    /// Drop the oldest held messages.
+    DropOldest,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(problem) => {
+            eprintln!("readyws: cannot start the async runtime: {problem}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("readyws: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_max_level(args.log)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let ms = Duration::from_millis;
+    let protocol = ServerConfig::default()
+        .heartbeat(ms(args.heartbeat_ms.max(1)))
+        .max_frame_bytes(
+            args.max_frame_bytes
+                .max(readyws_protocol::frame::MIN_MAX_FRAME_BYTES as usize),
+        )
+        .max_inflight(args.max_inflight)
+        .resume_window(ms(args.resume_window_ms))
+        .hello_timeout(ms(args.hello_timeout_ms));
+    let mailbox = MailboxLimits {
+        max_messages: args.mailbox_max_messages.max(1),
+        max_bytes: args.mailbox_max_bytes.max(1),
+        ttl: ms(args.mailbox_ttl_ms),
+        overflow: match args.mailbox_overflow {
+            Overflow::Reject => OverflowPolicy::RejectNew,
+            Overflow::DropOldest => OverflowPolicy::DropOldest,
+        },
+    };
+    let options = ServerOptions::default()
+        .protocol(protocol)
+        .mailbox(mailbox)
+        .wait_for_startup(args.startup_delay > 0)
+        .startup_max_wait(ms(args.startup_max_wait_ms), ms(5_000))
+        .shutdown(ms(args.shutdown_spread_ms), ms(args.shutdown_grace_ms))
+        .api_key(args.api_key.clone());
+    let server = match (&args.jwt_secret, args.insecure_dev_auth) {
+        (Some(secret), false) => build(options, JwtHs256::new(secret.as_bytes()), args.echo),
+        (None, true) => {
+            warn!("INSECURE DEVELOPMENT AUTHENTICATION: any token is accepted as the user id; never use this in production");
+            build(options, InsecureDevAuth, args.echo)
+        }
+        _ => return Err("choose an authentication: --jwt-secret SECRET (or READYWS_JWT_SECRET), or --insecure-dev-auth".to_owned()),
+    };
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|problem| format!("cannot listen on {}: {problem}", args.listen))?;
+    let address = listener
+        .local_addr()
+        .map_err(|problem| problem.to_string())?;
+    info!(%address, echo = args.echo, publish_api = args.api_key.is_some(), "readyws server listening; WebSocket endpoint at /ws");
+    if args.startup_delay > 0 {
+        let handle = server.handle();
+        let delay = ms(args.startup_delay);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            handle.mark_started();
+            info!("start-up complete");
+        });
+    }
+    server
+        .serve(listener, shutdown_signal())
+        .await
+        .map_err(|problem| format!("server error: {problem}"))
+}
+
+fn build(options: ServerOptions, auth: impl readyws_server::Authenticator, echo: bool) -> Server {
+    fn with(
+        options: ServerOptions,
+        auth: impl readyws_server::Authenticator,
+        handler: impl InboundHandler,
+    ) -> Server {
+        Server::new(options, auth, handler)
+    }
+    if echo {
+        with(options, auth, Echo)
+    } else {
+        with(options, auth, AcceptAll)
+    }
+}
+
+/// Completes on ctrl-c or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(problem) = tokio::signal::ctrl_c().await {
+            error!(%problem, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(problem) => {
+                error!(%problem, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => info!("ctrl-c: shutting down"),
+        () = terminate => info!("SIGTERM: shutting down"),
+    }
+}
