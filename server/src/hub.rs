@@ -136,6 +136,7 @@ impl Hub {
             match limits.overflow {
                 OverflowPolicy::RejectNew => {
                     m::mailbox_dropped("rejected", 1);
+                    warn!(%user, held = state.held.len(), "mailbox full: publish refused");
                     return Err(PublishError::MailboxFull {
                         messages: state.held.len(),
                         bytes: state.bytes,
