@@ -145,7 +145,9 @@ async fn a_lost_connection_ready_does_not_strand_held_messages() {
     let mut raw = Raw::connect(&server.url()).await;
     raw.recv().await;
     raw.send(json!({"type": "hello", "token": "alice"})).await;
-    // The server registers the session and sends connection_ready; the client never reads it.
+    // The server registered a session and sent connection_ready with the held messages behind it;
+    // the connection is cut at that moment, so the client never learns the session.
+    assert_eq!(raw.recv().await["backlog"], 3);
     drop(raw);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = Instant::now();
