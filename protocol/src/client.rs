@@ -23,6 +23,18 @@ use crate::time::Time;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ConnId(pub u64);
 
+/// What the client does with messages it transmitted in a session the server then lost
+/// (`connection_ready` with `resumed: false`) [RS-5].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetPolicy {
+    /// Send them again in the new session, in order: nothing is lost, and a message the old
+    /// session had already delivered may be delivered twice (at-least-once). The default.
+    Resend,
+    /// Settle them as [`Outcome::SessionReset`] and let the application decide: never delivered
+    /// twice by the protocol, at the price of messages the application must resend itself.
+    Report,
+}
+
 /// Settings of a [`ClientSession`]. Start from [`ClientConfig::default`] and change what differs;
 /// each setter documents its default.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,6 +60,9 @@ pub struct ClientConfig {
     /// How long after a `welcome` with `phase: "starting"` the client waits for
     /// `connection_ready`. Default: 60 s.
     pub startup_timeout: Duration,
+    /// What happens to messages in flight when the server lost the session. Default:
+    /// [`ResetPolicy::Resend`].
+    pub reset_policy: ResetPolicy,
 }
 
 impl Default for ClientConfig {
@@ -64,6 +79,7 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             startup_timeout: Duration::from_secs(60),
+            reset_policy: ResetPolicy::Resend,
         }
     }
 }
@@ -108,6 +124,12 @@ impl ClientConfig {
     /// Sets the handshake timeout.
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Sets what happens to messages in flight when the server lost the session.
+    pub fn reset_policy(mut self, policy: ResetPolicy) -> Self {
+        self.reset_policy = policy;
         self
     }
 
@@ -275,11 +297,14 @@ pub enum ClientEvent {
         backlog: u64,
     },
     /// The server could not resume the previous session and started a new one: server messages
-    /// not yet received from the old session will not come, and client messages transmitted in it
-    /// but not acknowledged end as [`Outcome::SessionReset`] [RS-5].
+    /// not yet received from the old session will not come on this session, and client messages
+    /// transmitted in it but not acknowledged are sent again ([`ResetPolicy::Resend`]) or end as
+    /// [`Outcome::SessionReset`] ([`ResetPolicy::Report`]) [RS-5].
     SessionReset {
         /// The session that was lost.
         previous_session_id: String,
+        /// How many transmitted messages are sent again, and so may be delivered twice.
+        resent: usize,
     },
     /// A message from the server, delivered once and in order.
     Message {
@@ -941,12 +966,19 @@ impl ClientSession {
                 return;
             }
         } else {
+            let resend = self.config.reset_policy == ResetPolicy::Resend;
             if let Some(previous) = self.keys.take() {
-                self.emit(ClientEvent::SessionReset {
+                // Earlier outcomes first; then the event, queued directly so that it comes before
+                // the outcomes the reset itself settles.
+                self.absorb_outcomes();
+                let resent = self.outbox.reset_session(resend);
+                self.events.push_back(ClientEvent::SessionReset {
                     previous_session_id: previous.session_id,
+                    resent,
                 });
+            } else {
+                self.outbox.reset_session(resend);
             }
-            self.outbox.reset_session();
             self.inbox = Inbox::new(welcome.max_inflight);
         }
         self.keys = Some(SessionKeys {

@@ -68,7 +68,7 @@ mod time;
 pub use backoff::BackoffConfig;
 pub use client::{
     Action, ClientConfig, ClientEvent, ClientSession, ClientState, CloseReason, ConnId,
-    DisconnectReason, Transmit,
+    DisconnectReason, ResetPolicy, Transmit,
 };
 pub use close::CloseClass;
 pub use data::Data;

@@ -37,7 +37,9 @@ pub enum Outcome {
     /// Its time-to-live ran out before it was first transmitted. It was not delivered.
     Expired,
     /// The peer started a new session (`resumed: false`) while this message was unacknowledged
-    /// after being transmitted: it may or may not have been delivered [RS-5].
+    /// after being transmitted, and it is not sent again — with [`crate::ResetPolicy::Report`], or
+    /// when it no longer fits the new connection's frame limit. It may or may not have been
+    /// delivered [RS-5].
     SessionReset,
     /// The session was closed while this message was unacknowledged. If it had been
     /// transmitted it may have been delivered; otherwise it was not.
@@ -73,7 +75,12 @@ struct Entry {
     /// new session after a reset.
     wire: Option<u64>,
     data: Data,
+    /// Cleared at the first transmission: a message that has left may have been delivered, so
+    /// it can no longer expire, even when a reset sends it again in a new session [DL-11].
     expires_at: Option<Time>,
+    /// Whether it was transmitted in an earlier session that the peer lost: it may have been
+    /// delivered there.
+    sent_before_reset: bool,
 }
 
 /// The ordered messages of one side that the peer has not yet acknowledged.
@@ -165,6 +172,7 @@ impl Outbox {
             wire: None,
             data,
             expires_at,
+            sent_before_reset: false,
         });
         Ok(id)
     }
@@ -190,20 +198,24 @@ impl Outbox {
                     let frame_len = msg_frame_len(self.next_wire, entry.data.as_json());
                     if frame_len > max_frame_bytes {
                         let entry = self.remove_at(self.cursor);
-                        self.outcomes.push_back((
-                            entry.id,
+                        // A copy may already have reached the peer in the lost session.
+                        let outcome = if entry.sent_before_reset {
+                            Outcome::SessionReset
+                        } else {
                             Outcome::Refused {
                                 code: crate::frame::NackCode::TooLarge.as_str().to_owned(),
                                 reason: format!(
                                     "a frame of {frame_len} bytes exceeds the peer's limit of {max_frame_bytes} bytes"
                                 ),
-                            },
-                        ));
+                            }
+                        };
+                        self.outcomes.push_back((entry.id, outcome));
                         continue;
                     }
                     let wire = self.next_wire;
                     self.next_wire += 1;
                     self.entries[self.cursor].wire = Some(wire);
+                    self.entries[self.cursor].expires_at = None;
                     wire
                 }
             };
@@ -294,21 +306,31 @@ impl Outbox {
         Ok(())
     }
 
-    /// The peer started a new session: transmitted messages are settled as
-    /// [`Outcome::SessionReset`], the others wait for the new session, whose ids start at 1 [RS-5].
-    pub(crate) fn reset_session(&mut self) {
+    /// The peer started a new session, whose ids start at 1 [RS-5]. With `resend`, every message
+    /// still held is sent again in the new session, in order (those transmitted in the old one may
+    /// reach the peer twice); otherwise transmitted messages are settled as
+    /// [`Outcome::SessionReset`] and only untransmitted ones carry over. Returns how many
+    /// transmitted messages were kept for resending.
+    pub(crate) fn reset_session(&mut self, resend: bool) -> usize {
+        let mut resent = 0;
         let mut index = 0;
         while index < self.entries.len() {
-            if self.entries[index].wire.is_some() {
+            if self.entries[index].wire.is_none() {
+                index += 1;
+            } else if resend {
+                self.entries[index].wire = None;
+                self.entries[index].sent_before_reset = true;
+                resent += 1;
+                index += 1;
+            } else {
                 let entry = self.remove_at(index);
                 self.outcomes.push_back((entry.id, Outcome::SessionReset));
-            } else {
-                index += 1;
             }
         }
         self.next_wire = 1;
         self.settled_through = 0;
         self.cursor = 0;
+        resent
     }
 
     /// Settles every message still held with `outcome`.
@@ -324,7 +346,7 @@ impl Outbox {
         let mut index = 0;
         while index < self.entries.len() {
             let entry = &self.entries[index];
-            if entry.wire.is_none() && entry.expires_at.is_some_and(|at| at <= now) {
+            if entry.expires_at.is_some_and(|at| at <= now) {
                 let entry = self.remove_at(index);
                 self.outcomes.push_back((entry.id, Outcome::Expired));
             } else {
@@ -335,11 +357,7 @@ impl Outbox {
 
     /// The earliest time-to-live among untransmitted messages.
     pub(crate) fn next_expiry(&self) -> Option<Time> {
-        self.entries
-            .iter()
-            .filter(|e| e.wire.is_none())
-            .filter_map(|e| e.expires_at)
-            .min()
+        self.entries.iter().filter_map(|e| e.expires_at).min()
     }
 
     pub(crate) fn poll_outcome(&mut self) -> Option<(MessageId, Outcome)> {

@@ -8,8 +8,8 @@ use readyws_protocol::frame::ResumeToken;
 use readyws_protocol::{
     Action, BackoffConfig, ClientConfig, ClientEvent, ClientSession, CloseReason, ConnId,
     ConnectionCloseReason, ConnectionEvent, Data, DecodeError, DisconnectReason, MessageId,
-    OutboxLimits, Outcome, Role, SendErrorReason, ServerConfig, ServerConnection, ServerPhase,
-    ServerSession, SessionEvent, Time,
+    OutboxLimits, Outcome, ResetPolicy, Role, SendErrorReason, ServerConfig, ServerConnection,
+    ServerPhase, ServerSession, SessionEvent, Time,
 };
 use serde_json::{Value, json};
 
@@ -131,6 +131,9 @@ fn client_config(config: &Value) -> ClientConfig {
     if let Some(token) = config["token"].as_str() {
         result = result.token(token);
     }
+    if config["reset_policy"] == "report" {
+        result = result.reset_policy(ResetPolicy::Report);
+    }
     result
 }
 
@@ -166,7 +169,9 @@ fn client_event_json(event: ClientEvent, numbers: &[(MessageId, u64)]) -> Value 
         }
         ClientEvent::SessionReset {
             previous_session_id,
-        } => json!({"type": "session_reset", "previous_session_id": previous_session_id}),
+            resent,
+        } => json!({"type": "session_reset", "previous_session_id": previous_session_id,
+            "resent": resent}),
         ClientEvent::Message { data } => json!({"type": "message",
             "data": data.deserialize::<Value>().expect("messages carry JSON")}),
         ClientEvent::Outcome { id, outcome } => outcome_json(number(id), &outcome),

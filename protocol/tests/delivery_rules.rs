@@ -539,10 +539,10 @@ fn rs_4_impossible_positions_are_violations() {
     );
 }
 
-/// [RS-5] A lost session: the client is told, transmitted messages end as `session_reset`,
-/// untransmitted ones go out first in the new session, numbered from 1.
+/// [RS-5] A lost session, default policy: the client is told, and every message still held —
+/// transmitted or not — goes out again in the new session, in order, numbered from 1.
 #[test]
-fn rs_5_a_reset_is_reported_and_numbering_restarts() {
+fn rs_5_a_reset_resends_everything_held_by_default() {
     let mut client = Client::ready(ClientConfig::default(), json!({}));
     client.events();
     let sent = client.send(json!("sent"));
@@ -558,7 +558,41 @@ fn rs_5_a_reset_is_reported_and_numbering_restarts() {
     client.receive(ready("s2"));
     let events = client.events();
     assert!(
-        matches!(&events[0], ClientEvent::SessionReset { previous_session_id } if previous_session_id == "s1")
+        matches!(&events[0], ClientEvent::SessionReset { previous_session_id, resent: 1 } if previous_session_id == "s1")
+    );
+    assert!(outcomes(&events).is_empty());
+    assert_eq!(
+        client.transmits(),
+        vec![msg(1, json!("sent")), msg(2, json!("waiting"))]
+    );
+    client.receive(json!({"type": "ack", "id": 2}));
+    assert_eq!(
+        outcomes(&client.events()),
+        vec![(sent, Outcome::Acked), (waiting, Outcome::Acked)]
+    );
+}
+
+/// [RS-5] A lost session, report policy: transmitted messages end as `session_reset`,
+/// untransmitted ones go out first in the new session, numbered from 1.
+#[test]
+fn rs_5_a_reset_is_reported_under_the_report_policy() {
+    let config = ClientConfig::default().reset_policy(readyws_protocol::ResetPolicy::Report);
+    let mut client = Client::ready(config, json!({}));
+    client.events();
+    let sent = client.send(json!("sent"));
+    client.transmits();
+    client
+        .session
+        .handle_disconnected(client.conn, None, client.now);
+    let waiting = client.send(json!("waiting"));
+    client.events();
+    client.reconnect();
+    client.receive(welcome(json!({})));
+    client.transmits();
+    client.receive(ready("s2"));
+    let events = client.events();
+    assert!(
+        matches!(&events[0], ClientEvent::SessionReset { previous_session_id, resent: 0 } if previous_session_id == "s1")
     );
     assert_eq!(outcomes(&events), vec![(sent, Outcome::SessionReset)]);
     assert_eq!(client.transmits(), vec![msg(1, json!("waiting"))]);

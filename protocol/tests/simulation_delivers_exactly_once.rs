@@ -19,7 +19,7 @@ use std::time::Duration;
 use readyws_protocol::frame::Hello;
 use readyws_protocol::{
     Action, BackoffConfig, ClientConfig, ClientEvent, ClientSession, ConnId, ConnectionEvent, Data,
-    DisconnectReason, MessageId, OutboxLimits, Outcome, ResumeToken, ServerConfig,
+    DisconnectReason, MessageId, OutboxLimits, Outcome, ResetPolicy, ResumeToken, ServerConfig,
     ServerConnection, ServerPhase, ServerSession, SessionEvent, Time,
 };
 
@@ -76,6 +76,9 @@ struct Ledger {
     outcomes: HashMap<u64, (Outcome, u64)>,
     counter_of: HashMap<(String, MessageId), u64>,
     received: Vec<u64>,
+    /// Whether the sender resends after a session reset ([`ResetPolicy::Resend`]).
+    at_least_once: bool,
+    last_in_scope: HashMap<String, u64>,
 }
 
 impl Ledger {
@@ -103,19 +106,28 @@ impl Ledger {
         Ok(())
     }
 
-    fn receive(&mut self, data: &Data) -> Result<(), String> {
+    /// A delivery to the application, by the receiving session `scope`. Order and uniqueness hold
+    /// across all sessions, except for a sender that resends after a reset: then they hold within
+    /// each receiving session, and a message may arrive once more in a later session.
+    fn receive(&mut self, data: &Data, scope: &str) -> Result<(), String> {
         let counter: u64 = data
             .deserialize::<serde_json::Value>()
             .ok()
             .and_then(|v| v.get("n").and_then(serde_json::Value::as_u64))
             .ok_or_else(|| format!("unexpected payload {data:?}"))?;
-        if let Some(last) = self.received.last() {
-            if counter <= *last {
+        let last = if self.at_least_once {
+            self.last_in_scope.get(scope).copied()
+        } else {
+            self.received.last().copied()
+        };
+        if let Some(last) = last {
+            if counter <= last {
                 return Err(format!(
                     "message #{counter} delivered after #{last}: duplicate or out of order"
                 ));
             }
         }
+        self.last_in_scope.insert(scope.to_owned(), counter);
         self.received.push(counter);
         Ok(())
     }
@@ -259,6 +271,14 @@ impl Sim {
             .connect_timeout(Duration::from_millis(800))
             .handshake_timeout(Duration::from_millis(1500))
             .startup_timeout(Duration::from_millis(4000));
+        // Even seeds run the report policy (exactly once), odd ones the default resend policy
+        // (at least once across a lost session, exactly once within each session).
+        let at_least_once = seed % 2 == 1;
+        let client_config = client_config.reset_policy(if at_least_once {
+            ResetPolicy::Resend
+        } else {
+            ResetPolicy::Report
+        });
         let server_config = ServerConfig::default()
             .heartbeat(Duration::from_millis(400))
             .max_inflight(rng.u64(1..=8))
@@ -287,7 +307,10 @@ impl Sim {
             client_token_epoch: 0,
             server_config,
             starting_until: None,
-            client_ledger: Ledger::default(),
+            client_ledger: Ledger {
+                at_least_once,
+                ..Ledger::default()
+            },
             server_ledger: Ledger::default(),
             faults: true,
             log: Vec::new(),
@@ -799,7 +822,7 @@ impl Sim {
             while let Some(event) = self.client.poll_event() {
                 progress = true;
                 match event {
-                    ClientEvent::Message { data } => self.server_ledger.receive(&data)?,
+                    ClientEvent::Message { data } => self.server_ledger.receive(&data, "client")?,
                     ClientEvent::Outcome { id, outcome } => {
                         match &outcome {
                             Outcome::Acked => self.coverage.acked += 1,
@@ -936,7 +959,9 @@ impl Sim {
             while let Some(event) = server.poll_session_event() {
                 progress = true;
                 match event {
-                    SessionEvent::Message { data, .. } => self.client_ledger.receive(&data)?,
+                    SessionEvent::Message { data, .. } => {
+                        self.client_ledger.receive(&data, &session_id)?;
+                    }
                     SessionEvent::Outcome { id, outcome } => {
                         self.server_ledger
                             .outcome(&session_id, id, outcome, self.now)?;
@@ -977,7 +1002,9 @@ impl Sim {
         let session_id = session.id().to_owned();
         while let Some(event) = session.poll_event() {
             match event {
-                SessionEvent::Message { data, .. } => self.client_ledger.receive(&data)?,
+                SessionEvent::Message { data, .. } => {
+                    self.client_ledger.receive(&data, &session_id)?;
+                }
                 SessionEvent::Outcome { id, outcome } => {
                     self.server_ledger
                         .outcome(&session_id, id, outcome, self.now)?;
