@@ -188,7 +188,8 @@ pub struct SendError {
 }
 
 impl SendError {
-    pub(crate) fn new(reason: SendErrorReason, data: Data) -> Self {
+    /// A refusal of `data` for `reason` (for drivers that refuse before reaching the session).
+    pub fn new(reason: SendErrorReason, data: Data) -> Self {
         SendError { reason, data }
     }
 

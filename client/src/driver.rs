@@ -1,0 +1,482 @@
+//! The task that owns a client's [`ClientSession`]: it turns socket frames, commands and timer
+//! wake-ups into `handle_*` calls and carries out what `poll_*` returns. Every protocol decision
+//! is the session's.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use readyws_protocol::{
+    Action, ClientEvent, ClientSession, ConnId, Data, DisconnectReason, MessageId, Outcome,
+    SUBPROTOCOL, Time,
+};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::builder::{ClientBuilder, TokenFuture, TokenProvider};
+use crate::stats::{ReadyTimes, Stats};
+use crate::{Client, CloseReport, Command, ConnectionState, Delivery};
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// An attempt to open a socket: the socket, the subprotocol the server selected, and the fresh
+/// token when a provider supplied one.
+type Opened = Result<(Socket, Option<String>, Option<Option<String>>), String>;
+type Connecting = Pin<Box<dyn Future<Output = Opened> + Send>>;
+
+pub(crate) fn start(builder: ClientBuilder) -> Client {
+    // One process-wide crypto provider for rustls: installing it here, once, is what keeps the
+    // first `wss://` connection from panicking for want of one (an error means one is installed).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let seed = builder.seed.unwrap_or_else(random_seed);
+    let session = ClientSession::new(builder.protocol.clone(), seed);
+    let (commands, command_rx) = mpsc::unbounded_channel();
+    let (state_tx, state) = watch::channel(ConnectionState::Connecting { attempt: 1 });
+    let (messages_tx, messages) = mpsc::unbounded_channel();
+    let stats = Arc::new(Mutex::new(Stats::default()));
+    let room = Arc::new(Notify::new());
+    let client = Client {
+        commands,
+        state,
+        messages: Mutex::new(Some(messages)),
+        stats: stats.clone(),
+        room: room.clone(),
+        overflow: builder.overflow,
+        default_ttl: builder.protocol.default_ttl,
+    };
+    let span = info_span!("readyws_client", url = %builder.url);
+    let driver = Driver {
+        session,
+        epoch: Instant::now(),
+        url: builder.url,
+        headers: builder.headers,
+        tls: builder.tls,
+        token_provider: builder.token_provider,
+        socket: None,
+        connecting: None,
+        refreshing: None,
+        deliveries: HashMap::new(),
+        messages: messages_tx,
+        state: state_tx,
+        stats,
+        ready_times: ReadyTimes::default(),
+        room,
+        closing: None,
+        attempt_started: None,
+    };
+    tokio::spawn(driver.run(command_rx).instrument(span));
+    client
+}
+
+fn random_seed() -> u64 {
+    let mut bytes = [0u8; 8];
+    // Without the OS generator every client would share one jitter sequence; a fixed fallback is
+    // still better than refusing to run.
+    if getrandom::getrandom(&mut bytes).is_err() {
+        warn!("no OS random numbers: reconnect jitter uses the clock instead");
+        return u64::from(std::process::id()) ^ Instant::now().elapsed().as_nanos() as u64;
+    }
+    u64::from_le_bytes(bytes)
+}
+
+struct Closing {
+    done: oneshot::Sender<CloseReport>,
+    report: CloseReport,
+}
+
+struct Driver {
+    session: ClientSession,
+    epoch: Instant,
+    url: String,
+    headers: Vec<(String, String)>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    token_provider: Option<TokenProvider>,
+    socket: Option<(ConnId, Socket)>,
+    connecting: Option<(ConnId, Connecting)>,
+    refreshing: Option<TokenFuture>,
+    deliveries: HashMap<MessageId, oneshot::Sender<Outcome>>,
+    messages: mpsc::UnboundedSender<Data>,
+    state: watch::Sender<ConnectionState>,
+    stats: Arc<Mutex<Stats>>,
+    ready_times: ReadyTimes,
+    room: Arc<Notify>,
+    closing: Option<Closing>,
+    attempt_started: Option<Instant>,
+}
+
+impl Driver {
+    fn now(&self) -> Time {
+        Time::from_millis(u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        self.session.connect(self.now());
+        let mut commands_open = true;
+        loop {
+            self.drain().await;
+            if matches!(*self.state.borrow(), ConnectionState::Closed { .. }) {
+                break;
+            }
+            let wake = self
+                .session
+                .poll_timeout()
+                .map(|at| tokio::time::Instant::now() + at.saturating_since(self.now()));
+            tokio::select! {
+                command = commands.recv(), if commands_open => match command {
+                    Some(command) => self.command(command),
+                    None => {
+                        // Every handle is gone: nobody can await what is left.
+                        commands_open = false;
+                        self.session.close(Duration::ZERO, self.now());
+                    }
+                },
+                (conn, result) = connecting(&mut self.connecting) => {
+                    self.connecting = None;
+                    let now = self.now();
+                    match result {
+                        Ok((socket, subprotocol, fresh_token)) => {
+                            debug!(conn = conn.0, "socket open");
+                            if let Some(token) = fresh_token {
+                                self.session.set_token(token, now);
+                            }
+                            self.socket = Some((conn, socket));
+                            self.session.handle_connected(conn, subprotocol.as_deref(), now);
+                        }
+                        Err(problem) => self.session.handle_connect_failed(conn, problem, now),
+                    }
+                }
+                frame = next_frame(&mut self.socket) => self.frame(frame),
+                token = refreshing(&mut self.refreshing) => {
+                    self.refreshing = None;
+                    self.session.set_token(token, self.now());
+                }
+                () = sleep_until(wake) => self.session.handle_timeout(self.now()),
+            }
+        }
+        debug!("client task ended");
+    }
+
+    fn command(&mut self, command: Command) {
+        let now = self.now();
+        match command {
+            Command::Send { data, ttl, reply } => {
+                let result = self.session.send_with_ttl(data, ttl, now).map(|id| {
+                    let (sender, outcome) = oneshot::channel();
+                    self.deliveries.insert(id, sender);
+                    Delivery { id, outcome }
+                });
+                let _ = reply.send(result);
+            }
+            Command::SetToken(token) => self.session.set_token(token, now),
+            Command::Close { grace, done } => {
+                self.closing = Some(Closing {
+                    done,
+                    report: CloseReport::default(),
+                });
+                self.session.close(grace, now);
+            }
+        }
+    }
+
+    fn frame(&mut self, frame: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>) {
+        let Some(conn) = self.socket.as_ref().map(|(conn, _)| *conn) else {
+            return;
+        };
+        let now = self.now();
+        match frame {
+            Some(Ok(Message::Text(text))) => {
+                self.count(|s| s.bytes_received += text.len() as u64);
+                self.session.handle_text(conn, text.as_str(), now);
+            }
+            Some(Ok(Message::Binary(_))) => self.session.handle_binary(conn, now),
+            Some(Ok(Message::Close(close))) => {
+                let close = close
+                    .as_ref()
+                    .map(|f| (u16::from(f.code), f.reason.as_str()));
+                self.session.handle_disconnected(conn, close, now);
+                self.socket = None;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(problem)) => {
+                debug!(%problem, "socket error");
+                self.session.handle_disconnected(conn, None, now);
+                self.socket = None;
+            }
+            None => {
+                self.session.handle_disconnected(conn, None, now);
+                self.socket = None;
+            }
+        }
+    }
+
+    /// Carries out everything the session wants, until it wants nothing more.
+    async fn drain(&mut self) {
+        loop {
+            let mut progressed = false;
+            while let Some(action) = self.session.poll_action() {
+                progressed = true;
+                self.action(action).await;
+            }
+            while let Some(transmit) = self.session.poll_transmit() {
+                progressed = true;
+                let Some((conn, socket)) = self.socket.as_mut() else {
+                    continue;
+                };
+                if *conn != transmit.conn {
+                    continue;
+                }
+                let length = transmit.text.len() as u64;
+                if let Err(problem) = socket.send(Message::Text(transmit.text.into())).await {
+                    // The session keeps the message; it goes again on the next connection.
+                    debug!(%problem, "write failed");
+                    let conn = *conn;
+                    self.socket = None;
+                    self.session.handle_disconnected(conn, None, self.now());
+                } else {
+                    self.count(|s| s.bytes_sent += length);
+                }
+            }
+            while let Some(event) = self.session.poll_event() {
+                progressed = true;
+                self.event(event);
+            }
+            if !progressed {
+                break;
+            }
+        }
+        let (queued, in_flight, bytes) = (
+            self.session.pending() - self.session.in_flight(),
+            self.session.in_flight(),
+            self.session.pending_bytes(),
+        );
+        self.count(|s| {
+            s.queued = queued;
+            s.in_flight = in_flight;
+            s.queued_bytes = bytes;
+        });
+    }
+
+    async fn action(&mut self, action: Action) {
+        match action {
+            Action::Open { conn } => {
+                info!(conn = conn.0, "connection attempt started");
+                self.attempt_started = Some(Instant::now());
+                let _ = self.state.send(ConnectionState::Connecting {
+                    attempt: match self.session.state() {
+                        readyws_protocol::ClientState::Connecting { attempt } => attempt,
+                        _ => 1,
+                    },
+                });
+                self.connecting = Some((conn, self.open()));
+            }
+            Action::Close { conn, code, reason } => {
+                if self.connecting.as_ref().is_some_and(|(c, _)| *c == conn) {
+                    self.connecting = None;
+                }
+                if self.socket.as_ref().is_some_and(|(c, _)| *c == conn) {
+                    if let Some((_, mut socket)) = self.socket.take() {
+                        let frame = CloseFrame {
+                            code: CloseCode::from(code),
+                            reason: reason.into(),
+                        };
+                        // A peer that does not answer must not hold the client up.
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(1), socket.close(Some(frame)))
+                                .await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Opens a socket: fetches a fresh token first when a provider is set.
+    fn open(&self) -> Connecting {
+        let url = self.url.clone();
+        let headers = self.headers.clone();
+        let tls = self.tls.clone();
+        let provider = self.token_provider.clone();
+        Box::pin(async move {
+            let fresh_token = match provider {
+                Some(provider) => Some(provider().await),
+                None => None,
+            };
+            let mut request = url
+                .as_str()
+                .into_client_request()
+                .map_err(|problem| format!("bad URL {url}: {problem}"))?;
+            let target = request.headers_mut();
+            target.insert(
+                "Sec-WebSocket-Protocol",
+                HeaderValue::from_static(SUBPROTOCOL),
+            );
+            for (name, value) in headers {
+                let name = HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|e| format!("bad header name: {e}"))?;
+                let value =
+                    HeaderValue::from_str(&value).map_err(|e| format!("bad header value: {e}"))?;
+                target.insert(name, value);
+            }
+            let connector = tls.map(Connector::Rustls);
+            let (socket, response) =
+                tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector)
+                    .await
+                    .map_err(|problem| problem.to_string())?;
+            let subprotocol = response
+                .headers()
+                .get("sec-websocket-protocol")
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned);
+            Ok((socket, subprotocol, fresh_token))
+        })
+    }
+
+    fn event(&mut self, event: ClientEvent) {
+        match event {
+            ClientEvent::Ready {
+                session_id,
+                resumed,
+                backlog,
+            } => {
+                let elapsed = self
+                    .attempt_started
+                    .map(|at| at.elapsed())
+                    .unwrap_or_default();
+                let held = self.session.pending();
+                info!(session = %session_id, resumed, backlog, time_to_ready_ms = elapsed.as_millis() as u64, held_messages = held, "ready");
+                let mut stats = self
+                    .stats
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                stats.readies += 1;
+                self.ready_times.record(elapsed, &mut stats);
+                drop(stats);
+                let _ = self.state.send(ConnectionState::Ready {
+                    session_id,
+                    resumed,
+                });
+            }
+            ClientEvent::SessionReset {
+                previous_session_id,
+                resent,
+            } => {
+                warn!(previous = %previous_session_id, resent, "the server lost the session; a new one starts");
+                self.count(|s| s.session_resets += 1);
+            }
+            ClientEvent::Message { data } => {
+                self.count(|s| s.received += 1);
+                let _ = self.messages.send(data);
+            }
+            ClientEvent::Outcome { id, outcome } => {
+                self.count(|s| match &outcome {
+                    Outcome::Acked => s.acked += 1,
+                    Outcome::Refused { .. } => s.refused += 1,
+                    Outcome::Expired => s.expired += 1,
+                    _ => s.unconfirmed += 1,
+                });
+                if let Some(closing) = self.closing.as_mut() {
+                    match outcome {
+                        Outcome::Acked => closing.report.acked_during_close += 1,
+                        Outcome::Closed => closing.report.unsettled.push(id),
+                        _ => {}
+                    }
+                }
+                if let Some(delivery) = self.deliveries.remove(&id) {
+                    let _ = delivery.send(outcome);
+                }
+                self.room.notify_waiters();
+            }
+            ClientEvent::Disconnected {
+                reason,
+                reconnect_at,
+            } => {
+                self.socket = None;
+                if let DisconnectReason::Goaway { code, .. } = &reason {
+                    info!(code, "goaway from the server");
+                }
+                match reconnect_at {
+                    Some(at) => {
+                        let delay = at.saturating_since(self.now());
+                        warn!(reason = %reason, retry_in_ms = delay.as_millis() as u64, "disconnected");
+                        self.count(|s| s.reconnects += 1);
+                        let attempt = match self.session.state() {
+                            readyws_protocol::ClientState::Reconnecting { attempt, .. } => attempt,
+                            _ => 1,
+                        };
+                        let _ = self.state.send(ConnectionState::Reconnecting {
+                            attempt,
+                            delay,
+                            reason,
+                        });
+                    }
+                    None => warn!(reason = %reason, "disconnected; waiting for fresh credentials"),
+                }
+            }
+            ClientEvent::CredentialsRequired { code, .. } => {
+                let _ = self
+                    .state
+                    .send(ConnectionState::AwaitingCredentials { code });
+                if let Some(provider) = &self.token_provider {
+                    self.refreshing = Some(provider());
+                }
+            }
+            ClientEvent::Closed { reason } => {
+                info!(%reason, "closed");
+                let _ = self.state.send(ConnectionState::Closed { reason });
+                if let Some(closing) = self.closing.take() {
+                    let _ = closing.done.send(closing.report);
+                }
+                self.room.notify_waiters();
+            }
+            other => debug!(?other, "event"),
+        }
+    }
+
+    fn lock_stats(&self) -> std::sync::MutexGuard<'_, Stats> {
+        self.stats
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn count(&self, update: impl FnOnce(&mut Stats)) {
+        update(&mut self.lock_stats());
+    }
+}
+
+async fn connecting(slot: &mut Option<(ConnId, Connecting)>) -> (ConnId, Opened) {
+    match slot {
+        Some((conn, future)) => (*conn, future.await),
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_frame(
+    socket: &mut Option<(ConnId, Socket)>,
+) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
+    match socket {
+        Some((_, socket)) => socket.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn refreshing(slot: &mut Option<TokenFuture>) -> Option<String> {
+    match slot {
+        Some(future) => future.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

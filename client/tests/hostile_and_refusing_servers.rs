@@ -1,0 +1,130 @@
+//! Servers that refuse credentials, or speak garbage: the client refreshes, reports and retries,
+//! and never panics.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use jsonwebtoken::{EncodingKey, Header};
+use readyws::{Client, ConnectionState, DisconnectReason, Outcome};
+use readyws_server::{AcceptAll, JwtHs256, ServerOptions};
+use serde_json::json;
+use support::{TestServer, eventually};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+
+const SECRET: &[u8] = b"client-tests-secret-long-enough-for-hs256";
+
+fn token(expires_in: i64) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let claims = json!({"sub": "alice", "exp": now + expires_in});
+    jsonwebtoken::encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(SECRET),
+    )
+    .expect("sign")
+}
+
+#[tokio::test]
+async fn the_token_provider_is_called_again_after_a_41xx_goaway() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let server = TestServer::start_on(
+        listener,
+        ServerOptions::default(),
+        JwtHs256::new(SECRET),
+        AcceptAll,
+    );
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let client = Client::builder(server.url())
+        .backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .token_provider(move || {
+            let call = counter.fetch_add(1, Ordering::SeqCst);
+            // The first token handed out has already expired; the refreshed one is good.
+            async move { Some(if call == 0 { token(-60) } else { token(60) }) }
+        })
+        .connect();
+    let delivery = client
+        .send(support::json(json!("hi")))
+        .await
+        .expect("accepted");
+    assert_eq!(delivery.await, Outcome::Acked);
+    assert!(
+        calls.load(Ordering::SeqCst) >= 2,
+        "refreshed after the 4101"
+    );
+    server.stop();
+}
+
+/// A WebSocket server that selects `readyws.v1` and then sends `frames` on every connection.
+async fn fake_server(frames: Vec<String>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let frames = frames.clone();
+            tokio::spawn(async move {
+                // The error type is tungstenite's; the callback never fails.
+                #[allow(clippy::result_large_err)]
+                let select = |_: &Request, mut response: Response| {
+                    response.headers_mut().insert(
+                        "Sec-WebSocket-Protocol",
+                        "readyws.v1".parse().expect("header"),
+                    );
+                    Ok(response)
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, select).await else {
+                    return;
+                };
+                for frame in frames {
+                    if ws.send(Message::Text(frame.into())).await.is_err() {
+                        return;
+                    }
+                }
+                while let Some(Ok(_)) = ws.next().await {}
+            });
+        }
+    });
+    format!("ws://{addr}/ws")
+}
+
+#[tokio::test]
+async fn garbage_from_a_fake_server_is_a_typed_error_and_a_reconnect() {
+    let welcome = json!({"type": "welcome", "protocol": 1, "server": "fake", "phase": "accepting",
+        "heartbeat_ms": 30000, "max_frame_bytes": 65536, "max_inflight": 8, "resume_window_ms": 0})
+    .to_string();
+    for frames in [
+        vec!["\u{0}\u{1}not json".to_owned()],
+        vec![welcome.clone(), r#"{"type":"msg","id":1,"data":"before ready"}"#.to_owned()],
+        vec![r#"{"type":"connection_ready","session_id":"s","resume_token":"t","resumed":false,"last_received":0,"backlog":0}"#.to_owned()],
+        vec![welcome.clone(), r#"{"type":"ack","id":"#.to_owned()],
+    ] {
+        let url = fake_server(frames).await;
+        let client = Client::builder(url)
+            .token("alice")
+            .backoff(Duration::from_millis(10), Duration::from_millis(50))
+            .connect();
+        let _held = client.send(support::json(json!("kept"))).await.expect("accepted");
+        let mut state = client.watch_state();
+        let reason = loop {
+            state.changed().await.expect("client alive");
+            if let ConnectionState::Reconnecting { reason, .. } = state.borrow_and_update().clone() {
+                break reason;
+            }
+        };
+        assert!(matches!(reason, DisconnectReason::ProtocolViolation(_)), "{reason:?}");
+        eventually("it keeps retrying", || client.stats().reconnects >= 3).await;
+        assert_eq!(client.stats().queued, 1, "the held message is kept");
+    }
+}
