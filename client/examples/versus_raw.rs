@@ -5,7 +5,9 @@
 //! - throughput of 1 KiB messages each confirmed by the server (readyws: `ack`s from the reference
 //!   server; raw: a server that answers every message with a short text frame).
 //!
-//! `cargo run --release -p readyws --example versus_raw`
+//! `cargo run --release -p readyws --example versus_raw [-- URL]` — with a URL (such as a
+//! `readyws serve --insecure-dev-auth` on `ws://127.0.0.1:8080/ws`) the readyws figures and the raw
+//! open times are taken against that server; without one, against a server in this process.
 
 use std::time::{Duration, Instant};
 
@@ -13,6 +15,7 @@ use futures_util::{SinkExt, StreamExt};
 use readyws::{Client, Data, OutboxLimits, Outcome};
 use readyws_server::{AcceptAll, InsecureDevAuth, Server, ServerOptions};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const ROUNDS: usize = 200;
 const MESSAGES: usize = 20_000;
@@ -47,7 +50,7 @@ async fn main() {
         let _ = ws.close(None).await;
     }
     println!(
-        "create -> ready, median of {ROUNDS}: readyws {:.0} us, raw tokio-tungstenite open {:.0} us (ratio {:.2})",
+        "create -> ready, median of {ROUNDS}: readyws client {:.0} us, raw tokio-tungstenite WebSocket open to the same server {:.0} us (ratio {:.2})",
         micros(median(&mut readyws_ready)),
         micros(median(&mut raw_open)),
         median(&mut readyws_ready).as_secs_f64() / median(&mut raw_open).as_secs_f64()
