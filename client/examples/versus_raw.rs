@@ -43,7 +43,12 @@ async fn main() {
     let mut raw_open = Vec::new();
     for _ in 0..ROUNDS {
         let started = Instant::now();
-        let (mut ws, _) = tokio_tungstenite::connect_async(raw_url.as_str())
+        let mut request = readyws_url.as_str().into_client_request().expect("request");
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            "readyws.v1".parse().expect("header"),
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(request)
             .await
             .expect("connect");
         raw_open.push(started.elapsed());

@@ -288,10 +288,12 @@ impl Driver {
                             code: CloseCode::from(code),
                             reason: reason.into(),
                         };
-                        // A peer that does not answer must not hold the client up.
-                        let _ =
-                            tokio::time::timeout(Duration::from_secs(1), socket.close(Some(frame)))
-                                .await;
+                        // Closed on the side: a peer that does not answer (a dead connection is
+                        // the usual reason to close) must not hold up the next attempt.
+                        tokio::spawn(async move {
+                            let close = socket.close(Some(frame));
+                            let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
+                        });
                     }
                 }
             }
