@@ -34,8 +34,10 @@ type Opened = Result<(Socket, Option<String>, Option<Option<String>>), String>;
 type Connecting = Pin<Box<dyn Future<Output = Opened> + Send>>;
 
 pub(crate) fn start(builder: ClientBuilder) -> Client {
-    // One process-wide crypto provider for rustls: installing it here, once, is what keeps the
-    // first `wss://` connection from panicking for want of one (an error means one is installed).
+    // One process-wide crypto provider for rustls. rustls picks one by itself only when exactly one
+    // provider feature is enabled in the whole build; an application whose other dependencies
+    // also enable `aws-lc-rs` would otherwise panic at its first `wss://` connect. Installing
+    // `ring` here settles it (an error means the application installed one already, which wins).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let seed = builder.seed.unwrap_or_else(random_seed);
     let session = ClientSession::new(builder.protocol.clone(), seed);
