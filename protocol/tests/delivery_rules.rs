@@ -539,11 +539,10 @@ fn rs_4_impossible_positions_are_violations() {
     );
 }
 
-/// [RS-5] A lost session, default policy: the client is told, and every message still held —
-/// transmitted or not — goes out again in the new session, in order, numbered from 1.
-#[test]
-fn rs_5_a_reset_resends_everything_held_by_default() {
-    let mut client = Client::ready(ClientConfig::default(), json!({}));
+/// A client that sent one message on session `s1`, lost its connection, queued a second one,
+/// and came back to a server that started session `s2`. Returns the events of that moment.
+fn reset_scenario(config: ClientConfig) -> (Client, MessageId, MessageId, Vec<ClientEvent>) {
+    let mut client = Client::ready(config, json!({}));
     client.events();
     let sent = client.send(json!("sent"));
     client.transmits();
@@ -557,6 +556,14 @@ fn rs_5_a_reset_resends_everything_held_by_default() {
     client.transmits();
     client.receive(ready("s2"));
     let events = client.events();
+    (client, sent, waiting, events)
+}
+
+/// [RS-5] A lost session, default policy: the client is told, and every message still held —
+/// transmitted or not — goes out again in the new session, in order, numbered from 1.
+#[test]
+fn rs_5_a_reset_resends_everything_held_by_default() {
+    let (mut client, sent, waiting, events) = reset_scenario(ClientConfig::default());
     assert!(
         matches!(&events[0], ClientEvent::SessionReset { previous_session_id, resent: 1 } if previous_session_id == "s1")
     );
@@ -577,20 +584,7 @@ fn rs_5_a_reset_resends_everything_held_by_default() {
 #[test]
 fn rs_5_a_reset_is_reported_under_the_report_policy() {
     let config = ClientConfig::default().reset_policy(readyws_protocol::ResetPolicy::Report);
-    let mut client = Client::ready(config, json!({}));
-    client.events();
-    let sent = client.send(json!("sent"));
-    client.transmits();
-    client
-        .session
-        .handle_disconnected(client.conn, None, client.now);
-    let waiting = client.send(json!("waiting"));
-    client.events();
-    client.reconnect();
-    client.receive(welcome(json!({})));
-    client.transmits();
-    client.receive(ready("s2"));
-    let events = client.events();
+    let (mut client, sent, waiting, events) = reset_scenario(config);
     assert!(
         matches!(&events[0], ClientEvent::SessionReset { previous_session_id, resent: 0 } if previous_session_id == "s1")
     );

@@ -894,6 +894,8 @@ impl Sim {
         let mut progress = false;
         let mut hellos = Vec::new();
         let mut closed = None;
+        let mut session_id = String::new();
+        let mut session_events = Vec::new();
         {
             let latency = if self.faults { 60 } else { 5 };
             let Some(link) = self.links.get_mut(&conn) else {
@@ -952,24 +954,14 @@ impl Sim {
                     _ => {}
                 }
             }
-            let session_id = server
+            session_id = server
                 .session()
                 .map(|s| s.id().to_owned())
                 .unwrap_or_default();
-            while let Some(event) = server.poll_session_event() {
-                progress = true;
-                match event {
-                    SessionEvent::Message { data, .. } => {
-                        self.client_ledger.receive(&data, &session_id)?;
-                    }
-                    SessionEvent::Outcome { id, outcome } => {
-                        self.server_ledger
-                            .outcome(&session_id, id, outcome, self.now)?;
-                    }
-                    _ => {}
-                }
-            }
+            session_events.extend(std::iter::from_fn(|| server.poll_session_event()));
         }
+        progress |= !session_events.is_empty();
+        self.record(&session_id, session_events)?;
         for hello in hellos {
             self.handle_hello(conn, hello);
         }
@@ -999,15 +991,20 @@ impl Sim {
     }
 
     fn drain_session(&mut self, session: &mut ServerSession) -> Result<(), String> {
-        let session_id = session.id().to_owned();
-        while let Some(event) = session.poll_event() {
+        let events: Vec<SessionEvent> = std::iter::from_fn(|| session.poll_event()).collect();
+        self.record(session.id(), events)
+    }
+
+    /// Enters a server session's events in the ledgers.
+    fn record(&mut self, session_id: &str, events: Vec<SessionEvent>) -> Result<(), String> {
+        for event in events {
             match event {
                 SessionEvent::Message { data, .. } => {
-                    self.client_ledger.receive(&data, &session_id)?;
+                    self.client_ledger.receive(&data, session_id)?;
                 }
                 SessionEvent::Outcome { id, outcome } => {
                     self.server_ledger
-                        .outcome(&session_id, id, outcome, self.now)?;
+                        .outcome(session_id, id, outcome, self.now)?;
                 }
                 _ => {}
             }
