@@ -894,7 +894,7 @@ impl Sim {
         let mut progress = false;
         let mut hellos = Vec::new();
         let mut closed = None;
-        let mut session_id = String::new();
+        let session_id: String;
         let mut session_events = Vec::new();
         {
             let latency = if self.faults { 60 } else { 5 };
