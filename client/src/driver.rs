@@ -345,6 +345,9 @@ impl Driver {
 
     fn event(&mut self, event: ClientEvent) {
         match event {
+            ClientEvent::Welcome { server, starting } => {
+                info!(%server, starting, "welcome; hello sent");
+            }
             ClientEvent::Ready {
                 session_id,
                 resumed,

@@ -287,6 +287,13 @@ impl fmt::Display for CloseReason {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ClientEvent {
+    /// The server's `welcome` arrived and `hello` is on its way (for logs and metrics).
+    Welcome {
+        /// `welcome.server`.
+        server: String,
+        /// Whether the server is still starting (`phase: "starting"`) [SG-1].
+        starting: bool,
+    },
     /// The connection is ready: held messages flow now.
     Ready {
         /// The session now carried.
@@ -928,6 +935,10 @@ impl ClientSession {
             }),
         };
         self.control.push_back(Frame::Hello(hello));
+        self.emit(ClientEvent::Welcome {
+            server: welcome.server.clone(),
+            starting: welcome.phase == ServerPhase::Starting,
+        });
         let deadline = match welcome.phase {
             ServerPhase::Starting => self.now + self.config.startup_timeout,
             ServerPhase::Accepting => deadline,

@@ -554,6 +554,7 @@ fn reset_scenario(config: ClientConfig) -> (Client, MessageId, MessageId, Vec<Cl
     client.reconnect();
     client.receive(welcome(json!({})));
     client.transmits();
+    client.events();
     client.receive(ready("s2"));
     let events = client.events();
     (client, sent, waiting, events)

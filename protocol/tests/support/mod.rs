@@ -75,6 +75,11 @@ impl Client {
         let hello = client.transmits();
         assert_eq!(hello.len(), 1, "exactly one hello: {hello:?}");
         assert_eq!(hello[0]["type"], "hello");
+        let noticed = client.events();
+        assert!(
+            matches!(noticed.as_slice(), [ClientEvent::Welcome { server, .. }] if server == "test"),
+            "the application hears of the welcome: {noticed:?}"
+        );
         client
     }
 
