@@ -2,6 +2,9 @@
 //!
 //! - `test`: everything CI runs, in order, each step timed; it installs what it needs (the wasm32
 //!   target) and stops at the first failure with the step's name.
+//! - `bench`: runs the measurements in release builds, each next to its baseline from the same
+//!   run: handshake latency of the reference server, and the native client against raw
+//!   tokio-tungstenite.
 //! - `wasm-size`: builds a small browser-targeted program that drives the protocol crate's client
 //!   session, and reports the size of the optimized `.wasm` raw and gzipped.
 
@@ -25,8 +28,9 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test(),
         Some("wasm-size") => wasm_size().map(|_| ()),
+        Some("bench") => bench(),
         _ => {
-            eprintln!("usage: cargo xtask <test|wasm-size>");
+            eprintln!("usage: cargo xtask <test|bench|wasm-size>");
             return ExitCode::from(2);
         }
     };
@@ -144,6 +148,37 @@ fn cargo_test(totals: &mut TestTotals) -> Result<(), String> {
     } else {
         Err(format!("`cargo test --workspace` exited with {status}"))
     }
+}
+
+fn bench() -> Result<(), String> {
+    step("handshake latency of the reference server", || {
+        cargo(
+            &[
+                "run",
+                "--release",
+                "--quiet",
+                "-p",
+                "readyws-server",
+                "--example",
+                "handshake_latency",
+            ],
+            &[],
+        )
+    })?;
+    step("native client against raw tokio-tungstenite", || {
+        cargo(
+            &[
+                "run",
+                "--release",
+                "--quiet",
+                "-p",
+                "readyws",
+                "--example",
+                "versus_raw",
+            ],
+            &[],
+        )
+    })
 }
 
 fn step(name: &str, run: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
