@@ -38,32 +38,25 @@ async fn a_message_sent_before_any_connection_exists_is_delivered() {
 
 #[tokio::test]
 async fn a_connection_established_after_a_send_was_attempted_delivers_it() {
-    // Reserve a port with nothing listening yet.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    // A front whose server does not exist yet: every attempt fails until it does.
+    let nothing = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    let addr = listener.local_addr().expect("address");
-    drop(listener);
-    let client = fast(format!("ws://{addr}/ws"), "alice").connect();
+    let front = Proxy::start(nothing.local_addr().expect("address")).await;
+    drop(nothing);
+    let client = fast(front.url(), "alice").connect();
     let delivery = client
         .send(support::json(json!("early")))
         .await
         .expect("accepted");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("a failed attempt", || client.stats().reconnects >= 1).await;
     assert!(matches!(
         client.state(),
         ConnectionState::Reconnecting { .. } | ConnectionState::Connecting { .. }
     ));
     let recorder = Recorder::default();
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .expect("the port is free again");
-    let server = TestServer::start_on(
-        listener,
-        quick_options(),
-        readyws_server::InsecureDevAuth,
-        recorder.handler(),
-    );
+    let server = TestServer::start(quick_options(), recorder.handler()).await;
+    front.set_upstream(server.addr);
     assert_eq!(delivery.await, Outcome::Acked);
     assert_eq!(recorder.values(), vec![json!("early")]);
     server.stop();
