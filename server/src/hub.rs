@@ -248,7 +248,7 @@ impl Hub {
                 held.holders += 1;
             }
         }
-        let token = session_token(&session);
+        let token = session.resume_token().clone();
         state.sessions.insert(
             session.id().to_owned(),
             SessionEntry {
@@ -418,8 +418,4 @@ fn new_session(protocol: &ServerConfig) -> ServerSession {
     let id = ResumeToken::from_random_bytes(id_bytes).expect("16 bytes");
     let token = ResumeToken::from_random_bytes(token_bytes).expect("16 bytes");
     ServerSession::new(format!("s-{}", &id.expose()[..24]), token, protocol)
-}
-
-fn session_token(session: &ServerSession) -> ResumeToken {
-    session.resume_token().clone()
 }
