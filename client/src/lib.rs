@@ -219,7 +219,8 @@ impl Client {
     }
 
     /// Replaces the credentials used from the next connection attempt on (and resumes after a
-    /// 41xx refusal when no token provider is configured).
+    /// 41xx refusal when no token provider is configured). With a token provider, the provider's
+    /// answer before each attempt takes precedence.
     pub fn set_token(&self, token: impl Into<String>) {
         let _ = self.commands.send(Command::SetToken(Some(token.into())));
     }
