@@ -339,3 +339,27 @@ async fn wait_until(condition: impl Fn() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// [CU-5] [CU-2] The time-to-live runs only while no session holds a copy: a message held by a
+/// session kept for resume does not expire under it, and expires once that session is gone.
+#[tokio::test]
+async fn the_ttl_waits_for_the_sessions_that_hold_a_copy() {
+    let limits = MailboxLimits {
+        ttl: Duration::from_millis(200),
+        ..MailboxLimits::default()
+    };
+    let server = TestServer::start(options(Duration::from_millis(1000)).mailbox(limits)).await;
+    let (mut raw, _) = Raw::handshake(&server.url(), "gina", None).await;
+    server.publish("gina", json!("unacked"));
+    raw.recv_type("msg").await;
+    drop(raw);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let user = UserId::new("gina");
+    assert_eq!(
+        server.handle.mailbox_depth(&user),
+        1,
+        "the kept session still holds it"
+    );
+    wait_until(|| server.handle.mailbox_depth(&user) == 0).await;
+    server.stop().await;
+}
