@@ -424,7 +424,7 @@ impl Sim {
                 next_app_action = self.now + self.rng.u64(5..=120);
             }
             if self.faults && self.now >= next_fault {
-                self.fault();
+                self.fault()?;
                 next_fault = self.now + self.rng.u64(300..=2500);
             }
         }
@@ -453,15 +453,7 @@ impl Sim {
         // End everything, so that every message has its outcome, then check the ledgers.
         self.client.close(Duration::ZERO, self.time());
         for conn in self.links.keys().copied().collect::<Vec<_>>() {
-            if let Some(mut session) = self
-                .links
-                .get_mut(&conn)
-                .and_then(|l| l.server.as_mut())
-                .and_then(ServerConnection::take_session)
-            {
-                session.end();
-                self.drain_session(&mut session)?;
-            }
+            self.end_attached_session(conn)?;
         }
         for (_, mut stored) in std::mem::take(&mut self.stored) {
             stored.session.end();
@@ -526,7 +518,7 @@ impl Sim {
         Ok(())
     }
 
-    fn fault(&mut self) {
+    fn fault(&mut self) -> Result<(), String> {
         let now = self.time();
         let roll = self.rng.u8(0..100);
         let conn = self.current_conn;
@@ -573,22 +565,14 @@ impl Sim {
                 self.log.push(format!("{} server restart", self.now));
                 for conn in self.links.keys().copied().collect::<Vec<_>>() {
                     self.cut(conn, true);
-                    if let Some(mut session) = self
-                        .links
-                        .get_mut(&conn)
-                        .and_then(|l| l.server.as_mut())
-                        .and_then(ServerConnection::take_session)
-                    {
-                        session.end();
-                        let _ = self.drain_session(&mut session);
-                    }
+                    self.end_attached_session(conn)?;
                     if let Some(link) = self.links.get_mut(&conn) {
                         link.server = None;
                     }
                 }
                 for (_, mut stored) in std::mem::take(&mut self.stored) {
                     stored.session.end();
-                    let _ = self.drain_session(&mut stored.session);
+                    self.drain_session(&mut stored.session)?;
                 }
                 self.user_session = None;
                 self.starting_until = Some(self.now + self.rng.u64(100..=3000));
@@ -609,6 +593,7 @@ impl Sim {
                 }
             }
         }
+        Ok(())
     }
 
     /// Ends `conn` for both ends, each told after a delay, when `notify` says so.
@@ -988,6 +973,20 @@ impl Sim {
             }
         }
         Ok(progress)
+    }
+
+    /// Ends the session attached to `conn`'s server connection, if any, recording its outcomes.
+    fn end_attached_session(&mut self, conn: u64) -> Result<(), String> {
+        let session = self
+            .links
+            .get_mut(&conn)
+            .and_then(|l| l.server.as_mut())
+            .and_then(ServerConnection::take_session);
+        if let Some(mut session) = session {
+            session.end();
+            self.drain_session(&mut session)?;
+        }
+        Ok(())
     }
 
     fn drain_session(&mut self, session: &mut ServerSession) -> Result<(), String> {
