@@ -1,40 +1,158 @@
 //! Encoding and decoding frames (`docs/PROTOCOL.md` §3–§4).
 //!
-//! Decoding reads a frame in two passes: first only its `type` (every other field is skipped
-//! unparsed), then the fields of that type. The first pass lets every error name the frame it
-//! concerns and lets a receiver skip types it does not know; the second keeps `msg.data` as the
-//! exact JSON text the sender wrote. No input makes either pass panic.
+//! Decoding checks that the text is one JSON value, then reads the object's `type`, then the
+//! members that type defines (others are ignored, [FR-2]); `msg.data` is kept as the exact JSON
+//! text the sender wrote. Each step has its own error class, so every error names the frame it
+//! concerns where the frame can be named at all. No input makes decoding panic.
 
-use core::fmt;
+use std::borrow::Cow;
 
-use serde::Deserialize;
-use serde::de::{self, DeserializeOwned, IgnoredAny, MapAccess, SeqAccess, Visitor};
-
+use crate::data::Data;
 use crate::error::DecodeError;
 use crate::frame::{
-    Ack, ConnectionReady, Frame, FrameKind, Goaway, Hello, MAX_RESUME_TOKEN_BYTES,
-    MAX_SAFE_INTEGER, MAX_SESSION_ID_BYTES, MIN_MAX_FRAME_BYTES, Msg, Nack, Ping, Pong, Role,
-    Welcome,
+    Ack, ClientInfo, ConnectionReady, Frame, FrameKind, Goaway, Hello, MAX_RESUME_TOKEN_BYTES,
+    MAX_SAFE_INTEGER, MAX_SESSION_ID_BYTES, MIN_MAX_FRAME_BYTES, Msg, Nack, Ping, Pong, Resume,
+    ResumeToken, Role, ServerPhase, Welcome,
 };
+use crate::json::{self, Member};
 
 /// Encodes a frame as the text of one WebSocket text frame.
+///
+/// Members appear in the order of the tables in `docs/PROTOCOL.md` §3.2, `type` first, and
+/// optional members that are absent are left out.
 pub fn encode(frame: &Frame) -> String {
-    // The frame types hold only strings, integers, booleans, options and JSON text that was
-    // validated when it was made, so serde_json has nothing it could refuse.
-    serde_json::to_string(frame).expect("readyws frames always serialize to JSON")
+    let mut out = Writer::new(frame.kind());
+    match frame {
+        Frame::Welcome(welcome) => {
+            out.integer("protocol", welcome.protocol);
+            out.string("server", &welcome.server);
+            out.string("phase", welcome.phase.as_str());
+            out.integer("heartbeat_ms", welcome.heartbeat_ms);
+            out.integer("max_frame_bytes", welcome.max_frame_bytes);
+            out.integer("max_inflight", welcome.max_inflight);
+            out.integer("resume_window_ms", welcome.resume_window_ms);
+        }
+        Frame::Hello(hello) => {
+            if let Some(token) = &hello.token {
+                out.string("token", token);
+            }
+            if let Some(resume) = &hello.resume {
+                out.key("resume");
+                out.text.push('{');
+                out.first = true;
+                out.string("session_id", &resume.session_id);
+                out.string("resume_token", resume.resume_token.expose());
+                out.integer("last_received", resume.last_received);
+                out.text.push('}');
+            }
+            if let Some(client) = &hello.client {
+                out.key("client");
+                out.text.push('{');
+                out.first = true;
+                out.string("sdk", &client.sdk);
+                out.string("version", &client.version);
+                out.integer("attempt", client.attempt);
+                out.text.push('}');
+            }
+        }
+        Frame::ConnectionReady(ready) => {
+            out.string("session_id", &ready.session_id);
+            out.string("resume_token", ready.resume_token.expose());
+            out.key("resumed");
+            out.text
+                .push_str(if ready.resumed { "true" } else { "false" });
+            out.integer("last_received", ready.last_received);
+            out.integer("backlog", ready.backlog);
+        }
+        Frame::Msg(msg) => {
+            out.integer("id", msg.id);
+            out.key("data");
+            out.text.push_str(msg.data.as_json());
+        }
+        Frame::Ack(ack) => out.integer("id", ack.id),
+        Frame::Nack(nack) => {
+            out.integer("id", nack.id);
+            out.string("code", &nack.code);
+            out.string("reason", &nack.reason);
+        }
+        Frame::Ping(Ping { nonce }) | Frame::Pong(Pong { nonce }) => {
+            if let Some(nonce) = nonce {
+                out.string("nonce", nonce);
+            }
+        }
+        Frame::Goaway(goaway) => {
+            out.integer("code", u64::from(goaway.code));
+            out.string("reason", &goaway.reason);
+            if let Some(delay) = goaway.retry_after_ms {
+                out.integer("retry_after_ms", delay);
+            }
+        }
+    }
+    out.text.push('}');
+    out.text
+}
+
+/// Writes the members of one object; `first` says whether the next member needs no comma.
+struct Writer {
+    text: String,
+    first: bool,
+}
+
+impl Writer {
+    fn new(kind: FrameKind) -> Self {
+        let mut writer = Writer {
+            text: String::with_capacity(64),
+            first: true,
+        };
+        writer.text.push('{');
+        writer.string("type", kind.as_str());
+        writer
+    }
+
+    fn key(&mut self, key: &str) {
+        if !self.first {
+            self.text.push(',');
+        }
+        self.first = false;
+        json::write_string(&mut self.text, key);
+        self.text.push(':');
+    }
+
+    fn string(&mut self, key: &str, value: &str) {
+        self.key(key);
+        json::write_string(&mut self.text, value);
+    }
+
+    fn integer(&mut self, key: &str, value: u64) {
+        self.key(key);
+        json::write_u64(&mut self.text, value);
+    }
 }
 
 /// Decodes one text frame that a peer playing `sender` sent.
 ///
 /// `max_frame_bytes` is the limit in force on the connection. A frame over it is refused with
-/// [`DecodeError::TooLarge`] before it is parsed, except a `msg` frame whose id can still be read:
-/// that one is reported as [`DecodeError::InvalidFrame`] with `msg_id` set, so that the receiver
-/// can refuse that one message with a `nack` instead of dropping the connection.
+/// [`DecodeError::TooLarge`], except a `msg` frame whose id can still be read: that one is
+/// reported as [`DecodeError::InvalidFrame`] with `msg_id` set, so that the receiver can refuse
+/// that one message with a `nack` instead of dropping the connection.
 pub fn decode(text: &str, sender: Role, max_frame_bytes: usize) -> Result<Frame, DecodeError> {
-    let kind = read_kind(text, sender)?;
+    let value = json::validate(text).map_err(|error| DecodeError::InvalidJson {
+        detail: error.to_string(),
+    })?;
+    let invalid_json = |error: json::InvalidJson| DecodeError::InvalidJson {
+        detail: error.to_string(),
+    };
+    let members = json::members(value)
+        .map_err(invalid_json)?
+        .ok_or(DecodeError::NotAnObject)?;
+    let kind = read_kind(&members, sender)?;
+    let object = Object {
+        members: &members,
+        kind,
+    };
     if text.len() > max_frame_bytes {
         if kind == FrameKind::Msg {
-            if let Some(id) = read_msg_id(text) {
+            if let Some(id) = object.readable_msg_id() {
                 return Err(DecodeError::InvalidFrame {
                     kind,
                     detail: format!(
@@ -51,80 +169,230 @@ pub fn decode(text: &str, sender: Role, max_frame_bytes: usize) -> Result<Frame,
             max: max_frame_bytes,
         });
     }
-    let frame = match kind {
-        FrameKind::Welcome => Frame::Welcome(fields::<Welcome>(text, kind)?),
-        FrameKind::Hello => Frame::Hello(fields::<Hello>(text, kind)?),
-        FrameKind::ConnectionReady => {
-            Frame::ConnectionReady(fields::<ConnectionReady>(text, kind)?)
-        }
-        FrameKind::Msg => match fields::<Msg>(text, kind) {
-            Ok(msg) => Frame::Msg(msg),
-            Err(DecodeError::InvalidFrame { kind, detail, .. }) => {
-                return Err(DecodeError::InvalidFrame {
-                    kind,
-                    detail,
-                    msg_id: read_msg_id(text),
-                    too_large: false,
-                });
-            }
-            Err(other) => return Err(other),
-        },
-        FrameKind::Ack => Frame::Ack(fields::<Ack>(text, kind)?),
-        FrameKind::Nack => Frame::Nack(fields::<Nack>(text, kind)?),
-        FrameKind::Ping => Frame::Ping(fields::<Ping>(text, kind)?),
-        FrameKind::Pong => Frame::Pong(fields::<Pong>(text, kind)?),
-        FrameKind::Goaway => Frame::Goaway(fields::<Goaway>(text, kind)?),
-    };
-    validate(&frame).map_err(|detail| DecodeError::InvalidFrame {
+    let invalid = |detail: String, msg_id: Option<u64>| DecodeError::InvalidFrame {
         kind,
         detail,
-        msg_id: None,
+        msg_id,
         too_large: false,
-    })?;
+    };
+    let frame = object
+        .frame()
+        .map_err(|detail| invalid(detail, object.readable_msg_id()))?;
+    validate(&frame).map_err(|detail| invalid(detail, None))?;
     Ok(frame)
 }
 
-/// Reads only the `type` of a frame and checks that `sender` may send it.
-fn read_kind(text: &str, sender: Role) -> Result<FrameKind, DecodeError> {
-    let shape = serde_json::from_str::<Shape>(text).map_err(|error| DecodeError::InvalidJson {
-        detail: error.to_string(),
-    })?;
+/// Reads the `type` of a frame and checks that `sender` may send it.
+fn read_kind(members: &[Member<'_>], sender: Role) -> Result<FrameKind, DecodeError> {
     let missing = |detail: &str| DecodeError::MissingType {
         detail: detail.to_owned(),
     };
-    let name = match shape {
-        Shape::NotAnObject => return Err(DecodeError::NotAnObject),
-        Shape::Object(TypeShape::Absent) => return Err(missing("the object has no field `type`")),
-        Shape::Object(TypeShape::NotAString) => return Err(missing("`type` is not a string")),
-        Shape::Object(TypeShape::Repeated) => {
-            return Err(missing("the field `type` appears more than once"));
-        }
-        Shape::Object(TypeShape::Text(name)) => name,
+    let mut types = members.iter().filter(|member| member.key == "type");
+    let Some(member) = types.next() else {
+        return Err(missing("the object has no field `type`"));
     };
-    let kind = FrameKind::from_type(&name).ok_or(DecodeError::UnknownType { kind: name })?;
+    if types.next().is_some() {
+        return Err(missing("the field `type` appears more than once"));
+    }
+    if !member.value.starts_with('"') {
+        return Err(missing("`type` is not a string"));
+    }
+    let name = json::string(member.value).map_err(|error| DecodeError::InvalidJson {
+        detail: error.to_string(),
+    })?;
+    let kind = FrameKind::from_type(&name).ok_or_else(|| DecodeError::UnknownType {
+        kind: name.into_owned(),
+    })?;
     if !kind.sent_by(sender) {
         return Err(DecodeError::WrongDirection { kind, sender });
     }
     Ok(kind)
 }
 
-/// Reads a `msg` frame's `id` alone, for a receiver that must refuse the rest of it.
-fn read_msg_id(text: &str) -> Option<u64> {
-    #[derive(Deserialize)]
-    struct IdOnly {
-        id: u64,
-    }
-    let id = serde_json::from_str::<IdOnly>(text).ok()?.id;
-    (1..=MAX_SAFE_INTEGER).contains(&id).then_some(id)
+/// The members of one object, read by name with the JSON type the specification gives them.
+///
+/// Every reader fails with a sentence that names the member; a member that appears twice is
+/// refused ([FR-7]) and `null` for an optional member counts as absent.
+struct Object<'m, 'a> {
+    members: &'m [Member<'a>],
+    kind: FrameKind,
 }
 
-fn fields<T: DeserializeOwned>(text: &str, kind: FrameKind) -> Result<T, DecodeError> {
-    serde_json::from_str::<T>(text).map_err(|error| DecodeError::InvalidFrame {
-        kind,
-        detail: error.to_string(),
-        msg_id: None,
-        too_large: false,
+impl<'a> Object<'_, 'a> {
+    /// The text of member `name`, if present.
+    fn get(&self, name: &str) -> Result<Option<&'a str>, String> {
+        let mut found = self.members.iter().filter(|member| member.key == name);
+        let first = found.next().map(|member| member.value);
+        if found.next().is_some() {
+            return Err(format!("the field `{name}` appears more than once"));
+        }
+        Ok(first)
+    }
+
+    fn required(&self, name: &str) -> Result<&'a str, String> {
+        self.get(name)?
+            .ok_or_else(|| format!("missing field `{name}` in `{}`", self.kind))
+    }
+
+    fn optional(&self, name: &str) -> Result<Option<&'a str>, String> {
+        Ok(self.get(name)?.filter(|value| *value != "null"))
+    }
+
+    fn integer(&self, name: &str) -> Result<u64, String> {
+        integer(name, self.required(name)?)
+    }
+
+    fn string(&self, name: &str) -> Result<String, String> {
+        string(name, self.required(name)?)
+    }
+
+    fn optional_string(&self, name: &str) -> Result<Option<String>, String> {
+        self.optional(name)?
+            .map(|value| string(name, value))
+            .transpose()
+    }
+
+    fn boolean(&self, name: &str) -> Result<bool, String> {
+        match self.required(name)? {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            other => Err(wrong_type(name, "a boolean", other)),
+        }
+    }
+
+    /// Reads the members of the object in member `name`, if present, with `read`.
+    fn optional_object<T>(
+        &self,
+        name: &str,
+        read: impl FnOnce(&Object<'_, 'a>) -> Result<T, String>,
+    ) -> Result<Option<T>, String> {
+        let Some(value) = self.optional(name)? else {
+            return Ok(None);
+        };
+        let members = json::members(value)
+            .map_err(|error| error.to_string())?
+            .ok_or_else(|| wrong_type(name, "an object", value))?;
+        read(&Object {
+            members: &members,
+            kind: self.kind,
+        })
+        .map(Some)
+    }
+
+    /// The `id` of a `msg` frame whose other members may be invalid, when it is a valid id.
+    fn readable_msg_id(&self) -> Option<u64> {
+        if self.kind != FrameKind::Msg {
+            return None;
+        }
+        let id = integer("id", self.get("id").ok()??).ok()?;
+        (1..=MAX_SAFE_INTEGER).contains(&id).then_some(id)
+    }
+
+    fn frame(&self) -> Result<Frame, String> {
+        Ok(match self.kind {
+            FrameKind::Welcome => Frame::Welcome(Welcome {
+                protocol: self.integer("protocol")?,
+                server: self.string("server")?,
+                phase: {
+                    let phase = self.string("phase")?;
+                    ServerPhase::from_wire(&phase).ok_or_else(|| {
+                        format!("`phase` must be \"starting\" or \"accepting\", got {phase:?}")
+                    })?
+                },
+                heartbeat_ms: self.integer("heartbeat_ms")?,
+                max_frame_bytes: self.integer("max_frame_bytes")?,
+                max_inflight: self.integer("max_inflight")?,
+                resume_window_ms: self.integer("resume_window_ms")?,
+            }),
+            FrameKind::Hello => Frame::Hello(Hello {
+                token: self.optional_string("token")?,
+                resume: self.optional_object("resume", |resume| {
+                    Ok(Resume {
+                        session_id: resume.string("session_id")?,
+                        resume_token: ResumeToken::from_wire(resume.string("resume_token")?),
+                        last_received: resume.integer("last_received")?,
+                    })
+                })?,
+                client: self.optional_object("client", |client| {
+                    Ok(ClientInfo {
+                        sdk: client.string("sdk")?,
+                        version: client.string("version")?,
+                        attempt: client.integer("attempt")?,
+                    })
+                })?,
+            }),
+            FrameKind::ConnectionReady => Frame::ConnectionReady(ConnectionReady {
+                session_id: self.string("session_id")?,
+                resume_token: ResumeToken::from_wire(self.string("resume_token")?),
+                resumed: self.boolean("resumed")?,
+                last_received: self.integer("last_received")?,
+                backlog: self.integer("backlog")?,
+            }),
+            FrameKind::Msg => Frame::Msg(Msg {
+                id: self.integer("id")?,
+                data: Data::from_validated(self.required("data")?),
+            }),
+            FrameKind::Ack => Frame::Ack(Ack {
+                id: self.integer("id")?,
+            }),
+            FrameKind::Nack => Frame::Nack(Nack {
+                id: self.integer("id")?,
+                code: self.string("code")?,
+                reason: self.string("reason")?,
+            }),
+            FrameKind::Ping => Frame::Ping(Ping {
+                nonce: self.optional_string("nonce")?,
+            }),
+            FrameKind::Pong => Frame::Pong(Pong {
+                nonce: self.optional_string("nonce")?,
+            }),
+            FrameKind::Goaway => Frame::Goaway(Goaway {
+                code: {
+                    let code = self.integer("code")?;
+                    u16::try_from(code)
+                        .map_err(|_| format!("`code` must be between 4000 and 4999, got {code}"))?
+                },
+                reason: self.string("reason")?,
+                retry_after_ms: self
+                    .optional("retry_after_ms")?
+                    .map(|value| integer("retry_after_ms", value))
+                    .transpose()?,
+            }),
+        })
+    }
+}
+
+fn integer(name: &str, value: &str) -> Result<u64, String> {
+    json::unsigned(value).map_err(|is_number| {
+        if is_number {
+            format!(
+                "`{name}` must be an integer from 0 to {MAX_SAFE_INTEGER} without fraction or exponent, got {value}"
+            )
+        } else {
+            wrong_type(name, "an integer", value)
+        }
     })
+}
+
+fn string(name: &str, value: &str) -> Result<String, String> {
+    if !value.starts_with('"') {
+        return Err(wrong_type(name, "a string", value));
+    }
+    json::string(value)
+        .map(Cow::into_owned)
+        .map_err(|error| format!("`{name}`: {error}"))
+}
+
+fn wrong_type(name: &str, expected: &str, value: &str) -> String {
+    let got = match value.as_bytes().first() {
+        Some(b'"') => "a string",
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    };
+    format!("`{name}` must be {expected}, got {got}")
 }
 
 /// The value rules that JSON types alone do not express (`docs/PROTOCOL.md` §4).
@@ -235,126 +503,4 @@ fn resume_token(token: &str) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// What the first decoding pass learns: whether the frame is an object, and its `type`.
-enum Shape {
-    NotAnObject,
-    Object(TypeShape),
-}
-
-/// What the first pass found in the `type` field of an object.
-enum TypeShape {
-    Absent,
-    NotAString,
-    Repeated,
-    Text(String),
-}
-
-impl<'de> Deserialize<'de> for Shape {
-    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(ShapeVisitor)
-    }
-}
-
-struct ShapeVisitor;
-
-impl<'de> Visitor<'de> for ShapeVisitor {
-    type Value = Shape;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Shape, A::Error> {
-        let mut kind = TypeShape::Absent;
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            if key != "type" {
-                map.next_value::<IgnoredAny>()?;
-                continue;
-            }
-            let value = map.next_value::<TypeField>()?;
-            kind = match (kind, value) {
-                (TypeShape::Absent, TypeField::Text(text)) => TypeShape::Text(text),
-                (TypeShape::Absent, TypeField::Other) => TypeShape::NotAString,
-                // Keep reading to the end so that a syntax error later on is still reported.
-                _ => TypeShape::Repeated,
-            };
-        }
-        Ok(Shape::Object(kind))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Shape, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Shape::NotAnObject)
-    }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Shape, E> {
-        Ok(Shape::NotAnObject)
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Shape, E> {
-        Ok(Shape::NotAnObject)
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Shape, E> {
-        Ok(Shape::NotAnObject)
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Shape, E> {
-        Ok(Shape::NotAnObject)
-    }
-
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Shape, E> {
-        Ok(Shape::NotAnObject)
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Shape, E> {
-        Ok(Shape::NotAnObject)
-    }
-}
-
-/// The value of a `type` field: a string, or anything else (which counts as no `type`).
-enum TypeField {
-    Text(String),
-    Other,
-}
-
-impl<'de> Deserialize<'de> for TypeField {
-    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct TypeFieldVisitor;
-        impl<'de> Visitor<'de> for TypeFieldVisitor {
-            type Value = TypeField;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON value")
-            }
-            fn visit_str<E: de::Error>(self, text: &str) -> Result<TypeField, E> {
-                Ok(TypeField::Text(text.to_owned()))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TypeField, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(TypeField::Other)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<TypeField, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(TypeField::Other)
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<TypeField, E> {
-                Ok(TypeField::Other)
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<TypeField, E> {
-                Ok(TypeField::Other)
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<TypeField, E> {
-                Ok(TypeField::Other)
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<TypeField, E> {
-                Ok(TypeField::Other)
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<TypeField, E> {
-                Ok(TypeField::Other)
-            }
-        }
-        deserializer.deserialize_any(TypeFieldVisitor)
-    }
 }

@@ -143,6 +143,25 @@ pub enum ServerPhase {
     Accepting,
 }
 
+impl ServerPhase {
+    /// The phase as written on the wire.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ServerPhase::Starting => "starting",
+            ServerPhase::Accepting => "accepting",
+        }
+    }
+
+    /// The phase written as `text` on the wire, if it is one.
+    pub fn from_wire(text: &str) -> Option<Self> {
+        match text {
+            "starting" => Some(ServerPhase::Starting),
+            "accepting" => Some(ServerPhase::Accepting),
+            _ => None,
+        }
+    }
+}
+
 /// `welcome`: the server's first frame, sent as soon as the socket opens.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Welcome {

@@ -61,6 +61,7 @@ mod data;
 pub mod error;
 pub mod frame;
 mod inbox;
+mod json;
 mod outbox;
 pub mod server;
 mod time;
@@ -74,6 +75,7 @@ pub use close::CloseClass;
 pub use data::Data;
 pub use error::{DecodeError, Expected, ProtocolError, RefuseError, SendError, SendErrorReason};
 pub use frame::{Frame, FrameKind, ResumeToken, Role, SUBPROTOCOL, ServerPhase};
+pub use json::InvalidJson;
 pub use outbox::{MessageId, OutboxLimits, Outcome};
 pub use server::{
     ConnectionCloseReason, ConnectionEvent, ServerConfig, ServerConnection, ServerSession,
