@@ -12,7 +12,7 @@ use crate::codec::{decode, encode};
 use crate::error::{DecodeError, Expected, ProtocolError, SendError, SendErrorReason};
 use crate::frame::{
     ClientInfo, ConnectionReady, Frame, FrameKind, Goaway, Hello, PRE_WELCOME_MAX_FRAME_BYTES,
-    PROTOCOL_VERSION, Pong, Resume, ResumeToken, Role, SUBPROTOCOL, ServerPhase, Welcome,
+    PROTOCOL_VERSION, Ping, Pong, Resume, ResumeToken, Role, SUBPROTOCOL, ServerPhase, Welcome,
 };
 use crate::inbox::{Inbox, Verdict};
 use crate::outbox::{MessageId, Outbox, OutboxLimits, Outcome};
@@ -747,6 +747,24 @@ impl ClientSession {
             );
         }
         self.finish_close_if_drained();
+    }
+
+    /// The platform says the connection may have changed under the session: the network came
+    /// back (the browser's `online` event) or a hidden page became visible again, after its
+    /// timers were throttled for up to a minute. Checks every deadline against `now` first; then,
+    /// while waiting to reconnect, starts the next attempt at once instead of sleeping out the
+    /// backoff [RC-6], and while ready sends a `ping` so that the answer refreshes liveness
+    /// [HB-5]. The attempt still counts as a failure for the backoff [RC-1].
+    pub fn handle_wake(&mut self, now: Time) {
+        // Only a wait that began before this wake-up is cut short: a connection that the deadline
+        // check below finds dead takes its backoff like any other failure.
+        let was_waiting = matches!(self.phase, Phase::Backoff { .. });
+        self.handle_timeout(now);
+        match self.phase {
+            Phase::Backoff { .. } if was_waiting => self.open_connection(),
+            Phase::Ready { .. } => self.control.push_back(Frame::Ping(Ping { nonce: None })),
+            _ => {}
+        }
     }
 
     // ----- outputs -----

@@ -345,6 +345,54 @@ fn rc_2_backoff_resets_only_on_readiness() {
     assert!(next_delay(&mut client) < Duration::from_secs(2));
 }
 
+/// [RC-6] A wake-up (network back, page visible again) starts a pending attempt at once, and
+/// while ready checks liveness against the clock and sends a `ping`.
+#[test]
+fn rc_6_a_wake_up_cuts_the_backoff_short_and_probes_a_ready_connection() {
+    let mut client = Client::connecting(ClientConfig::default().backoff(backoff(10_000, 60_000)));
+    client
+        .session
+        .handle_connect_failed(client.conn, "offline", client.now);
+    assert!(next_delay(&mut client) >= Duration::from_secs(10));
+    client.at(5);
+    client.session.handle_wake(client.now);
+    assert!(
+        matches!(client.actions().as_slice(), [Action::Open { .. }]),
+        "the next attempt starts at once"
+    );
+
+    let mut client = Client::ready(ClientConfig::default(), json!({"heartbeat_ms": 1000}));
+    client.transmits();
+    client.events();
+    client.at(500);
+    client.session.handle_wake(client.now);
+    assert_eq!(client.transmits(), vec![json!({"type": "ping"})]);
+    assert!(client.actions().is_empty(), "a live connection is kept");
+
+    // A page hidden for longer than the liveness deadline finds its connection dead on wake-up,
+    // even though no timer fired in between.
+    client.at(60_000);
+    client.session.handle_wake(client.now);
+    let events = client.events();
+    assert!(
+        matches!(
+            events.as_slice(),
+            [ClientEvent::Disconnected {
+                reason: DisconnectReason::HeartbeatTimeout,
+                ..
+            }]
+        ),
+        "{events:?}"
+    );
+    assert!(
+        client
+            .actions()
+            .iter()
+            .all(|a| !matches!(a, Action::Open { .. })),
+        "the failure found on wake-up waits out its backoff"
+    );
+}
+
 /// [RC-3] No giving up by default; an attempt limit, when configured, ends the session.
 #[test]
 fn rc_3_never_give_up_unless_configured() {
