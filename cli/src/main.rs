@@ -1,5 +1,7 @@
 //! `readyws`: the command-line entry point. `readyws serve` runs the reference server.
 
+mod static_files;
+
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -92,6 +94,10 @@ struct ServeArgs {
     /// How long shutdown waits for connections to close.
     #[arg(long, value_name = "MS", default_value_t = 5_000)]
     shutdown_grace_ms: u64,
+    /// Also serve the files under this folder over HTTP (for example `wasm`, whose
+    /// `examples/browser/` page then runs at /examples/browser/).
+    #[arg(long = "static", value_name = "DIR")]
+    static_dir: Option<std::path::PathBuf>,
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, default_value = "info")]
     log: tracing::Level,
@@ -166,6 +172,16 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             build(options, InsecureDevAuth, args.echo)
         }
         _ => return Err("choose an authentication: --jwt-secret SECRET (or READYWS_JWT_SECRET), or --insecure-dev-auth".to_owned()),
+    };
+    let server = match &args.static_dir {
+        Some(dir) => {
+            if !dir.is_dir() {
+                return Err(format!("--static {}: not a folder", dir.display()));
+            }
+            info!(folder = %dir.display(), "serving static files");
+            server.with_fallback(static_files::router(dir.clone()))
+        }
+        None => server,
     };
     let listener = TcpListener::bind(args.listen)
         .await

@@ -631,7 +631,7 @@ impl ClientSession {
     /// The socket of attempt `conn` could not be opened.
     pub fn handle_connect_failed(&mut self, conn: ConnId, detail: impl Into<String>, now: Time) {
         self.now = now;
-        if self.current_conn() == Some(conn) {
+        if self.connection() == Some(conn) {
             let reason = DisconnectReason::ConnectFailed {
                 detail: detail.into(),
             };
@@ -642,7 +642,7 @@ impl ClientSession {
     /// The socket of `conn` closed, with the close frame's code and reason if one arrived.
     pub fn handle_disconnected(&mut self, conn: ConnId, close: Option<(u16, &str)>, now: Time) {
         self.now = now;
-        if self.current_conn() != Some(conn) {
+        if self.connection() != Some(conn) {
             return;
         }
         let class = close.map_or(CloseClass::Reconnect, |(code, _)| CloseClass::of(code));
@@ -658,7 +658,7 @@ impl ClientSession {
     /// A binary frame arrived on `conn`: readyws uses text frames only [TR-3].
     pub fn handle_binary(&mut self, conn: ConnId, now: Time) {
         self.now = now;
-        if self.current_conn() == Some(conn) {
+        if self.connection() == Some(conn) {
             let error = DecodeError::InvalidJson {
                 detail: "binary frames are not part of readyws".to_owned(),
             };
@@ -669,7 +669,7 @@ impl ClientSession {
     /// A text frame arrived on `conn`.
     pub fn handle_text(&mut self, conn: ConnId, text: &str, now: Time) {
         self.now = now;
-        if self.current_conn() != Some(conn) || matches!(self.phase, Phase::Connecting { .. }) {
+        if self.connection() != Some(conn) || matches!(self.phase, Phase::Connecting { .. }) {
             return;
         }
         self.last_received_at = now;
@@ -777,7 +777,7 @@ impl ClientSession {
     /// The next frame to write. Before `connection_ready` only handshake and heartbeat frames
     /// come out [HS-5]; after it, acknowledgements, then messages in order within the window.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        let conn = self.current_conn()?;
+        let conn = self.connection()?;
         let frame = match &self.phase {
             Phase::AwaitingReady { .. } => self.control.pop_front(),
             Phase::Ready { welcome, .. } => {
@@ -852,7 +852,8 @@ impl ClientSession {
         }
     }
 
-    fn current_conn(&self) -> Option<ConnId> {
+    /// The socket the session is opening or using, if any: a driver closes every other socket.
+    pub fn connection(&self) -> Option<ConnId> {
         match &self.phase {
             Phase::Connecting { conn, .. }
             | Phase::AwaitingWelcome { conn, .. }
@@ -1062,7 +1063,7 @@ impl ClientSession {
         class: CloseClass,
         retry_after: Option<Duration>,
     ) {
-        let Some(conn) = self.current_conn() else {
+        let Some(conn) = self.connection() else {
             return;
         };
         if let Some(code) = close_code {
@@ -1140,7 +1141,7 @@ impl ClientSession {
     }
 
     fn finish_requested(&mut self) {
-        if let Some(conn) = self.current_conn() {
+        if let Some(conn) = self.connection() {
             self.actions.push_back(Action::Close {
                 conn,
                 code: code::NORMAL_CLOSURE,

@@ -248,6 +248,7 @@ impl Shared {
 /// [`Server::router`] in your axum app or run [`Server::serve`].
 pub struct Server {
     shared: Arc<Shared>,
+    fallback: Option<axum::Router>,
 }
 
 impl std::fmt::Debug for Server {
@@ -284,7 +285,15 @@ impl Server {
                 connections: Mutex::new(HashMap::new()),
                 sweeper_started: AtomicBool::new(false),
             }),
+            fallback: None,
         }
+    }
+
+    /// Answers every request that matches none of the server's routes with `fallback`, for
+    /// example the static files of a web page that uses the server (`readyws serve --static`).
+    pub fn with_fallback(mut self, fallback: axum::Router) -> Self {
+        self.fallback = Some(fallback);
+        self
     }
 
     /// A handle to publish and to steer the server's lifecycle.
@@ -301,7 +310,11 @@ impl Server {
         if !self.shared.sweeper_started.swap(true, Ordering::SeqCst) {
             tokio::spawn(sweep(Arc::downgrade(&self.shared)));
         }
-        http::router(self.shared.clone())
+        let router = http::router(self.shared.clone());
+        match &self.fallback {
+            Some(fallback) => router.fallback_service(fallback.clone()),
+            None => router,
+        }
     }
 
     /// Serves [`Server::router`] on `listener` until `shutdown` completes, then shuts down

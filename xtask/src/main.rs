@@ -5,8 +5,10 @@
 //! - `bench`: runs the measurements in release builds, each next to its baseline from the same
 //!   run: handshake latency of the reference server, and the native client against raw
 //!   tokio-tungstenite.
-//! - `wasm-size`: builds a small browser-targeted program that drives the protocol crate's client
-//!   session, and reports the size of the optimized `.wasm` raw and gzipped.
+//! - `browser`: the browser steps of `test` alone (package, headless Chromium suites), for
+//!   working on the browser client.
+//! - `wasm`: builds the browser package into `wasm/pkg/` and prints the size of the `.wasm` and
+//!   of the JS glue, raw and gzipped.
 
 // A command-line tool: printing progress is its job.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -18,7 +20,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
-const WASM_TARGET: &str = "wasm32-unknown-unknown";
+mod browser;
+mod wasm;
+
+pub(crate) const WASM_TARGET: &str = "wasm32-unknown-unknown";
+
+/// The size budget of the browser package (wasm + JS glue, gzipped), in bytes: the
+/// feature-comparable JavaScript clients weigh 13.5–23.7 KB.
+const MAX_PACKAGE_GZIP_BYTES: usize = 30_000;
 
 /// Crates that must never appear among the protocol crate's normal dependencies: it does no I/O.
 const FORBIDDEN_IN_PROTOCOL: [&str; 5] = ["tokio", "mio", "web-sys", "js-sys", "wasm-bindgen"];
@@ -27,10 +36,11 @@ fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test") => test(),
-        Some("wasm-size") => wasm_size().map(|_| ()),
+        Some("wasm") => wasm::build_package().map(|_| ()),
+        Some("browser") => browser_only(),
         Some("bench") => bench(),
         _ => {
-            eprintln!("usage: cargo xtask <test|bench|wasm-size>");
+            eprintln!("usage: cargo xtask <test|bench|wasm|browser>");
             return ExitCode::from(2);
         }
     };
@@ -43,7 +53,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives one folder below the workspace root")
@@ -70,7 +80,9 @@ fn test() -> Result<(), String> {
         )
     })?;
     let mut totals = TestTotals::default();
-    step("cargo test", || cargo_test(&mut totals))?;
+    step("cargo test", || {
+        cargo_test_with(&["test", "--workspace"], &[], &mut totals)
+    })?;
     step("cargo doc (warnings are errors)", || {
         cargo(
             &["doc", "--workspace", "--no-deps"],
@@ -87,6 +99,35 @@ fn test() -> Result<(), String> {
         "protocol crate depends on no I/O crate",
         check_protocol_is_sans_io,
     )?;
+    step("cargo clippy for the browser client (wasm32)", || {
+        cargo(
+            &[
+                "clippy",
+                "-p",
+                "readyws-wasm",
+                "--target",
+                WASM_TARGET,
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+            &[],
+        )
+    })?;
+    step("browser package is built and at most 30 KB gzipped", || {
+        let size = wasm::build_package()?;
+        if size.total_gzip() > MAX_PACKAGE_GZIP_BYTES {
+            return Err(format!(
+                "wasm + JS glue is {} bytes gzipped, over the budget of {MAX_PACKAGE_GZIP_BYTES}",
+                size.total_gzip()
+            ));
+        }
+        Ok(())
+    })?;
+    step("browser tests in headless Chromium", || {
+        browser::run(&mut totals)
+    })?;
     println!(
         "xtask test: all steps passed in {:.1}s",
         started.elapsed().as_secs_f64()
@@ -95,11 +136,21 @@ fn test() -> Result<(), String> {
     Ok(())
 }
 
+fn browser_only() -> Result<(), String> {
+    let mut totals = TestTotals::default();
+    step("browser package", || wasm::build_package().map(|_| ()))?;
+    let result = step("browser tests in headless Chromium", || {
+        browser::run(&mut totals)
+    });
+    println!("{} passed, {} failed", totals.passed, totals.failed);
+    result
+}
+
 /// The counts of cargo's `test result:` lines, summed over every test binary.
 #[derive(Debug, Default)]
-struct TestTotals {
-    passed: u64,
-    failed: u64,
+pub(crate) struct TestTotals {
+    pub(crate) passed: u64,
+    pub(crate) failed: u64,
 }
 
 impl TestTotals {
@@ -124,12 +175,17 @@ impl TestTotals {
     }
 }
 
-/// Runs `cargo test --workspace`, echoing its output and adding up its result lines.
-fn cargo_test(totals: &mut TestTotals) -> Result<(), String> {
+/// Runs `cargo <args>`, echoing its output and adding up its `test result:` lines.
+pub(crate) fn cargo_test_with(
+    args: &[&str],
+    envs: &[(&str, &str)],
+    totals: &mut TestTotals,
+) -> Result<(), String> {
     use std::io::{BufRead, BufReader};
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut child = Command::new(&cargo)
-        .args(["test", "--workspace"])
+        .args(args)
+        .envs(envs.iter().copied())
         .current_dir(workspace_root())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -146,7 +202,7 @@ fn cargo_test(totals: &mut TestTotals) -> Result<(), String> {
     if status.success() {
         Ok(())
     } else {
-        Err(format!("`cargo test --workspace` exited with {status}"))
+        Err(format!("`cargo {}` exited with {status}", args.join(" ")))
     }
 }
 
@@ -181,7 +237,7 @@ fn bench() -> Result<(), String> {
     })
 }
 
-fn step(name: &str, run: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
+pub(crate) fn step(name: &str, run: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
     println!("==> {name}");
     let started = Instant::now();
     let result = run();
@@ -193,7 +249,7 @@ fn step(name: &str, run: impl FnOnce() -> Result<(), String>) -> Result<(), Stri
     result.map_err(|error| format!("step `{name}` failed: {error}"))
 }
 
-fn cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<(), String> {
+pub(crate) fn cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<(), String> {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let status = Command::new(&cargo)
         .args(args)
@@ -208,7 +264,7 @@ fn cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<(), String> {
     }
 }
 
-fn output(program: &str, args: &[&str]) -> Result<String, String> {
+pub(crate) fn output(program: &str, args: &[&str]) -> Result<String, String> {
     let out = Command::new(program)
         .args(args)
         .current_dir(workspace_root())
@@ -225,7 +281,7 @@ fn output(program: &str, args: &[&str]) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn ensure_wasm_target() -> Result<(), String> {
+pub(crate) fn ensure_wasm_target() -> Result<(), String> {
     let installed = output("rustup", &["target", "list", "--installed"]).map_err(|error| {
         format!("{error}\n  the wasm32 check needs rustup to install the `{WASM_TARGET}` target")
     })?;
@@ -270,108 +326,14 @@ fn check_protocol_is_sans_io() -> Result<(), String> {
     }
 }
 
-/// The program whose size is measured: one handshake, one message each way and an ack, so that
-/// the codec, the client session, the outbox, the inbox and the backoff are all linked in.
-const WASM_SIZE_PROGRAM: &str = r##"
-use readyws_protocol::{Action, ClientConfig, ClientSession, Data, Time};
-
-const WELCOME: &str = r#"{"type":"welcome","protocol":1,"server":"s","phase":"accepting","heartbeat_ms":25000,"max_frame_bytes":65536,"max_inflight":16,"resume_window_ms":60000}"#;
-const READY: &str = r#"{"type":"connection_ready","session_id":"s1","resume_token":"t","resumed":false,"last_received":0,"backlog":0}"#;
-
-#[unsafe(no_mangle)]
-pub extern "C" fn drive(seed: u64, now: u64) -> u64 {
-    let now = Time::from_millis(now);
-    let mut session = ClientSession::new(ClientConfig::default(), seed);
-    let Ok(data) = Data::from_json(format!("{{\"n\":{seed}}}")) else { return 0 };
-    let _ = session.send(data, now);
-    session.connect(now);
-    let mut written = 0u64;
-    while let Some(action) = session.poll_action() {
-        if let Action::Open { conn } = action {
-            session.handle_connected(conn, Some("readyws.v1"), now);
-            session.handle_text(conn, WELCOME, now);
-            session.handle_text(conn, READY, now);
-            session.handle_text(conn, r#"{"type":"msg","id":1,"data":[1,2,3]}"#, now);
-            session.handle_text(conn, r#"{"type":"ack","id":1}"#, now);
-        }
-    }
-    while let Some(transmit) = session.poll_transmit() {
-        written += transmit.text.len() as u64;
-    }
-    while session.poll_event().is_some() {
-        written += 1;
-    }
-    written + session.poll_timeout().map_or(0, Time::as_millis)
-}
-"##;
-
-/// Builds [`WASM_SIZE_PROGRAM`] for the browser with the size-first profile and reports its size.
-fn wasm_size() -> Result<u64, String> {
-    ensure_wasm_target()?;
-    let root = workspace_root();
-    let dir = root.join("target").join("xtask").join("wasm-size");
-    fs::create_dir_all(dir.join("src")).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let manifest = format!(
-        r#"[package]
-name = "readyws-wasm-size"
-version = "0.0.0"
-edition = "2024"
-publish = false
-
-[lib]
-crate-type = ["cdylib"]
-
-[dependencies]
-readyws-protocol = {{ path = "{}" }}
-
-[profile.release]
-opt-level = "z"
-lto = true
-codegen-units = 1
-panic = "abort"
-strip = true
-
-[workspace]
-"#,
-        root.join("protocol").display()
-    );
-    write(&dir.join("Cargo.toml"), &manifest)?;
-    write(&dir.join("src").join("lib.rs"), WASM_SIZE_PROGRAM)?;
-    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let status = Command::new(&cargo)
-        .args(["build", "--release", "--target", WASM_TARGET])
-        .env(
-            "CARGO_TARGET_DIR",
-            root.join("target").join("xtask").join("target"),
-        )
-        .current_dir(&dir)
-        .status()
-        .map_err(|e| format!("could not run cargo: {e}"))?;
-    if !status.success() {
-        return Err(format!("building the size probe exited with {status}"));
-    }
-    let wasm = root
-        .join("target/xtask/target")
-        .join(WASM_TARGET)
-        .join("release/readyws_wasm_size.wasm");
-    let bytes = fs::read(&wasm).map_err(|e| format!("reading {}: {e}", wasm.display()))?;
-    let gzipped = gzip_len(&wasm)?;
-    println!(
-        "readyws-protocol client session for {WASM_TARGET} (opt-level z, LTO, panic=abort, no wasm-opt): {} bytes, {} bytes gzipped",
-        bytes.len(),
-        gzipped
-    );
-    Ok(bytes.len() as u64)
-}
-
-fn write(path: &Path, text: &str) -> Result<(), String> {
+pub(crate) fn write(path: &Path, text: &str) -> Result<(), String> {
     let mut file =
         fs::File::create(path).map_err(|e| format!("creating {}: {e}", path.display()))?;
     file.write_all(text.as_bytes())
         .map_err(|e| format!("writing {}: {e}", path.display()))
 }
 
-fn gzip_len(path: &Path) -> Result<usize, String> {
+pub(crate) fn gzip_len(path: &Path) -> Result<usize, String> {
     let path = path.to_str().ok_or("the wasm path is not UTF-8")?;
     let out = Command::new("gzip")
         .args(["-9", "-c", path])

@@ -1,0 +1,238 @@
+//! `cargo xtask wasm`: builds the browser package into `wasm/pkg/` and reports its size.
+//!
+//! The tools are installed when missing: the wasm32 target (rustup), `wasm-bindgen-cli` at
+//! exactly the version of `wasm-bindgen` in `Cargo.lock` (the CLI refuses modules made by any
+//! other version), and Debian's `binaryen` for `wasm-opt`.
+//!
+//! Debian's `wasm-opt` (version 108) predates `table.fill`, which wasm-bindgen's reference-type
+//! pass emits, so it cannot read wasm-bindgen's output. It runs on the compiler's output
+//! instead, before wasm-bindgen, with the features that Rust enables for wasm32 by default.
+
+use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::{WASM_TARGET, cargo, ensure_wasm_target, gzip_len, output, workspace_root, write};
+
+/// The features Rust 1.82 and later enable for `wasm32-unknown-unknown` by default.
+const WASM_OPT_FEATURES: [&str; 6] = [
+    "--enable-bulk-memory",
+    "--enable-mutable-globals",
+    "--enable-nontrapping-float-to-int",
+    "--enable-sign-ext",
+    "--enable-reference-types",
+    "--enable-multivalue",
+];
+
+/// The sizes of the built package, in bytes.
+#[derive(Debug)]
+pub(crate) struct PackageSize {
+    pub(crate) wasm: usize,
+    pub(crate) wasm_gzip: usize,
+    pub(crate) glue: usize,
+    pub(crate) glue_gzip: usize,
+}
+
+impl PackageSize {
+    pub(crate) fn total_gzip(&self) -> usize {
+        self.wasm_gzip + self.glue_gzip
+    }
+}
+
+/// The version of a package in `Cargo.lock`.
+pub(crate) fn locked_version(package: &str) -> Result<String, String> {
+    let lock = fs::read_to_string(workspace_root().join("Cargo.lock"))
+        .map_err(|e| format!("reading Cargo.lock: {e}"))?;
+    let mut lines = lock.lines();
+    while let Some(line) = lines.next() {
+        if line == format!("name = \"{package}\"") {
+            if let Some(version) = lines
+                .next()
+                .and_then(|line| line.strip_prefix("version = \""))
+                .and_then(|rest| rest.strip_suffix('"'))
+            {
+                return Ok(version.to_owned());
+            }
+        }
+    }
+    Err(format!("Cargo.lock has no package `{package}`"))
+}
+
+fn cargo_bin(name: &str) -> PathBuf {
+    let home = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|home| Path::new(&home).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from(".cargo"));
+    home.join("bin").join(name)
+}
+
+/// The `wasm-bindgen` binary at the locked version, installed when missing.
+pub(crate) fn ensure_wasm_bindgen() -> Result<PathBuf, String> {
+    let version = locked_version("wasm-bindgen")?;
+    let binary = cargo_bin("wasm-bindgen");
+    let installed = output(binary.to_str().unwrap_or("wasm-bindgen"), &["--version"]).ok();
+    if installed
+        .as_deref()
+        .is_some_and(|text| text.split_whitespace().nth(1) == Some(version.as_str()))
+    {
+        println!("    wasm-bindgen-cli {version} already installed");
+        return Ok(binary);
+    }
+    println!("    installing wasm-bindgen-cli {version} (the version in Cargo.lock)");
+    // `--locked` first, for the dependency versions the CLI was released with; a lock file
+    // naming a version the registry no longer serves falls back to a fresh resolution.
+    let install = |locked: bool| {
+        let mut args = vec!["install", "wasm-bindgen-cli", "--version", &version];
+        if locked {
+            args.push("--locked");
+        }
+        cargo(&args, &[])
+    };
+    install(true)
+        .or_else(|_| install(false))
+        .map_err(|error| format!("could not install wasm-bindgen-cli {version}: {error}"))?;
+    Ok(binary)
+}
+
+/// Installs a Debian package that provides `binary`, unless `binary` is already on the PATH.
+pub(crate) fn ensure_debian_tool(binary: &str, package: &str) -> Result<(), String> {
+    if Command::new("which")
+        .arg(binary)
+        .output()
+        .is_ok_and(|out| out.status.success())
+    {
+        println!("    {binary} already installed");
+        return Ok(());
+    }
+    println!("    installing Debian's {package} for {binary}");
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .map_err(|e| format!("could not run apt-get: {e}"))
+            .and_then(|status| {
+                if status.success() {
+                    Ok(())
+                } else {
+                    Err(format!("apt-get {} exited with {status}", args.join(" ")))
+                }
+            })
+    };
+    apt(&["update", "-qq"])
+        .and_then(|()| apt(&["install", "-y", "-qq", package]))
+        .map_err(|error| {
+            format!(
+                "{error}\n  `{binary}` is missing and could not be installed: run `apt-get install {package}` as root"
+            )
+        })
+}
+
+/// Builds the package into `wasm/pkg/` and returns its sizes.
+pub(crate) fn build_package() -> Result<PackageSize, String> {
+    ensure_wasm_target()?;
+    let wasm_bindgen = ensure_wasm_bindgen()?;
+    ensure_debian_tool("wasm-opt", "binaryen")?;
+    let root = workspace_root();
+    cargo(
+        &[
+            "build",
+            "-p",
+            "readyws-wasm",
+            "--target",
+            WASM_TARGET,
+            "--profile",
+            "wasm-release",
+        ],
+        &[],
+    )?;
+    let built = root
+        .join("target")
+        .join(WASM_TARGET)
+        .join("wasm-release")
+        .join("readyws_wasm.wasm");
+    let optimized = root
+        .join("target")
+        .join("xtask")
+        .join("readyws_wasm.opt.wasm");
+    fs::create_dir_all(optimized.parent().unwrap_or(&root))
+        .map_err(|e| format!("creating target/xtask: {e}"))?;
+    let mut wasm_opt = vec!["-Oz"];
+    wasm_opt.extend(WASM_OPT_FEATURES);
+    let (input, out) = (path_str(&built)?, path_str(&optimized)?);
+    wasm_opt.extend([input, "-o", out]);
+    output("wasm-opt", &wasm_opt)?;
+    let pkg = root.join("wasm").join("pkg");
+    if pkg.exists() {
+        fs::remove_dir_all(&pkg).map_err(|e| format!("clearing {}: {e}", pkg.display()))?;
+    }
+    output(
+        path_str(&wasm_bindgen)?,
+        &[
+            "--target",
+            "web",
+            "--out-dir",
+            path_str(&pkg)?,
+            "--out-name",
+            "readyws",
+            "--remove-name-section",
+            "--remove-producers-section",
+            out,
+        ],
+    )?;
+    write(&pkg.join("package.json"), &package_json()?)?;
+    let wasm = pkg.join("readyws_bg.wasm");
+    let glue = pkg.join("readyws.js");
+    let size = PackageSize {
+        wasm: file_len(&wasm)?,
+        wasm_gzip: gzip_len(&wasm)?,
+        glue: file_len(&glue)?,
+        glue_gzip: gzip_len(&glue)?,
+    };
+    println!("    package: {}", pkg.display());
+    println!(
+        "    readyws_bg.wasm {:>7} bytes, {:>6} gzipped",
+        size.wasm, size.wasm_gzip
+    );
+    println!(
+        "    readyws.js      {:>7} bytes, {:>6} gzipped",
+        size.glue, size.glue_gzip
+    );
+    println!(
+        "    wasm + JS glue  {:>7} bytes, {:>6} gzipped",
+        size.wasm + size.glue,
+        size.total_gzip()
+    );
+    Ok(size)
+}
+
+fn package_json() -> Result<String, String> {
+    let version = env!("CARGO_PKG_VERSION");
+    Ok(format!(
+        r#"{{
+  "name": "readyws",
+  "version": "{version}",
+  "description": "Browser client of the readyws v1 WebSocket protocol: messages wait for connection_ready, survive reconnects, and are acknowledged",
+  "license": "MIT OR Apache-2.0",
+  "type": "module",
+  "main": "readyws.js",
+  "module": "readyws.js",
+  "types": "readyws.d.ts",
+  "files": ["readyws.js", "readyws.d.ts", "readyws_bg.wasm", "readyws_bg.wasm.d.ts"],
+  "sideEffects": false
+}}
+"#
+    ))
+}
+
+fn path_str(path: &Path) -> Result<&str, String> {
+    path.to_str()
+        .ok_or_else(|| format!("{} is not UTF-8", path.display()))
+}
+
+fn file_len(path: &Path) -> Result<usize, String> {
+    fs::metadata(path)
+        .map(|meta| meta.len() as usize)
+        .map_err(|e| format!("reading {}: {e}", path.display()))
+}
