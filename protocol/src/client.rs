@@ -267,7 +267,8 @@ impl fmt::Display for CloseReason {
             CloseReason::Requested => f.write_str("closed by the application"),
             CloseReason::SubprotocolRejected { selected } => write!(
                 f,
-                "not a readyws server: it selected subprotocol {selected:?} instead of `{SUBPROTOCOL}`"
+                "not a readyws server: it selected subprotocol `{}` instead of `{SUBPROTOCOL}`",
+                selected.as_deref().unwrap_or("(none)")
             ),
             CloseReason::UnsupportedVersion { version } => write!(
                 f,

@@ -296,7 +296,7 @@ impl<'a> Object<'_, 'a> {
                 phase: {
                     let phase = self.string("phase")?;
                     ServerPhase::from_wire(&phase).ok_or_else(|| {
-                        format!("`phase` must be \"starting\" or \"accepting\", got {phase:?}")
+                        format!("`phase` must be \"starting\" or \"accepting\", got \"{phase}\"")
                     })?
                 },
                 heartbeat_ms: self.integer("heartbeat_ms")?,

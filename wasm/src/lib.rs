@@ -11,7 +11,7 @@
 //! ```
 //!
 //! This crate is a driver and nothing more: every protocol decision is made by
-//! [`readyws_protocol::ClientSession`]. The driver turns browser events into `handle_*` calls and
+//! `readyws_protocol::ClientSession`. The driver turns browser events into `handle_*` calls and
 //! carries out what the session's `poll_*` methods return, with one `WebSocket` at a time and one
 //! re-armed timer for the session's next deadline.
 //!
@@ -19,15 +19,13 @@
 //! - credentials travel in `hello`, never in the URL (the session builds `hello`);
 //! - every event and wake-up reads `performance.now()` and the session checks each deadline
 //!   against it, because timers in hidden tabs fire late, about once a minute;
-//! - `visibilitychange` (to visible) and `online` call [`ClientSession::handle_wake`]: a pending
+//! - `visibilitychange` (to visible) and `online` call `ClientSession::handle_wake`: a pending
 //!   reconnect starts at once, and a ready connection is probed;
 //! - the reconnect jitter is seeded from `crypto.getRandomValues`, so that browsers that lost the
 //!   same server do not come back in step;
 //! - a replaced socket's handlers are detached and freed with it, so reconnects do not leak;
 //! - no `RefCell` borrow is held while application callbacks run, so a callback may call `send`
 //!   or `close`.
-//!
-//! [`ClientSession::handle_wake`]: readyws_protocol::ClientSession::handle_wake
 
 #![cfg(target_arch = "wasm32")]
 #![forbid(unsafe_code)]
