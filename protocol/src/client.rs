@@ -1,8 +1,9 @@
 //! The client side of a readyws session as a sans-IO state machine.
 
-use std::collections::VecDeque;
-use std::fmt;
-use std::time::Duration;
+use crate::prelude::*;
+use alloc::collections::VecDeque;
+use core::fmt;
+use core::time::Duration;
 
 use crate::data::Data;
 

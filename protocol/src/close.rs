@@ -1,6 +1,7 @@
 //! `goaway` and close codes, and what a client does after each (`docs/PROTOCOL.md` §8).
 
 use crate::frame::MAX_CLOSE_REASON_BYTES;
+use crate::prelude::*;
 
 /// `text` cut, at a character boundary, to the 123 bytes a WebSocket close frame can carry [GA-5].
 pub fn fit_close_reason(text: &str) -> String {

@@ -5,7 +5,8 @@
 //! text the sender wrote. Each step has its own error class, so every error names the frame it
 //! concerns where the frame can be named at all. No input makes decoding panic.
 
-use std::borrow::Cow;
+use crate::prelude::*;
+use alloc::borrow::Cow;
 
 use crate::data::Data;
 use crate::error::DecodeError;

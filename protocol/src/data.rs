@@ -1,5 +1,6 @@
 //! The application payload of a `msg` frame.
 
+use crate::prelude::*;
 use core::fmt;
 
 use serde::de::Error as _;

@@ -1,6 +1,7 @@
 //! Typed errors: what was wrong with a frame, which rule a peer broke, why a send was refused.
 
 use crate::data::Data;
+use crate::prelude::*;
 use thiserror::Error;
 
 use crate::frame::{FrameKind, Role};

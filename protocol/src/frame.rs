@@ -4,6 +4,7 @@
 //! fields; [`Frame`] adds the `type` when it is encoded, and [`crate::codec`] reads it first when
 //! a frame is decoded, so that each error can say which frame was wrong.
 
+use crate::prelude::*;
 use core::fmt;
 
 use crate::data::Data;

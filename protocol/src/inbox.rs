@@ -1,6 +1,7 @@
 //! The receiving half of a session, shared by client and server (`docs/PROTOCOL.md` §6–§7).
 
-use std::collections::VecDeque;
+use crate::prelude::*;
+use alloc::collections::VecDeque;
 
 use crate::error::{ProtocolError, RefuseError};
 use crate::frame::{Ack, Frame, Nack, NackCode};

@@ -8,7 +8,8 @@
 //! stack; `tests/json_matches_serde_json.rs` checks it against `serde_json` on valid and
 //! invalid text alike.
 
-use std::borrow::Cow;
+use crate::prelude::*;
+use alloc::borrow::Cow;
 
 /// How deeply arrays and objects may nest, the same limit `serde_json` applies.
 pub(crate) const MAX_DEPTH: usize = 128;

@@ -49,9 +49,14 @@
 //! outlives connections for the resume window; the embedding server decides who a token names and
 //! where sessions and held messages live.
 
+#![no_std]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![deny(clippy::print_stdout, clippy::print_stderr)]
+
+// `no_std` with `alloc`: the browser build then links no standard library, and none of its
+// panic and formatting machinery that the protocol does not use.
+extern crate alloc;
 
 mod backoff;
 pub mod client;
@@ -63,6 +68,7 @@ pub mod frame;
 mod inbox;
 mod json;
 mod outbox;
+mod prelude;
 pub mod server;
 mod time;
 

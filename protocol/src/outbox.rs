@@ -4,7 +4,8 @@
 //! acknowledges or refuses it, or when its sender is told why it never will be. Transmitting a
 //! message hands out a copy and moves a cursor; a new connection moves the cursor back.
 
-use std::collections::VecDeque;
+use crate::prelude::*;
+use alloc::collections::VecDeque;
 
 use crate::data::Data;
 

@@ -5,8 +5,9 @@
 //! messages for users without a session are held) belongs to the embedding server; this module
 //! owns everything a single connection and a single session must get right.
 
-use std::collections::VecDeque;
-use std::time::Duration;
+use crate::prelude::*;
+use alloc::collections::VecDeque;
+use core::time::Duration;
 
 use crate::data::Data;
 

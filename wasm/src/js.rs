@@ -1,5 +1,8 @@
 //! Small bridges to the browser's JavaScript objects, so that the driver reads as protocol steps.
 
+use alloc::borrow::ToOwned;
+use alloc::string::String;
+
 use js_sys::{Function, Object, Promise, Reflect};
 use readyws_protocol::Time;
 use wasm_bindgen::JsCast;

@@ -28,15 +28,23 @@
 //!   or `close`.
 
 #![cfg(target_arch = "wasm32")]
+#![no_std]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
+extern crate alloc;
+
 mod js;
 
-use std::cell::RefCell;
-use std::rc::{Rc, Weak};
-use std::time::Duration;
+use alloc::borrow::ToOwned;
+use alloc::format;
+use alloc::rc::{Rc, Weak};
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
+use core::cell::RefCell;
+use core::time::Duration;
 
 use js_sys::{Function, Promise};
 use readyws_protocol::{
@@ -48,6 +56,18 @@ use wasm_bindgen::prelude::*;
 use web_sys::{CloseEvent, Event, MessageEvent, WebSocket};
 
 use crate::js::{Settle, number, object, ready_error, text};
+
+/// The package build links no standard library: a panic (a bug) traps, with no message to
+/// format, and memory comes from dlmalloc, the allocator `std` would use.
+#[cfg(feature = "bundle")]
+#[panic_handler]
+fn trap(_: &core::panic::PanicInfo<'_>) -> ! {
+    core::arch::wasm32::unreachable()
+}
+
+#[cfg(feature = "bundle")]
+#[global_allocator]
+static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
 
 #[wasm_bindgen(typescript_custom_section)]
 const TYPES: &str = r#"
@@ -159,8 +179,8 @@ pub struct ReadyClient {
     shared: Rc<RefCell<Driver>>,
 }
 
-impl std::fmt::Debug for ReadyClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Debug for ReadyClient {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("ReadyClient")
             .field("state", &self.state())
             .finish_non_exhaustive()

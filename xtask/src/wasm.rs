@@ -2,7 +2,7 @@
 //!
 //! The tools are installed when missing: the wasm32 target (rustup), `wasm-bindgen-cli` at
 //! exactly the version of `wasm-bindgen` in `Cargo.lock` (the CLI refuses modules made by any
-//! other version), and Debian's `binaryen` for `wasm-opt`.
+//! other version), Debian's `binaryen` for `wasm-opt`, and esbuild (npm) to minify the JS glue.
 //!
 //! Debian's `wasm-opt` (version 108) predates `table.fill`, which wasm-bindgen's reference-type
 //! pass emits, so it cannot read wasm-bindgen's output. It runs on the compiler's output
@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::{WASM_TARGET, cargo, ensure_wasm_target, gzip_len, output, workspace_root, write};
+
+/// The minifier for the JS glue, pinned so that sizes compare from one run to the next.
+const ESBUILD: &str = "esbuild@0.25.12";
 
 /// The features Rust 1.82 and later enable for `wasm32-unknown-unknown` by default.
 const WASM_OPT_FEATURES: [&str; 6] = [
@@ -129,6 +132,37 @@ pub(crate) fn ensure_debian_tool(binary: &str, package: &str) -> Result<(), Stri
         })
 }
 
+/// esbuild from the npm registry, installed under `target/xtask/npm` when missing.
+fn ensure_esbuild() -> Result<PathBuf, String> {
+    let dir = workspace_root().join("target").join("xtask").join("npm");
+    let binary = dir.join("node_modules").join(".bin").join("esbuild");
+    let version = ESBUILD.trim_start_matches("esbuild@");
+    let installed = output(path_str(&binary)?, &["--version"]).ok();
+    if installed.as_deref().map(str::trim) == Some(version) {
+        println!("    esbuild {version} already installed");
+        return Ok(binary);
+    }
+    println!("    installing {ESBUILD} with npm into {}", dir.display());
+    fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    output(
+        "npm",
+        &[
+            "install",
+            "--prefix",
+            path_str(&dir)?,
+            "--no-audit",
+            "--no-fund",
+            "--no-save",
+            "--silent",
+            ESBUILD,
+        ],
+    )
+    .map_err(|error| {
+        format!("{error}\n  minifying the JS glue needs Node.js and npm (Debian: apt-get install nodejs npm)")
+    })?;
+    Ok(binary)
+}
+
 /// Builds the package into `wasm/pkg/` and returns its sizes.
 pub(crate) fn build_package() -> Result<PackageSize, String> {
     ensure_wasm_target()?;
@@ -144,6 +178,8 @@ pub(crate) fn build_package() -> Result<PackageSize, String> {
             WASM_TARGET,
             "--profile",
             "wasm-release",
+            "--features",
+            "bundle",
         ],
         &[],
     )?;
@@ -179,6 +215,23 @@ pub(crate) fn build_package() -> Result<PackageSize, String> {
             "--remove-name-section",
             "--remove-producers-section",
             out,
+        ],
+    )?;
+    // wasm-bindgen writes readable glue; the package ships it minified, as a bundler would serve
+    // it, which is also how the JavaScript clients it is compared with are measured.
+    let esbuild = ensure_esbuild()?;
+    let glue_path = pkg.join("readyws.js");
+    let glue_path = path_str(&glue_path)?;
+    output(
+        path_str(&esbuild)?,
+        &[
+            glue_path,
+            "--minify",
+            "--format=esm",
+            "--target=es2020",
+            "--allow-overwrite",
+            &format!("--outfile={glue_path}"),
+            "--log-level=warning",
         ],
     )?;
     write(&pkg.join("package.json"), &package_json()?)?;
