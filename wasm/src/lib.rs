@@ -283,7 +283,7 @@ impl ReadyClient {
         let mut driver = self.shared.borrow_mut();
         driver
             .listeners(event)?
-            .retain(|listener| !Object_is(listener, callback));
+            .retain(|listener| !listener.loose_eq(callback));
         Ok(())
     }
 
@@ -331,12 +331,6 @@ impl ReadyClient {
             ("connections", f64::from(driver.connections).into()),
         ])
     }
-}
-
-#[wasm_bindgen]
-extern "C" {
-    #[wasm_bindgen(js_namespace = Object, js_name = is)]
-    fn Object_is(a: &JsValue, b: &JsValue) -> bool;
 }
 
 /// Reads the constructor options into a session configuration.
@@ -400,9 +394,7 @@ fn state_name(state: &ClientState) -> &'static str {
 struct Socket {
     conn: ConnId,
     socket: WebSocket,
-    _on_open: Closure<dyn FnMut()>,
-    _on_message: Closure<dyn FnMut(MessageEvent)>,
-    _on_close: Closure<dyn FnMut(CloseEvent)>,
+    _on_event: Closure<dyn FnMut(JsValue)>,
 }
 
 impl Drop for Socket {
@@ -427,8 +419,8 @@ struct Driver {
     connections: u32,
     /// The timer armed for the session's next deadline, and that deadline.
     timer: Option<(i32, Time)>,
-    on_timer: Closure<dyn FnMut()>,
-    on_wake: Closure<dyn FnMut(Event)>,
+    on_timer: Closure<dyn FnMut(JsValue)>,
+    on_wake: Closure<dyn FnMut(JsValue)>,
     pending: Vec<(MessageId, Settle)>,
     ready_waiters: Vec<Settle>,
     closed_waiters: Vec<Settle>,
@@ -456,7 +448,7 @@ impl Driver {
         this: Weak<RefCell<Driver>>,
     ) -> Self {
         let timer_target = this.clone();
-        let on_timer = Closure::<dyn FnMut()>::new(move || {
+        let on_timer = Closure::<dyn FnMut(JsValue)>::new(move |_: JsValue| {
             if let Some(shared) = timer_target.upgrade() {
                 {
                     let mut driver = shared.borrow_mut();
@@ -467,7 +459,7 @@ impl Driver {
             }
         });
         let wake_target = this.clone();
-        let on_wake = Closure::<dyn FnMut(Event)>::new(move |_: Event| {
+        let on_wake = Closure::<dyn FnMut(JsValue)>::new(move |_: JsValue| {
             if !js::page_visible() {
                 return;
             }
@@ -762,55 +754,52 @@ impl Driver {
         };
         self.connections += 1;
         self.socket_open = false;
+        // One handler for the socket's three events keeps one closure per socket.
         let target = self.this.clone();
         let opened = socket.clone();
-        let on_open = Closure::<dyn FnMut()>::new(move || {
-            with_driver(&target, |driver| {
-                driver.socket_open = true;
-                let protocol = opened.protocol();
-                driver
-                    .session
-                    .handle_connected(conn, Some(protocol.as_str()), js::now());
-            });
-        });
-        let target = self.this.clone();
-        let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
+        let on_event = Closure::<dyn FnMut(JsValue)>::new(move |event: JsValue| {
+            let event: Event = event.unchecked_into();
             with_driver(&target, |driver| {
                 let now = js::now();
-                match event.data().as_string() {
-                    Some(frame) => driver.session.handle_text(conn, &frame, now),
-                    None => driver.session.handle_binary(conn, now),
+                match event.type_().as_str() {
+                    "open" => {
+                        driver.socket_open = true;
+                        let protocol = opened.protocol();
+                        driver
+                            .session
+                            .handle_connected(conn, Some(protocol.as_str()), now);
+                    }
+                    "message" => match event.unchecked_ref::<MessageEvent>().data().as_string() {
+                        Some(frame) => driver.session.handle_text(conn, &frame, now),
+                        None => driver.session.handle_binary(conn, now),
+                    },
+                    _ if !driver.socket_open => {
+                        driver.session.handle_connect_failed(
+                            conn,
+                            "the socket could not be opened",
+                            now,
+                        );
+                    }
+                    _ => {
+                        let event: &CloseEvent = event.unchecked_ref();
+                        let code = event.code();
+                        // 1005 and 1006 mean no close frame arrived; only a real one has a code.
+                        let reason = event.reason();
+                        let close =
+                            (code != 1005 && code != 1006).then_some((code, reason.as_str()));
+                        driver.session.handle_disconnected(conn, close, now);
+                    }
                 }
             });
         });
-        let target = self.this.clone();
-        let on_close = Closure::<dyn FnMut(CloseEvent)>::new(move |event: CloseEvent| {
-            with_driver(&target, |driver| {
-                let now = js::now();
-                let code = event.code();
-                // 1005 and 1006 mean no close frame arrived; only a real one carries a code.
-                let reason = event.reason();
-                let close = (code != 1005 && code != 1006).then_some((code, reason.as_str()));
-                if !driver.socket_open {
-                    driver.session.handle_connect_failed(
-                        conn,
-                        "the socket could not be opened",
-                        now,
-                    );
-                } else {
-                    driver.session.handle_disconnected(conn, close, now);
-                }
-            });
-        });
-        socket.set_onopen(Some(on_open.as_ref().unchecked_ref()));
-        socket.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
-        socket.set_onclose(Some(on_close.as_ref().unchecked_ref()));
+        let handler = Some(on_event.as_ref().unchecked_ref());
+        socket.set_onopen(handler);
+        socket.set_onmessage(handler);
+        socket.set_onclose(handler);
         self.socket = Some(Socket {
             conn,
             socket,
-            _on_open: on_open,
-            _on_message: on_message,
-            _on_close: on_close,
+            _on_event: on_event,
         });
     }
 
