@@ -330,3 +330,35 @@ async fn an_async_token_provider_supplies_the_credentials() {
     JsFuture::from(client.close()).await.expect("closes");
     drop(provider);
 }
+
+#[wasm_bindgen_test]
+async fn the_online_event_ends_a_long_backoff_at_once() {
+    let _server = Exclusive::take().await;
+    // A backoff of at least 20 s: without the wake-up the client would still be waiting when
+    // this test gives up.
+    let options = r#","backoffInitialMs":20000,"backoffMaxMs":60000"#;
+    let user = format!("online-{}", (js_sys::Math::random() * 1e9) as u64);
+    let client = ReadyClient::new(
+        ws_url(),
+        Some(json(&format!(r#"{{"token":"{user}"{options}}}"#))),
+    )
+    .expect("a client");
+    JsFuture::from(client.ready()).await.expect("ready");
+    control("/stop").await;
+    wait_until("the client to wait before reconnecting", || {
+        client.state() == "reconnecting"
+    })
+    .await;
+    control("/restart").await;
+    let window = web_sys::window().expect("a window");
+    let online = web_sys::Event::new("online").expect("an event");
+    window.dispatch_event(&online).expect("dispatched");
+    let started = js_sys::Date::now();
+    wait_until("the client to be ready again", || client.state() == "ready").await;
+    assert!(
+        js_sys::Date::now() - started < 5_000.0,
+        "the reconnect did not wait out the backoff"
+    );
+    acknowledged(vec![send_number(&client, 1)]).await;
+    JsFuture::from(client.close()).await.expect("closes");
+}
