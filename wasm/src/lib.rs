@@ -437,6 +437,14 @@ struct Driver {
     socket_open: bool,
 }
 
+impl Drop for Driver {
+    /// A client freed without `close()` (its JS object collected, or `free()` called) leaves no
+    /// listener, timer or socket behind that would call into freed closures.
+    fn drop(&mut self) {
+        self.stop_listening();
+    }
+}
+
 /// An application callback to run once the driver is no longer borrowed.
 type Call = (Vec<Function>, JsValue);
 
@@ -498,13 +506,16 @@ impl Driver {
         js::add_listener(js::document_target(), "visibilitychange", &self.on_wake);
     }
 
+    /// Releases every browser resource: listeners, the timer, and the socket (closed).
     fn stop_listening(&mut self) {
         js::remove_listener(js::window_target(), "online", &self.on_wake);
         js::remove_listener(js::document_target(), "visibilitychange", &self.on_wake);
         if let Some((handle, _)) = self.timer.take() {
             js::clear_timeout(handle);
         }
-        self.socket = None;
+        if let Some(socket) = self.socket.take() {
+            js::close_socket(&socket.socket, 1000, "");
+        }
     }
 
     fn listeners(&mut self, event: &str) -> Result<&mut Vec<Function>, JsValue> {

@@ -362,3 +362,52 @@ async fn the_online_event_ends_a_long_backoff_at_once() {
     acknowledged(vec![send_number(&client, 1)]).await;
     JsFuture::from(client.close()).await.expect("closes");
 }
+
+/// How many connections the harness's proxy has open.
+async fn open_connections() -> u32 {
+    let url = format!(
+        "{}/connections",
+        setting(option_env!("READYWS_BROWSER_CONTROL"))
+    );
+    let window = web_sys::window().expect("a window");
+    let response: web_sys::Response = JsFuture::from(window.fetch_with_str(&url))
+        .await
+        .expect("the harness answers")
+        .unchecked_into();
+    let text = JsFuture::from(response.text().expect("a body"))
+        .await
+        .expect("text");
+    text.as_string()
+        .and_then(|text| text.parse().ok())
+        .expect("a count")
+}
+
+#[wasm_bindgen_test]
+async fn a_client_freed_without_close_releases_its_socket() {
+    let _server = Exclusive::take().await;
+    // Every earlier test closed its clients; their sockets may still be closing.
+    let started = js_sys::Date::now();
+    while open_connections().await > 0 {
+        assert!(
+            js_sys::Date::now() - started < 10_000.0,
+            "earlier sockets stay open"
+        );
+        sleep(50).await;
+    }
+    let client = client("freed", "");
+    JsFuture::from(client.ready()).await.expect("ready");
+    assert_eq!(open_connections().await, 1);
+    drop(client);
+    let started = js_sys::Date::now();
+    while open_connections().await > 0 {
+        assert!(
+            js_sys::Date::now() - started < 10_000.0,
+            "the freed client's socket is still open after 10 s"
+        );
+        sleep(50).await;
+    }
+    // Its listeners are gone too: a wake-up event reaches no freed closure.
+    let window = web_sys::window().expect("a window");
+    let online = web_sys::Event::new("online").expect("an event");
+    window.dispatch_event(&online).expect("dispatched");
+}

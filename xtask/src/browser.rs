@@ -9,6 +9,7 @@
 //! | `GET /drop` | cuts every proxied connection; the server keeps its sessions |
 //! | `GET /stall` | stops forwarding server → client bytes (acks and messages hang) |
 //! | `GET /stop` | kills the server; new connections are refused |
+//! | `GET /connections` | answers how many proxied connections are open |
 //! | `GET /restart?startup_delay_ms=N` | cuts connections, kills the server (its sessions are lost) and starts a new one, in phase "starting" for N ms |
 //!
 //! Then it runs the `wasm-bindgen-test` suite of `readyws-wasm` with `wasm-bindgen-test-runner`
@@ -18,7 +19,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -158,6 +159,8 @@ struct Shared {
     /// Both ends of every proxied connection, to cut them on demand.
     links: Mutex<Vec<TcpStream>>,
     stalled: AtomicBool,
+    /// Proxied connections whose client side is still open.
+    open: AtomicUsize,
     log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -184,6 +187,7 @@ impl Shared {
         let (route, query) = path.split_once('?').unwrap_or((path, ""));
         match route {
             "/drop" => Ok(format!("cut {} connections", self.cut_links())),
+            "/connections" => Ok(self.open.load(Ordering::SeqCst).to_string()),
             "/stall" => {
                 self.stalled.store(true, Ordering::SeqCst);
                 Ok("stalled".to_owned())
@@ -227,6 +231,7 @@ impl Harness {
             server: Mutex::new(Some(server)),
             links: Mutex::new(Vec::new()),
             stalled: AtomicBool::new(false),
+            open: AtomicUsize::new(0),
             log,
         });
         let proxy = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("proxy: {e}"))?;
@@ -290,7 +295,12 @@ fn proxy_one(shared: &Arc<Shared>, client: TcpStream) {
             links.push(b);
         }
     }
-    thread::spawn(move || pump(client, server_copy, None));
+    shared.open.fetch_add(1, Ordering::SeqCst);
+    let for_count = Arc::clone(shared);
+    thread::spawn(move || {
+        pump(client, server_copy, None);
+        for_count.open.fetch_sub(1, Ordering::SeqCst);
+    });
     let for_stall = Arc::clone(shared);
     thread::spawn(move || pump(server, client_copy, Some(for_stall)));
 }
