@@ -160,13 +160,32 @@ export interface ReadyStats {
   connections: number;
 }
 
+export type ReadyEvent = "message" | "state" | "error" | "reset";
+
 export interface ReadyClient {
+  /** Each server message's data, once and in order. */
   on(event: "message", callback: (data: any) => void): void;
+  /** Every change of the connection state. */
   on(event: "state", callback: (change: StateChange) => void): void;
+  /** Protocol violations, missing credentials, and the end of a client that gave up. */
   on(event: "error", callback: (error: ReadyError) => void): void;
+  /** The server could not resume the session. */
   on(event: "reset", callback: (reset: SessionReset) => void): void;
+  /** Removes a listener added with `on`. */
+  off(event: ReadyEvent, callback: (payload: any) => void): void;
 }
 "#;
+
+#[wasm_bindgen]
+extern "C" {
+    /// The options of `new ReadyClient(url, options)`: a plain object (see the TypeScript type).
+    #[wasm_bindgen(typescript_type = "ReadyClientOptions")]
+    pub type ReadyClientOptions;
+
+    /// The options of one `send`: a plain object (see the TypeScript type).
+    #[wasm_bindgen(typescript_type = "SendOptions")]
+    pub type SendOptions;
+}
 
 /// How long `close()` lets in-flight messages finish before the socket is closed.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -191,11 +210,8 @@ impl core::fmt::Debug for ReadyClient {
 impl ReadyClient {
     /// Creates the client and starts connecting to `url` (`ws://` or `wss://`).
     #[wasm_bindgen(constructor)]
-    pub fn new(
-        url: String,
-        #[wasm_bindgen(unchecked_param_type = "ReadyClientOptions")] options: Option<JsValue>,
-    ) -> Result<ReadyClient, JsValue> {
-        let options = options.unwrap_or(JsValue::UNDEFINED);
+    pub fn new(url: String, options: Option<ReadyClientOptions>) -> Result<ReadyClient, JsValue> {
+        let options = options.map_or(JsValue::UNDEFINED, JsValue::from);
         let (config, token_provider) = config_from(&options)?;
         let session = ClientSession::new(config, js::random_seed()?);
         let shared = Rc::new_cyclic(|weak: &Weak<RefCell<Driver>>| {
@@ -212,11 +228,7 @@ impl ReadyClient {
     /// acknowledged the message and rejects with a `ReadyError` ("refused", "expired",
     /// "session_reset", "closed", "invalid" or "full") when it never will be.
     #[wasm_bindgen(unchecked_return_type = "Promise<void>")]
-    pub fn send(
-        &self,
-        data: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "SendOptions")] options: Option<JsValue>,
-    ) -> Promise {
+    pub fn send(&self, data: JsValue, options: Option<SendOptions>) -> Promise {
         let (promise, settle) = Settle::promise();
         let data = match js::stringify(&data)
             .and_then(|json| Data::from_json(json).map_err(|error| error.to_string()))
@@ -229,7 +241,7 @@ impl ReadyClient {
         };
         let ttl = options
             .as_ref()
-            .and_then(|options| number(options, "ttlMs"))
+            .and_then(|options| number(options.as_ref(), "ttlMs"))
             .map(|ms| Duration::from_millis(ms as u64));
         {
             let mut driver = self.shared.borrow_mut();
@@ -272,6 +284,7 @@ impl ReadyClient {
 
     /// Adds a listener: "message" (each server message's data, once and in order), "state"
     /// (a `StateChange`), "error" (a `ReadyError`) or "reset" (a `SessionReset`).
+    #[wasm_bindgen(skip_typescript)]
     pub fn on(&self, event: &str, callback: Function) -> Result<(), JsValue> {
         let mut driver = self.shared.borrow_mut();
         driver.listeners(event)?.push(callback);
@@ -279,6 +292,7 @@ impl ReadyClient {
     }
 
     /// Removes a listener added with `on`.
+    #[wasm_bindgen(skip_typescript)]
     pub fn off(&self, event: &str, callback: &Function) -> Result<(), JsValue> {
         let mut driver = self.shared.borrow_mut();
         driver

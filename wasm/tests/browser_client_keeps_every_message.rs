@@ -102,7 +102,7 @@ fn client(name: &str, extra: &str) -> ReadyClient {
     let options = json(&format!(
         r#"{{"token":"{user}","backoffInitialMs":50,"backoffMaxMs":400{extra}}}"#
     ));
-    ReadyClient::new(ws_url(), Some(options)).expect("a client")
+    ReadyClient::new(ws_url(), Some(options.unchecked_into())).expect("a client")
 }
 
 /// Everything `client` emits as `event`, in order.
@@ -296,7 +296,7 @@ async fn refused_expired_and_closed_messages_reject_with_typed_errors() {
     control("/stop").await;
     let client = self::client("expired", "");
     let ttl = json(r#"{"ttlMs":300}"#);
-    let error = rejection(client.send(json(r#"{"n":1}"#), Some(ttl))).await;
+    let error = rejection(client.send(json(r#"{"n":1}"#), Some(ttl.unchecked_into()))).await;
     assert_eq!(kind(&error), "expired");
 
     let waiting = send_number(&client, 2);
@@ -321,7 +321,7 @@ async fn an_async_token_provider_supplies_the_credentials() {
     });
     let options = json(r#"{"backoffInitialMs":50}"#);
     Reflect::set(&options, &"tokenProvider".into(), provider.as_ref()).expect("set");
-    let client = ReadyClient::new(ws_url(), Some(options)).expect("a client");
+    let client = ReadyClient::new(ws_url(), Some(options.unchecked_into())).expect("a client");
     let received = collect(&client, "message");
     acknowledged(vec![send_number(&client, 7)]).await;
     wait_until("the echo", || received.borrow().len() == 1).await;
@@ -340,7 +340,7 @@ async fn the_online_event_ends_a_long_backoff_at_once() {
     let user = format!("online-{}", (js_sys::Math::random() * 1e9) as u64);
     let client = ReadyClient::new(
         ws_url(),
-        Some(json(&format!(r#"{{"token":"{user}"{options}}}"#))),
+        Some(json(&format!(r#"{{"token":"{user}"{options}}}"#)).unchecked_into()),
     )
     .expect("a client");
     JsFuture::from(client.ready()).await.expect("ready");

@@ -55,6 +55,17 @@ pub(crate) fn run(totals: &mut TestTotals) -> Result<(), String> {
     if !workspace_root().join("target/debug/readyws").exists() {
         cargo(&["build", "-p", "readyws-cli"], &[])?;
     }
+    match crate::wasm::typecheck_example() {
+        Ok(()) => {
+            println!("test the_typescript_usage_example_type_checks ... ok");
+            totals.passed += 1;
+        }
+        Err(problem) => {
+            println!("test the_typescript_usage_example_type_checks ... FAILED\n{problem}");
+            totals.failed += 1;
+            return Err("the TypeScript usage example does not type-check".to_owned());
+        }
+    }
     let harness = Harness::start()?;
     let ws_url = format!("ws://{}/ws", harness.proxy_address);
     let control_url = format!("http://{}", harness.control_address);

@@ -281,10 +281,12 @@ pub(crate) fn output(program: &str, args: &[&str]) -> Result<String, String> {
         .output()
         .map_err(|error| format!("could not run {program}: {error}"))?;
     if !out.status.success() {
+        // Some tools (tsc among them) report on stdout: show both.
         return Err(format!(
-            "`{program} {}` exited with {}: {}",
+            "`{program} {}` exited with {}:\n{}\n{}",
             args.join(" "),
             out.status,
+            String::from_utf8_lossy(&out.stdout).trim(),
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }

@@ -2,7 +2,8 @@
 //!
 //! The tools are installed when missing: the wasm32 target (rustup), `wasm-bindgen-cli` at
 //! exactly the version of `wasm-bindgen` in `Cargo.lock` (the CLI refuses modules made by any
-//! other version), Debian's `binaryen` for `wasm-opt`, and esbuild (npm) to minify the JS glue.
+//! other version), Debian's `binaryen` for `wasm-opt`, and from npm esbuild (to minify the JS glue) and
+//! TypeScript (to check the generated types from a user's side).
 //!
 //! Debian's `wasm-opt` (version 108) predates `table.fill`, which wasm-bindgen's reference-type
 //! pass emits, so it cannot read wasm-bindgen's output. It runs on the compiler's output
@@ -17,6 +18,9 @@ use crate::{WASM_TARGET, cargo, ensure_wasm_target, gzip_len, output, workspace_
 
 /// The minifier for the JS glue, pinned so that sizes compare from one run to the next.
 const ESBUILD: &str = "esbuild@0.25.12";
+
+/// The compiler that checks the generated TypeScript types from a user's side.
+const TYPESCRIPT: &str = "typescript@5.9.3";
 
 /// The features Rust 1.82 and later enable for `wasm32-unknown-unknown` by default.
 const WASM_OPT_FEATURES: [&str; 6] = [
@@ -132,17 +136,23 @@ pub(crate) fn ensure_debian_tool(binary: &str, package: &str) -> Result<(), Stri
         })
 }
 
-/// esbuild from the npm registry, installed under `target/xtask/npm` when missing.
-fn ensure_esbuild() -> Result<PathBuf, String> {
+/// The npm tools of the build, under `target/xtask/npm`, installed when missing or at another
+/// version; returns the folder of their executables.
+pub(crate) fn ensure_npm_tools() -> Result<PathBuf, String> {
     let dir = workspace_root().join("target").join("xtask").join("npm");
-    let binary = dir.join("node_modules").join(".bin").join("esbuild");
-    let version = ESBUILD.trim_start_matches("esbuild@");
-    let installed = output(path_str(&binary)?, &["--version"]).ok();
-    if installed.as_deref().map(str::trim) == Some(version) {
-        println!("    esbuild {version} already installed");
-        return Ok(binary);
+    let bin = dir.join("node_modules").join(".bin");
+    let installed = |tool: &str, version: &str| {
+        output(path_str(&bin.join(tool)).unwrap_or(tool), &["--version"])
+            .is_ok_and(|text| text.trim().trim_start_matches("Version ") == version)
+    };
+    if installed("esbuild", version_of(ESBUILD)) && installed("tsc", version_of(TYPESCRIPT)) {
+        println!("    {ESBUILD} and {TYPESCRIPT} already installed");
+        return Ok(bin);
     }
-    println!("    installing {ESBUILD} with npm into {}", dir.display());
+    println!(
+        "    installing {ESBUILD} and {TYPESCRIPT} with npm into {}",
+        dir.display()
+    );
     fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     output(
         "npm",
@@ -155,12 +165,33 @@ fn ensure_esbuild() -> Result<PathBuf, String> {
             "--no-save",
             "--silent",
             ESBUILD,
+            TYPESCRIPT,
         ],
     )
     .map_err(|error| {
-        format!("{error}\n  minifying the JS glue needs Node.js and npm (Debian: apt-get install nodejs npm)")
+        format!(
+            "{error}\n  the package build needs Node.js and npm (Debian: apt-get install nodejs npm)"
+        )
     })?;
-    Ok(binary)
+    Ok(bin)
+}
+
+fn version_of(package: &str) -> &str {
+    package.rsplit('@').next().unwrap_or(package)
+}
+
+/// Type-checks `wasm/examples/typescript/usage.ts` against the package's generated types.
+pub(crate) fn typecheck_example() -> Result<(), String> {
+    let bin = ensure_npm_tools()?;
+    let project = workspace_root()
+        .join("wasm")
+        .join("examples")
+        .join("typescript");
+    output(
+        path_str(&bin.join("tsc"))?,
+        &["--project", path_str(&project)?, "--pretty", "false"],
+    )
+    .map(|_| ())
 }
 
 /// Builds the package into `wasm/pkg/` and returns its sizes.
@@ -219,7 +250,7 @@ pub(crate) fn build_package() -> Result<PackageSize, String> {
     )?;
     // wasm-bindgen writes readable glue; the package ships it minified, as a bundler would serve
     // it, which is also how the JavaScript clients it is compared with are measured.
-    let esbuild = ensure_esbuild()?;
+    let esbuild = ensure_npm_tools()?.join("esbuild");
     let glue_path = pkg.join("readyws.js");
     let glue_path = path_str(&glue_path)?;
     output(
