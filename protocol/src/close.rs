@@ -9,7 +9,7 @@ pub fn fit_close_reason(text: &str) -> String {
     while !text.is_char_boundary(cut) {
         cut -= 1;
     }
-    text[..cut].to_owned()
+    crate::json::cut(text, 0..cut).to_owned()
 }
 
 /// What a client does after a connection ends with a given code.

@@ -42,7 +42,7 @@ pub(crate) fn validate(text: &str) -> Result<&str, InvalidJson> {
     if reader.pos != text.len() {
         return Err(reader.error("trailing characters after the JSON value"));
     }
-    Ok(&text[start..end])
+    Ok(cut(text, start..end))
 }
 
 /// The members of `object`, a JSON object's text that [`validate`] accepted, in order.
@@ -70,7 +70,7 @@ pub(crate) fn members(object: &str) -> Result<Option<Vec<Member<'_>>>, InvalidJs
         reader.skip_value()?;
         members.push(Member {
             key,
-            value: &object[start..reader.pos],
+            value: cut(object, start..reader.pos),
         });
         reader.whitespace();
         match reader.next() {
@@ -108,7 +108,7 @@ pub(crate) fn write_string(out: &mut String, value: &str) {
             0x00..=0x1f => "",
             _ => continue,
         };
-        out.push_str(&value[plain_from..at]);
+        out.push_str(cut(value, plain_from..at));
         plain_from = at + 1;
         if short.is_empty() {
             out.push_str("\\u00");
@@ -118,7 +118,7 @@ pub(crate) fn write_string(out: &mut String, value: &str) {
             out.push_str(short);
         }
     }
-    out.push_str(&value[plain_from..]);
+    out.push_str(cut(value, plain_from..value.len()));
     out.push('"');
 }
 
@@ -350,7 +350,7 @@ impl<'a> Reader<'a> {
     fn string(&mut self) -> Result<Cow<'a, str>, InvalidJson> {
         let start = self.pos;
         if !self.skip_string()? {
-            return Ok(Cow::Borrowed(&self.text[start + 1..self.pos - 1]));
+            return Ok(Cow::Borrowed(cut(self.text, start + 1..self.pos - 1)));
         }
         let end = self.pos;
         self.pos = start + 1;
@@ -361,7 +361,7 @@ impl<'a> Reader<'a> {
                 self.pos += 1;
                 continue;
             }
-            out.push_str(&self.text[plain_from..self.pos]);
+            out.push_str(cut(self.text, plain_from..self.pos));
             self.pos += 1;
             let escape = self.bytes[self.pos];
             self.pos += 1;
@@ -376,7 +376,7 @@ impl<'a> Reader<'a> {
             });
             plain_from = self.pos;
         }
-        out.push_str(&self.text[plain_from..end - 1]);
+        out.push_str(cut(self.text, plain_from..end - 1));
         self.pos = end;
         Ok(Cow::Owned(out))
     }
@@ -403,6 +403,14 @@ impl<'a> Reader<'a> {
         };
         char::from_u32(code).ok_or_else(|| self.error("invalid code point"))
     }
+}
+
+/// `text[range]` for a range whose ends the reader found at ASCII bytes, which are always char
+/// boundaries. `get` instead of indexing keeps the panicking path, and the formatting code it
+/// brings, out of the browser build; were an end ever wrong, the result would be empty text,
+/// not a crash.
+pub(crate) fn cut(text: &str, range: core::ops::Range<usize>) -> &str {
+    text.get(range).unwrap_or_default()
 }
 
 /// Appends `value` in decimal.

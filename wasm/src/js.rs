@@ -7,7 +7,7 @@ use js_sys::{Function, Object, Promise, Reflect};
 use readyws_protocol::Time;
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
-use web_sys::{EventTarget, VisibilityState, WebSocket};
+use web_sys::{EventTarget, WebSocket};
 
 /// The resolve and reject functions of one promise handed to the application.
 pub(crate) struct Settle {
@@ -137,7 +137,7 @@ pub(crate) fn console_error(message: &str) {
 pub(crate) fn page_visible() -> bool {
     web_sys::window()
         .and_then(|window| window.document())
-        .is_none_or(|document| document.visibility_state() == VisibilityState::Visible)
+        .is_none_or(|document| !document.hidden())
 }
 
 pub(crate) fn window_target() -> Option<EventTarget> {
