@@ -31,7 +31,7 @@ const PACKAGE_GZIP_BUDGET: usize = 30_000;
 
 /// The package does not meet [`PACKAGE_GZIP_BUDGET`] yet. This ceiling sits just above its
 /// measured size so that it cannot grow unnoticed; lower it with every reduction.
-const PACKAGE_GZIP_CEILING: usize = 51_500;
+const PACKAGE_GZIP_CEILING: usize = 47_500;
 
 /// Crates that must never appear among the protocol crate's normal dependencies: it does no I/O.
 const FORBIDDEN_IN_PROTOCOL: [&str; 5] = ["tokio", "mio", "web-sys", "js-sys", "wasm-bindgen"];
