@@ -1,5 +1,7 @@
 //! `readyws`: the command-line entry point. `readyws serve` runs the reference server.
 
+mod demo;
+mod relay;
 mod static_files;
 
 use std::net::SocketAddr;
@@ -31,6 +33,10 @@ enum Command {
     /// Run the reference server: WebSocket endpoint at /ws, publish API at POST /api/publish,
     /// and /healthz, /readyz, /metrics on the same port.
     Serve(ServeArgs),
+    /// The problem and its fix in one command: an embedded server with a cold start, a relay
+    /// that cuts and stalls connections, and messages both ways; exits non-zero if any message
+    /// was lost, duplicated or reordered.
+    Demo(demo::DemoArgs),
 }
 
 #[derive(Args)]
@@ -122,6 +128,11 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Demo(args) => match runtime.block_on(demo::run(args)) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(1),
+            Err(message) => Err(message),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

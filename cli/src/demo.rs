@@ -1,0 +1,552 @@
+//! `readyws demo`: the problem and its fix in one command.
+//!
+//! An embedded reference server starts cold (its sockets wait in phase "starting"), a relay
+//! between it and a client cuts and stalls connections at random, and messages flow both ways the
+//! whole time: the client sends numbered messages, and the server publishes numbered messages to
+//! the client's user whether or not it is connected (held in its mailbox when it is not). At the
+//! end every number must have arrived exactly once and in order, in both directions.
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use readyws::{Client, ConnectionState, Data, Outcome, Overflow};
+use readyws_protocol::ServerConfig;
+use readyws_server::{
+    Decision, Inbound, InsecureDevAuth, MailboxLimits, OverflowPolicy, Server, ServerHandle,
+    ServerOptions, UserId,
+};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::relay::{Relay, RelayEvent};
+
+/// The demo's settings (`readyws demo --help`).
+#[derive(clap::Args, Debug)]
+pub(crate) struct DemoArgs {
+    /// Messages sent each way.
+    #[arg(long, default_value_t = 3000)]
+    messages: u64,
+    /// Messages per second each way, so that the run spans many broken connections.
+    #[arg(long, default_value_t = 300)]
+    rate: u64,
+    /// Seed of the relay's faults and the client's jitter; a run with the same seed breaks the
+    /// same connections at the same moments (default: a random seed, printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// How long the server stays in phase "starting" (a cold start).
+    #[arg(long, value_name = "MS", default_value_t = 1500)]
+    startup_delay: u64,
+    /// Print the summary as JSON on stdout (the running account still goes to stderr).
+    #[arg(long)]
+    json: bool,
+}
+
+const USER: &str = "demo-user";
+
+/// What one direction of the run delivered.
+#[derive(Debug, Default, Serialize)]
+struct Direction {
+    sent: u64,
+    acked: u64,
+    received: u64,
+    lost: u64,
+    duplicated: u64,
+    out_of_order: u64,
+}
+
+impl Direction {
+    /// Compares the numbers that arrived, in arrival order, with `0..sent`.
+    fn check(sent: u64, acked: u64, arrived: &[u64]) -> Direction {
+        let mut seen = vec![false; sent as usize];
+        let mut duplicated = 0;
+        for &n in arrived {
+            match seen.get_mut(n as usize) {
+                Some(slot) if *slot => duplicated += 1,
+                Some(slot) => *slot = true,
+                None => duplicated += 1,
+            }
+        }
+        let out_of_order = arrived.windows(2).filter(|pair| pair[1] < pair[0]).count() as u64;
+        Direction {
+            sent,
+            acked,
+            received: arrived.len() as u64,
+            lost: seen.iter().filter(|seen| !**seen).count() as u64,
+            duplicated,
+            out_of_order,
+        }
+    }
+
+    fn clean(&self) -> bool {
+        self.lost == 0 && self.duplicated == 0 && self.out_of_order == 0
+    }
+}
+
+/// The summary the demo ends with.
+#[derive(Debug, Serialize)]
+struct Summary {
+    seed: u64,
+    seconds: f64,
+    client_to_server: Direction,
+    server_to_client: Direction,
+    connections_cut: u64,
+    connections_stalled: u64,
+    reconnects: u64,
+    resumes: u64,
+    session_resets: u64,
+    held_before_first_ready: u64,
+    published_while_disconnected: u64,
+    time_to_ready_median_ms: Option<f64>,
+    time_to_ready_p99_ms: Option<f64>,
+}
+
+/// Where the running account goes: progress bars on a terminal, plain lines elsewhere.
+struct Display {
+    bars: Option<(MultiProgress, ProgressBar, ProgressBar)>,
+    started: Instant,
+}
+
+impl Display {
+    fn new(messages: u64) -> Display {
+        let started = Instant::now();
+        if !std::io::stderr().is_terminal() {
+            return Display {
+                bars: None,
+                started,
+            };
+        }
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+        let style = ProgressStyle::with_template("{prefix:>16} [{bar:40}] {pos:>6}/{len}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+        let up = multi.add(ProgressBar::new(messages).with_style(style.clone()));
+        up.set_prefix("client → server");
+        let down = multi.add(ProgressBar::new(messages).with_style(style));
+        down.set_prefix("server → client");
+        Display {
+            bars: Some((multi, up, down)),
+            started,
+        }
+    }
+
+    fn line(&self, text: &str) {
+        let line = format!("{:>7.2}s  {text}", self.started.elapsed().as_secs_f64());
+        match &self.bars {
+            Some((multi, _, _)) => {
+                let _ = multi.println(line);
+            }
+            None => eprintln!("{line}"),
+        }
+    }
+
+    fn progress(&self, acked: u64, received: u64) {
+        if let Some((_, up, down)) = &self.bars {
+            up.set_position(acked);
+            down.set_position(received);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some((multi, up, down)) = &self.bars {
+            up.finish();
+            down.finish();
+            let _ = multi.clear();
+        }
+    }
+}
+
+/// Runs the demo; `Ok(true)` when every message arrived exactly once and in order.
+pub(crate) async fn run(args: DemoArgs) -> Result<bool, String> {
+    let seed = args.seed.unwrap_or_else(fresh_seed);
+    let messages = args.messages.max(1);
+    let rate = args.rate.max(1);
+    let display = Arc::new(Display::new(messages));
+    display.line(&format!(
+        "readyws demo: {messages} messages each way at {rate}/s, seed {seed} (repeat with --seed {seed})"
+    ));
+
+    // The server: cold start, short heartbeats so that stalled links are found in a second, and a
+    // mailbox large enough to hold everything published while the client is away.
+    let received_by_server = Arc::new(Mutex::new(Vec::<u64>::with_capacity(messages as usize)));
+    let record = Arc::clone(&received_by_server);
+    let handler = move |_: &ServerHandle, message: Inbound<'_>| {
+        if let Some(n) = number(message.data) {
+            record.lock().unwrap_or_else(|e| e.into_inner()).push(n);
+        }
+        Decision::Accept
+    };
+    let options = ServerOptions::default()
+        .protocol(ServerConfig::default().heartbeat(Duration::from_millis(500)))
+        .mailbox(MailboxLimits {
+            max_messages: messages as usize + 100,
+            max_bytes: 64 << 20,
+            ttl: Duration::from_secs(600),
+            overflow: OverflowPolicy::RejectNew,
+        })
+        .wait_for_startup(args.startup_delay > 0);
+    let server = Server::new(options, InsecureDevAuth, handler);
+    let handle = server.handle();
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("cannot listen on 127.0.0.1: {e}"))?;
+    let server_address = listener.local_addr().map_err(|e| e.to_string())?;
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve(listener, async {
+        let _ = server_stopped.await;
+    }));
+    let startup = handle.clone();
+    let startup_delay = Duration::from_millis(args.startup_delay);
+    let startup_display = Arc::clone(&display);
+    tokio::spawn(async move {
+        tokio::time::sleep(startup_delay).await;
+        startup.mark_started();
+        startup_display.line("server: start-up complete, connections can become ready");
+    });
+
+    // The relay, with faults on until every message has been sent.
+    let (faults, faults_on) = watch::channel(true);
+    let (relay_events, mut relay_events_in) = mpsc::unbounded_channel();
+    let relay_address = Relay::start(server_address, seed, faults_on, relay_events)
+        .await
+        .map_err(|e| format!("cannot start the relay: {e}"))?;
+    let (cuts, stalls) = (Arc::new(Mutex::new(0u64)), Arc::new(Mutex::new(0u64)));
+    {
+        let (display, cuts, stalls) =
+            (Arc::clone(&display), Arc::clone(&cuts), Arc::clone(&stalls));
+        tokio::spawn(async move {
+            while let Some(event) = relay_events_in.recv().await {
+                match event {
+                    RelayEvent::Cut { connection, after } => {
+                        *cuts.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                        display.line(&format!(
+                            "relay: cut connection {connection} after {} ms",
+                            after.as_millis()
+                        ));
+                    }
+                    RelayEvent::Stalled { connection, after } => {
+                        *stalls.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                        display.line(&format!(
+                            "relay: stalled connection {connection} after {} ms (half-open: only heartbeats notice)",
+                            after.as_millis()
+                        ));
+                    }
+                }
+            }
+        });
+    }
+
+    let client = Arc::new(
+        Client::builder(format!("ws://{relay_address}/ws"))
+            .token(USER)
+            .backoff(Duration::from_millis(50), Duration::from_millis(1000))
+            .overflow(Overflow::Wait)
+            .jitter_seed(seed)
+            .connect(),
+    );
+    // Messages sent before the first `connection_ready` wait in the client; the watcher says how
+    // many when the connection becomes ready.
+    let held = Arc::new(Held::default());
+    watch_state(&client, &display, &held);
+
+    // Server → client: numbered publishes, paced, whether or not the client is connected.
+    let published_while_disconnected = Arc::new(Mutex::new(0u64));
+    let publisher = {
+        let (handle, count) = (handle.clone(), Arc::clone(&published_while_disconnected));
+        let user = UserId::new(USER);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+            for n in 0..messages {
+                ticker.tick().await;
+                let data = numbered(n);
+                loop {
+                    match handle.publish(&user, data.clone()) {
+                        Ok(report) => {
+                            if report.held {
+                                *count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                            }
+                            break;
+                        }
+                        // A full mailbox refuses; the publisher is told and tries again.
+                        Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                }
+            }
+        })
+    };
+
+    // Client → server: numbered sends, paced; each delivery's outcome is counted.
+    let acked = Arc::new(Mutex::new(0u64));
+    let not_acked = Arc::new(Mutex::new(Vec::<Outcome>::new()));
+    let sender =
+        {
+            let (client, acked, not_acked, held) = (
+                Arc::clone(&client),
+                Arc::clone(&acked),
+                Arc::clone(&not_acked),
+                Arc::clone(&held),
+            );
+            tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+                let mut deliveries = Vec::with_capacity(messages as usize);
+                for n in 0..messages {
+                    ticker.tick().await;
+                    match client.send(numbered(n)).await {
+                        Ok(delivery) => {
+                            if !held.ready.load(Ordering::SeqCst) {
+                                held.count.fetch_add(1, Ordering::SeqCst);
+                            }
+                            deliveries.push(delivery);
+                        }
+                        Err(error) => not_acked.lock().unwrap_or_else(|e| e.into_inner()).push(
+                            Outcome::Refused {
+                                code: "not_accepted".to_owned(),
+                                reason: error.to_string(),
+                            },
+                        ),
+                    }
+                }
+                for delivery in deliveries {
+                    match delivery.await {
+                        Outcome::Acked => *acked.lock().unwrap_or_else(|e| e.into_inner()) += 1,
+                        other => not_acked
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(other),
+                    }
+                }
+            })
+        };
+
+    let received_by_client = Arc::new(Mutex::new(Vec::<u64>::with_capacity(messages as usize)));
+    {
+        let (received, mut stream) = (Arc::clone(&received_by_client), client.messages());
+        tokio::spawn(async move {
+            while let Some(data) = stream.next().await {
+                if let Some(n) = number(&data) {
+                    received.lock().unwrap_or_else(|e| e.into_inner()).push(n);
+                }
+            }
+        });
+    }
+
+    // Wait for both directions, with the faults switched off once everything has been sent so
+    // that the run ends; give up after a generous deadline and report what is missing.
+    let deadline = Instant::now() + Duration::from_secs(60 + 2 * messages / rate);
+    let user = UserId::new(USER);
+    loop {
+        let up = *acked.lock().unwrap_or_else(|e| e.into_inner());
+        let down = received_by_client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len() as u64;
+        display.progress(up, down);
+        if sender.is_finished() && publisher.is_finished() && *faults.borrow() {
+            let _ = faults.send(false);
+            display.line("relay: every message sent; no more faults on new connections");
+        }
+        let settled = not_acked.lock().unwrap_or_else(|e| e.into_inner()).len() as u64;
+        if up + settled >= messages && down >= messages && handle.mailbox_depth(&user) == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            display.line("gave up waiting: the summary shows what is missing");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    display.finish();
+
+    let stats = client.stats();
+    client.close(Duration::from_secs(2)).await;
+    let _ = stop_server.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), serving).await;
+
+    let acked_by_server = *acked.lock().unwrap_or_else(|e| e.into_inner());
+    let server_arrivals = received_by_server
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let client_arrivals = received_by_client
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
+    let summary = Summary {
+        seed,
+        seconds: display.started.elapsed().as_secs_f64(),
+        client_to_server: Direction::check(messages, acked_by_server, &server_arrivals),
+        server_to_client: Direction::check(
+            messages,
+            messages.saturating_sub(handle.mailbox_depth(&user) as u64),
+            &client_arrivals,
+        ),
+        connections_cut: *cuts.lock().unwrap_or_else(|e| e.into_inner()),
+        connections_stalled: *stalls.lock().unwrap_or_else(|e| e.into_inner()),
+        reconnects: stats.reconnects,
+        resumes: stats
+            .readies
+            .saturating_sub(1)
+            .saturating_sub(stats.session_resets),
+        session_resets: stats.session_resets,
+        held_before_first_ready: held.count.load(Ordering::SeqCst),
+        published_while_disconnected: *published_while_disconnected
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()),
+        time_to_ready_median_ms: ms(stats.time_to_ready_p50),
+        time_to_ready_p99_ms: ms(stats.time_to_ready_p99),
+    };
+    let clean = summary.client_to_server.clean() && summary.server_to_client.clean();
+    if args.json {
+        let json = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;
+        println!("{json}");
+    } else {
+        print_table(&summary, clean);
+    }
+    Ok(clean)
+}
+
+/// Prints connection changes as they happen, and how many messages were held before the first
+/// `connection_ready`.
+/// Messages sent before the first `connection_ready`.
+#[derive(Debug, Default)]
+struct Held {
+    ready: AtomicBool,
+    count: AtomicU64,
+}
+
+fn watch_state(client: &Arc<Client>, display: &Arc<Display>, held: &Arc<Held>) {
+    let mut states = client.watch_state();
+    let (display, held, client) = (Arc::clone(display), Arc::clone(held), Arc::clone(client));
+    tokio::spawn(async move {
+        let mut was_ready = false;
+        while states.changed().await.is_ok() {
+            let state = states.borrow_and_update().clone();
+            match state {
+                ConnectionState::Connecting { attempt } if attempt > 1 => {
+                    display.line(&format!("client: connecting, attempt {attempt}"));
+                }
+                ConnectionState::Ready {
+                    session_id,
+                    resumed,
+                } => {
+                    let waiting = client.stats().queued;
+                    if !held.ready.swap(true, Ordering::SeqCst) {
+                        display.line(&format!(
+                            "client: ready on {session_id} after the cold start; flushing the {} messages held until now",
+                            held.count.load(Ordering::SeqCst)
+                        ));
+                    } else if resumed && waiting > 0 {
+                        display.line(&format!(
+                            "client: ready again, {session_id} resumed; {waiting} held messages go out now"
+                        ));
+                    } else if resumed {
+                        display.line(&format!("client: ready again, {session_id} resumed"));
+                    } else {
+                        display.line(&format!(
+                            "client: ready on a new session {session_id}; unacknowledged messages are sent again"
+                        ));
+                    }
+                    was_ready = true;
+                }
+                ConnectionState::Reconnecting {
+                    attempt,
+                    delay,
+                    reason,
+                } if was_ready || attempt > 1 => {
+                    display.line(&format!(
+                        "client: {reason}; reconnecting in {} ms (attempt {attempt})",
+                        delay.as_millis()
+                    ));
+                }
+                ConnectionState::Closed { reason } => {
+                    display.line(&format!("client: closed ({reason})"));
+                    break;
+                }
+                _ => {}
+            }
+        }
+    });
+}
+
+fn print_table(summary: &Summary, clean: bool) {
+    let (up, down) = (&summary.client_to_server, &summary.server_to_client);
+    println!();
+    println!(
+        "{:<28}{:>18}{:>18}",
+        "", "client → server", "server → client"
+    );
+    let rows: [(&str, u64, u64); 6] = [
+        ("sent", up.sent, down.sent),
+        ("acknowledged", up.acked, down.acked),
+        ("received", up.received, down.received),
+        ("lost", up.lost, down.lost),
+        ("duplicated", up.duplicated, down.duplicated),
+        ("out of order", up.out_of_order, down.out_of_order),
+    ];
+    for (name, a, b) in rows {
+        println!("{name:<28}{a:>18}{b:>18}");
+    }
+    println!();
+    let ms = |value: Option<f64>| value.map_or("-".to_owned(), |ms| format!("{ms:.1} ms"));
+    let lines = [
+        (
+            "connections cut by the relay",
+            summary.connections_cut.to_string(),
+        ),
+        (
+            "connections stalled",
+            summary.connections_stalled.to_string(),
+        ),
+        ("reconnects", summary.reconnects.to_string()),
+        ("sessions resumed", summary.resumes.to_string()),
+        ("sessions reset", summary.session_resets.to_string()),
+        (
+            "held before the first ready",
+            summary.held_before_first_ready.to_string(),
+        ),
+        (
+            "published while disconnected",
+            summary.published_while_disconnected.to_string(),
+        ),
+        ("time to ready, median", ms(summary.time_to_ready_median_ms)),
+        ("time to ready, p99", ms(summary.time_to_ready_p99_ms)),
+        ("seconds", format!("{:.1}", summary.seconds)),
+        ("seed", summary.seed.to_string()),
+    ];
+    for (name, value) in lines {
+        println!("{name:<28}{value:>18}");
+    }
+    println!();
+    if clean {
+        println!("every message arrived exactly once and in order, both ways");
+    } else {
+        println!("FAILED: messages were lost, duplicated or reordered");
+    }
+}
+
+/// A seed that differs from run to run; printed, so that any run can be repeated.
+fn fresh_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos() as u64);
+    nanos ^ u64::from(std::process::id()).rotate_left(32)
+}
+
+fn numbered(n: u64) -> Data {
+    Data::from_json(format!(r#"{{"n":{n}}}"#)).expect("an object with one integer is JSON")
+}
+
+fn number(data: &Data) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Numbered {
+        n: u64,
+    }
+    data.deserialize::<Numbered>()
+        .ok()
+        .map(|numbered| numbered.n)
+}
