@@ -1,6 +1,8 @@
 //! `readyws`: the command-line entry point. `readyws serve` runs the reference server.
 
+mod connect;
 mod demo;
+mod publish;
 mod relay;
 mod static_files;
 
@@ -37,6 +39,11 @@ enum Command {
     /// that cuts and stalls connections, and messages both ways; exits non-zero if any message
     /// was lost, duplicated or reordered.
     Demo(demo::DemoArgs),
+    /// A client for terminals and scripts: stdin lines become messages, received messages are
+    /// printed on stdout as JSON lines; exits non-zero if a message sent was not acknowledged.
+    Connect(connect::ConnectArgs),
+    /// Publishes one message to a user through a server's publish API.
+    Publish(publish::PublishArgs),
 }
 
 #[derive(Args)]
@@ -129,6 +136,16 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Demo(args) => match runtime.block_on(demo::run(args)) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(1),
+            Err(message) => Err(message),
+        },
+        Command::Connect(args) => match runtime.block_on(connect::run(args)) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(1),
+            Err(message) => Err(message),
+        },
+        Command::Publish(args) => match runtime.block_on(publish::run(args)) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(1),
             Err(message) => Err(message),

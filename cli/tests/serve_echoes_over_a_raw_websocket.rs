@@ -1,55 +1,15 @@
 //! `readyws serve --insecure-dev-auth --echo` as a user runs it: a raw WebSocket client completes
 //! the handshake and gets its message back; SIGTERM ends the server gracefully.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
+
+mod support;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts the binary on a free port and returns it with the address it reports.
-fn start(extra: &[&str]) -> (Running, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_readyws"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--insecure-dev-auth"])
-        .args(extra)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("the readyws binary runs");
-    let stderr = child.stderr.take().expect("stderr");
-    let (found, address) = std::sync::mpsc::channel();
-    // Read the log on a thread (draining it for the server's whole life, so that it never blocks
-    // on a full pipe) and hand over the address it reports.
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("address=").nth(1) {
-                let _ = found.send(
-                    rest.split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned(),
-                );
-            }
-        }
-    });
-    let running = Running(child);
-    let address = address
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the server logs its address");
-    (running, address)
-}
 
 async fn recv(
     ws: &mut tokio_tungstenite::WebSocketStream<
@@ -70,7 +30,7 @@ async fn recv(
 
 #[tokio::test]
 async fn serve_echoes_and_shuts_down_on_sigterm() {
-    let (mut server, address) = start(&["--echo", "--shutdown-spread-ms", "3000"]);
+    let (mut server, address) = support::serve(&["--echo", "--shutdown-spread-ms", "3000"]);
     let mut request = format!("ws://{address}/ws")
         .into_client_request()
         .expect("request");

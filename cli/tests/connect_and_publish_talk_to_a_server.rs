@@ -1,0 +1,105 @@
+//! `readyws connect` and `readyws publish` against `readyws serve`, as a script uses them:
+//! stdout carries only received data, one JSON line each, and exit codes tell success.
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn readyws(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_readyws"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the readyws binary runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("input written");
+    child.wait_with_output().expect("it ends")
+}
+
+fn stdout_lines(output: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn connect_sends_lines_and_prints_the_echoes_as_json_lines() {
+    let (_server, address) = support::serve(&["--echo"]);
+    let url = format!("ws://{address}/ws");
+    let output = readyws(
+        &["connect", &url, "--token", "alice", "--exit-after", "2"],
+        "hello there\n{\"a\": [1, 2]}\n",
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        stdout_lines(&output),
+        vec![r#""hello there""#.to_owned(), r#"{"a":[1,2]}"#.to_owned()]
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("ready"));
+}
+
+#[test]
+fn a_message_published_while_the_user_is_away_reaches_their_next_connect() {
+    let (_server, address) = support::serve(&["--api-key", "test-key"]);
+    let published = readyws(
+        &[
+            "publish",
+            &format!("http://{address}"),
+            "--user",
+            "bob",
+            "--api-key",
+            "test-key",
+            r#"{"x": 1}"#,
+        ],
+        "",
+    );
+    assert!(
+        published.status.success(),
+        "{}",
+        String::from_utf8_lossy(&published.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&published.stdout).expect("the server's JSON answer");
+    assert_eq!(report["held"], true, "bob has no connection: {report}");
+
+    let output = readyws(
+        &[
+            "connect",
+            &format!("ws://{address}/ws"),
+            "--token",
+            "bob",
+            "--exit-after",
+            "1",
+        ],
+        "",
+    );
+    assert!(output.status.success());
+    assert_eq!(stdout_lines(&output), vec![r#"{"x":1}"#.to_owned()]);
+
+    let refused = readyws(
+        &[
+            "publish",
+            &format!("http://{address}"),
+            "--user",
+            "bob",
+            "--api-key",
+            "wrong",
+            "1",
+        ],
+        "",
+    );
+    assert!(!refused.status.success(), "a wrong key is refused");
+    assert!(refused.stdout.is_empty());
+}
