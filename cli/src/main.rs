@@ -1,5 +1,6 @@
 //! `readyws`: the command-line entry point. `readyws serve` runs the reference server.
 
+mod check;
 mod connect;
 mod demo;
 mod publish;
@@ -44,6 +45,9 @@ enum Command {
     Connect(connect::ConnectArgs),
     /// Publishes one message to a user through a server's publish API.
     Publish(publish::PublishArgs),
+    /// Checks a server that claims readyws v1 against the specification, rule by rule; exits
+    /// non-zero if any rule fails.
+    Check(check::CheckArgs),
 }
 
 #[derive(Args)]
@@ -141,6 +145,11 @@ fn main() -> ExitCode {
             Err(message) => Err(message),
         },
         Command::Connect(args) => match runtime.block_on(connect::run(args)) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(1),
+            Err(message) => Err(message),
+        },
+        Command::Check(args) => match runtime.block_on(check::run(args)) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(1),
             Err(message) => Err(message),

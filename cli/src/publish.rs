@@ -73,19 +73,35 @@ fn target(url: &str) -> Result<Target, String> {
 
 /// Publishes; `Ok(true)` when the server accepted the message.
 pub(crate) async fn run(args: PublishArgs) -> Result<bool, String> {
-    let target = target(&args.url)?;
+    let (accepted, body) = post(&args.url, &args.api_key, &args.user, &args.data).await?;
+    if accepted {
+        println!("{body}");
+    } else {
+        eprintln!("readyws: the server refused the publish: {body}");
+    }
+    Ok(accepted)
+}
+
+/// POSTs `data` for `user` to the publish API at `url`; returns whether the server accepted it
+/// (a 2xx status) and the body of its answer.
+pub(crate) async fn post(
+    url: &str,
+    api_key: &str,
+    user: &str,
+    data: &str,
+) -> Result<(bool, String), String> {
+    let target = target(url)?;
     let body = serde_json::json!({
-        "user": args.user,
-        "data": serde_json::from_str::<serde_json::Value>(line_to_data(&args.data).as_json())
+        "user": user,
+        "data": serde_json::from_str::<serde_json::Value>(line_to_data(data).as_json())
             .map_err(|e| e.to_string())?,
     })
     .to_string();
     let request = format!(
-        "POST {} HTTP/1.1\r\nHost: {}:{}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {} HTTP/1.1\r\nHost: {}:{}\r\nAuthorization: Bearer {api_key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         target.path,
         target.host,
         target.port,
-        args.api_key,
         body.len()
     );
     let exchange = async {
@@ -123,15 +139,11 @@ pub(crate) async fn run(args: PublishArgs) -> Result<bool, String> {
     } else {
         body.to_owned()
     };
+    let body = body.trim().to_owned();
     if (200..300).contains(&status) {
-        println!("{}", body.trim());
-        Ok(true)
+        Ok((true, body))
     } else {
-        eprintln!(
-            "readyws: the server refused the publish ({status}): {}",
-            body.trim()
-        );
-        Ok(false)
+        Ok((false, format!("HTTP {status}: {body}")))
     }
 }
 
