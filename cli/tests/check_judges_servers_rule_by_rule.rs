@@ -87,6 +87,8 @@ fn every_rule_passes_against_the_reference_server() {
 }
 
 /// Relays WebSockets from a new port to `upstream`, rewriting the server's frames.
+// tungstenite's accept callback returns its (large) HTTP error response by value.
+#[allow(clippy::result_large_err)]
 async fn faulty_proxy(upstream: SocketAddr) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
