@@ -475,18 +475,45 @@ pub(crate) async fn check(args: &CheckArgs) -> Vec<RuleResult> {
         report.record("HB-1", "the server pings every heartbeat_ms", outcome);
     }
 
-    // RS-3 and DL-9: the connection drops with a message unacknowledged; the session resumes, and
-    // the message sent again is acknowledged once.
+    // The connection drops (no close frame) with message 3 unacknowledged. Before resuming it,
+    // two hellos that must not resume it: a wrong resume token [RS-3], and another user [SE-3].
     let _ = conn.send(&msg(3, r#"{"check":3}"#)).await;
     drop(conn);
+    let resume_of = |token_text: &str, last_received: u64| Resume {
+        session_id: ready.session_id.clone(),
+        resume_token: ResumeToken::from_wire(token_text),
+        last_received,
+    };
+    let wrong = format!("{}-wrong", ready.resume_token.expose());
+    let outcome = not_resumed(&args.url, token, resume_of(&wrong, 0)).await;
+    report.record(
+        "RS-3",
+        "a wrong `resume_token` does not resume the session",
+        outcome,
+    );
+    match token {
+        Some(token) => {
+            let other = format!("{token}-other-user");
+            let outcome = not_resumed(
+                &args.url,
+                Some(&other),
+                resume_of(ready.resume_token.expose(), 0),
+            )
+            .await;
+            report.record("SE-3", "another user cannot resume the session", outcome);
+        }
+        None => report.skip(
+            "SE-3",
+            "another user cannot resume the session",
+            "needs --token (the check derives another user from it)",
+        ),
+    }
+
+    // RS-3 and DL-9: the session resumes, and the message sent again is acknowledged once.
     let outcome = async {
         let (mut conn, _) = Conn::open(&args.url).await?;
         conn.welcome().await?;
-        let resume = Resume {
-            session_id: ready.session_id.clone(),
-            resume_token: ResumeToken::from_wire(ready.resume_token.expose()),
-            last_received: 0,
-        };
+        let resume = resume_of(ready.resume_token.expose(), 0);
         let again = conn.hello(token, Some(resume)).await?;
         if !again.resumed || again.session_id != ready.session_id {
             return Err(format!(
@@ -511,6 +538,79 @@ pub(crate) async fn check(args: &CheckArgs) -> Vec<RuleResult> {
         "a dropped session resumes, and a message sent again is acknowledged",
         outcome,
     );
+
+    // RS-4: a resume position above anything the server sent is refused with 4010.
+    let outcome = async {
+        let (mut conn, _) = Conn::open(&args.url).await?;
+        conn.welcome().await?;
+        let fresh = conn.hello(token, None).await?;
+        drop(conn);
+        let (mut conn, _) = Conn::open(&args.url).await?;
+        conn.welcome().await?;
+        let hello = Frame::Hello(Hello {
+            token: token.map(str::to_owned),
+            resume: Some(Resume {
+                session_id: fresh.session_id.clone(),
+                resume_token: ResumeToken::from_wire(fresh.resume_token.expose()),
+                last_received: 1_000_000,
+            }),
+            client: None,
+        });
+        conn.send(&hello).await?;
+        let (goaway, close, _) = conn.refusal(Duration::from_secs(5)).await;
+        if goaway == Some(4010) || close == Some(4010) {
+            Ok(())
+        } else {
+            Err(format!(
+                "expected `goaway` 4010 for last_received 1000000 in a session that sent nothing, got goaway {goaway:?}, close {close:?}"
+            ))
+        }
+    }
+    .await;
+    report.record(
+        "RS-4",
+        "an impossible resume position is refused with 4010",
+        outcome,
+    );
+
+    // HB-4: a client silent for 2 × heartbeat_ms is dropped with `goaway` 4004.
+    let silence = Duration::from_millis(welcome.heartbeat_ms.saturating_mul(2));
+    if silence > Duration::from_secs(60) {
+        report.skip(
+            "HB-4",
+            "a silent client is dropped with `goaway` 4004",
+            "2 × heartbeat_ms is over 60 s",
+        );
+    } else {
+        let outcome = async {
+            let (mut conn, _) = Conn::open(&args.url).await?;
+            conn.welcome().await?;
+            conn.hello(token, None).await?;
+            // Pings go unanswered from here on.
+            let wait = silence + silence / 2 + Duration::from_secs(2);
+            let until = Instant::now() + wait;
+            loop {
+                let left = until.saturating_duration_since(Instant::now());
+                match conn.next(left, false).await {
+                    Incoming::Frame(Frame::Goaway(goaway)) if goaway.code == 4004 => return Ok(()),
+                    Incoming::Frame(Frame::Ping(_)) => {}
+                    other => {
+                        return Err(format!(
+                            "expected `goaway` 4004 after {} ms of silence, got {}",
+                            silence.as_millis(),
+                            describe(&other)
+                        ));
+                    }
+                }
+            }
+        }
+        .await;
+        report.record(
+            "HB-4",
+            "a silent client is dropped with `goaway` 4004",
+            outcome,
+        );
+    }
 
     // HS-6 and GA-1: `msg` before `connection_ready` is a violation: `goaway` 4010, then a close
     // with the same code.
@@ -655,6 +755,24 @@ pub(crate) async fn check(args: &CheckArgs) -> Vec<RuleResult> {
         ),
     }
     report.results
+}
+
+/// Says `hello` with `resume` and expects a new session (`resumed: false`) or a refusal.
+async fn not_resumed(url: &str, token: Option<&str>, resume: Resume) -> Result<(), String> {
+    let (mut conn, _) = Conn::open(url).await?;
+    conn.welcome().await?;
+    let session_id = resume.session_id.clone();
+    let result = match conn.hello(token, Some(resume)).await {
+        Ok(ready) if ready.resumed || ready.session_id == session_id => Err(format!(
+            "expected a new session or a refusal, got `resumed: {}` on {}",
+            ready.resumed, ready.session_id
+        )),
+        // A new session, or a refusal (`goaway`): either way the session was not handed over.
+        Ok(_) | Err(_) => Ok(()),
+    };
+    // Close with 1000 ends whatever new session this opened, never the one under test.
+    conn.close().await;
+    result
 }
 
 /// Waits until message `id` is settled: an `ack` of `id` or above, or a `nack` of `id`. Older

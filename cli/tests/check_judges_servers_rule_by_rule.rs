@@ -79,9 +79,8 @@ fn every_rule_passes_against_the_reference_server() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(results.len() >= 15, "{results:#?}");
-    assert_eq!(
-        with_status(&results, "PASS").len(),
-        results.len(),
+    assert!(
+        results.iter().all(|result| result["status"] == "PASS"),
         "{results:#?}"
     );
 }
