@@ -33,13 +33,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the reference server: WebSocket endpoint at /ws, publish API at POST /api/publish,
-    /// and /healthz, /readyz, /metrics on the same port.
-    Serve(ServeArgs),
     /// The problem and its fix in one command: an embedded server with a cold start, a relay
     /// that cuts and stalls connections, and messages both ways; exits non-zero if any message
     /// was lost, duplicated or reordered.
     Demo(demo::DemoArgs),
+    /// Run the reference server: WebSocket endpoint at /ws, publish API at POST /api/publish,
+    /// and /healthz, /readyz, /metrics on the same port.
+    Serve(ServeArgs),
     /// A client for terminals and scripts: stdin lines become messages, received messages are
     /// printed on stdout as JSON lines; exits non-zero if a message sent was not acknowledged.
     Connect(connect::ConnectArgs),
