@@ -137,31 +137,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(args)),
-        Command::Demo(args) => match runtime.block_on(demo::run(args)) {
-            Ok(true) => Ok(()),
-            Ok(false) => return ExitCode::from(1),
-            Err(message) => Err(message),
-        },
-        Command::Connect(args) => match runtime.block_on(connect::run(args)) {
-            Ok(true) => Ok(()),
-            Ok(false) => return ExitCode::from(1),
-            Err(message) => Err(message),
-        },
-        Command::Check(args) => match runtime.block_on(check::run(args)) {
-            Ok(true) => Ok(()),
-            Ok(false) => return ExitCode::from(1),
-            Err(message) => Err(message),
-        },
-        Command::Publish(args) => match runtime.block_on(publish::run(args)) {
-            Ok(true) => Ok(()),
-            Ok(false) => return ExitCode::from(1),
-            Err(message) => Err(message),
-        },
+    // `Ok(false)`: the command ran and its verdict is negative (a lost message, a failed rule),
+    // which exits 1; `Err`: it could not run, which exits 1 too, with the reason on stderr.
+    let verdict = match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(args)).map(|()| true),
+        Command::Demo(args) => runtime.block_on(demo::run(args)),
+        Command::Connect(args) => runtime.block_on(connect::run(args)),
+        Command::Check(args) => runtime.block_on(check::run(args)),
+        Command::Publish(args) => runtime.block_on(publish::run(args)),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
+    match verdict {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(message) => {
             eprintln!("readyws: {message}");
             ExitCode::FAILURE
