@@ -86,7 +86,7 @@ impl Task {
             let waiting = self.waiting_for_startup.is_some();
             tokio::select! {
                 frame = socket.recv() => self.handle_frame(frame),
-                Some(command) = rx.recv() => self.handle_command(command),
+                Some(command) = rx.recv() => self.handle_command(command, &mut rx),
                 () = sleep_until(wake) => self.connection.handle_timeout(self.shared.now()),
                 Ok(()) = started.changed(), if waiting => {
                     if *started.borrow() {
@@ -144,7 +144,11 @@ impl Task {
         }
     }
 
-    fn handle_command(&mut self, command: ConnCommand) {
+    fn handle_command(
+        &mut self,
+        command: ConnCommand,
+        rx: &mut mpsc::UnboundedReceiver<ConnCommand>,
+    ) {
         let now = self.shared.now();
         match command {
             ConnCommand::Deliver { held, data } => {
@@ -161,7 +165,7 @@ impl Task {
                 }
             }
             ConnCommand::Surrender { done } => {
-                self.surrender(done);
+                self.surrender(done, rx);
             }
             ConnCommand::Goaway {
                 code,
@@ -173,8 +177,12 @@ impl Task {
 
     /// Hands the session back to the hub for the connection that resumes it, and tells this one's
     /// client to stop [RS-7].
-    fn surrender(&mut self, done: oneshot::Sender<()>) {
-        self.detach(false);
+    fn surrender(
+        &mut self,
+        done: oneshot::Sender<()>,
+        rx: &mut mpsc::UnboundedReceiver<ConnCommand>,
+    ) {
+        self.detach(false, rx);
         self.goaway(
             code::SESSION_TAKEN_OVER,
             "another connection resumed this session",
@@ -329,20 +337,37 @@ impl Task {
     }
 
     /// Gives the session back to the hub: kept for resume, or ended when the client closed it.
-    fn detach(&mut self, ended: bool) {
-        let (Some(user), Some(session)) = (self.user.clone(), self.connection.take_session())
-        else {
+    ///
+    /// Copies the hub has already sent to this task are queued on the session first, under the
+    /// hub's lock: a publish takes the same lock to send a copy, so none can arrive between the
+    /// last one queued here and the session leaving this task. A copy left in the channel would
+    /// instead return to the session from the mailbox after newer messages, out of order [CU-3].
+    fn detach(&mut self, ended: bool, rx: &mut mpsc::UnboundedReceiver<ConnCommand>) {
+        let Some(user) = self.user.clone() else {
+            return;
+        };
+        let now = self.shared.now();
+        let shared = Arc::clone(&self.shared);
+        let mut hub = shared.hub();
+        while let Ok(command) = rx.try_recv() {
+            if let ConnCommand::Deliver { held, data } = command {
+                let queued = self
+                    .connection
+                    .session_mut()
+                    .map(|session| session.send(data, None, now));
+                match queued {
+                    Some(Ok(message)) => {
+                        self.copies.insert(message, held);
+                    }
+                    _ => hub.copy_settled(&user, held, &Outcome::Closed),
+                }
+            }
+        }
+        let Some(session) = self.connection.take_session() else {
             return;
         };
         let copies = std::mem::take(&mut self.copies);
-        self.shared.hub().detach(
-            &user,
-            self.conn_id,
-            session,
-            copies,
-            ended,
-            self.shared.now(),
-        );
+        hub.detach(&user, self.conn_id, session, copies, ended, now);
     }
 
     fn finish(&mut self, rx: &mut mpsc::UnboundedReceiver<ConnCommand>) {
@@ -350,7 +375,7 @@ impl Task {
         while let Some(event) = self.connection.poll_session_event() {
             self.handle_session_event(event);
         }
-        self.detach(self.session_ended);
+        self.detach(self.session_ended, rx);
         // Copies sent to this task that it will never queue: the records stay in the mailbox.
         rx.close();
         while let Ok(command) = rx.try_recv() {
