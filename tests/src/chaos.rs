@@ -1,0 +1,355 @@
+//! The chaos run: many native clients and the reference server, through a faulty relay, with
+//! messages both ways and publishes to users who are not connected yet.
+//!
+//! What it checks, per user: every message a client sent that ended acknowledged reached the
+//! server's handler exactly once and in order, and every message that did not end acknowledged
+//! got a terminal outcome; every message published to the user reached the client exactly once
+//! and in order.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use readyws::{Client, Data, Outcome, Overflow};
+use readyws_protocol::ServerConfig;
+use readyws_server::{
+    Decision, Inbound, InsecureDevAuth, MailboxLimits, OverflowPolicy, Server, ServerHandle,
+    ServerOptions, UserId,
+};
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+use crate::relay::Relay;
+
+/// The size and seed of a run.
+#[derive(Clone, Debug)]
+pub struct ChaosConfig {
+    /// Clients, each its own user.
+    pub clients: usize,
+    /// Messages each client sends, and messages published to each user.
+    pub messages: u64,
+    /// Seed of the relay's faults, the clients' jitter and their start times.
+    pub seed: u64,
+    /// Messages per second per client in each direction.
+    pub rate: u64,
+    /// How long the run may take before what is missing is reported.
+    pub deadline: Duration,
+}
+
+/// One direction's figures, summed over users.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Flow {
+    /// Messages handed to a sender.
+    pub sent: u64,
+    /// Messages that ended acknowledged (client → server), or published (server → client).
+    pub acknowledged: u64,
+    /// Messages that ended otherwise, with the outcome reported to the sender.
+    pub terminal_outcomes: u64,
+    /// Messages received.
+    pub received: u64,
+    /// Acknowledged or published messages that never arrived.
+    pub lost: u64,
+    /// Arrivals of a message that had already arrived.
+    pub duplicated: u64,
+    /// Arrivals of a lower number after a higher one.
+    pub out_of_order: u64,
+    /// The first anomalies found, for a person to read: which user, which numbers.
+    pub anomalies: Vec<String>,
+}
+
+/// What a run found.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChaosReport {
+    /// The settings.
+    pub clients: usize,
+    /// Messages per client each way.
+    pub messages: u64,
+    /// The seed.
+    pub seed: u64,
+    /// Client → server.
+    pub client_to_server: Flow,
+    /// Server → client.
+    pub server_to_client: Flow,
+    /// Connections the relay carried.
+    pub connections: u64,
+    /// Connections cut after a number of bytes (inside the upgrade, a frame, anywhere).
+    pub cut_mid_stream: u64,
+    /// Connections cut after a while.
+    pub cut_after_time: u64,
+    /// Connections stalled half-open.
+    pub stalled: u64,
+    /// Reconnects over all clients.
+    pub reconnects: u64,
+    /// Sessions lost and started anew.
+    pub session_resets: u64,
+    /// Whether everything settled before the deadline.
+    pub completed: bool,
+    /// Seconds the run took.
+    pub seconds: f64,
+    /// Peak resident memory of the process, in KiB (Linux), as a check that queues stay bounded.
+    pub peak_rss_kib: Option<u64>,
+}
+
+impl ChaosReport {
+    /// No message lost, duplicated or reordered, and every one settled.
+    pub fn clean(&self) -> bool {
+        let flows = [&self.client_to_server, &self.server_to_client];
+        self.completed
+            && flows
+                .iter()
+                .all(|flow| flow.lost == 0 && flow.duplicated == 0 && flow.out_of_order == 0)
+    }
+}
+
+fn numbered(n: u64) -> Data {
+    Data::from_json(format!(r#"{{"n":{n}}}"#)).expect("an object with one integer is JSON")
+}
+
+fn number(data: &Data) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Numbered {
+        n: u64,
+    }
+    data.deserialize::<Numbered>()
+        .ok()
+        .map(|numbered| numbered.n)
+}
+
+/// Compares `user`'s arrivals with the numbers that had to arrive.
+fn judge(flow: &mut Flow, user: &str, must_arrive: &[bool], arrived: &[u64]) {
+    const KEEP: usize = 10;
+    let note = |flow: &mut Flow, text: String| {
+        if flow.anomalies.len() < KEEP {
+            flow.anomalies.push(format!("{user}: {text}"));
+        }
+    };
+    let mut seen = vec![false; must_arrive.len()];
+    flow.received += arrived.len() as u64;
+    for (at, &n) in arrived.iter().enumerate() {
+        match seen.get_mut(n as usize) {
+            Some(slot) if *slot => {
+                flow.duplicated += 1;
+                note(flow, format!("{n} arrived again (arrival {at})"));
+            }
+            Some(slot) => *slot = true,
+            None => {
+                flow.duplicated += 1;
+                note(flow, format!("{n} was never sent"));
+            }
+        }
+        if at > 0 && n < arrived[at - 1] {
+            flow.out_of_order += 1;
+            let from = at.saturating_sub(3);
+            let to = (at + 4).min(arrived.len());
+            note(
+                flow,
+                format!(
+                    "{n} arrived after {} (arrivals {from}..{to}: {:?})",
+                    arrived[at - 1],
+                    &arrived[from..to]
+                ),
+            );
+        }
+    }
+    for (n, (must, seen)) in must_arrive.iter().zip(&seen).enumerate() {
+        if *must && !*seen {
+            flow.lost += 1;
+            note(flow, format!("{n} never arrived"));
+        }
+    }
+}
+
+type Arrivals = Arc<Mutex<HashMap<String, Vec<u64>>>>;
+
+/// Runs the chaos test.
+pub async fn run(config: &ChaosConfig) -> ChaosReport {
+    let started = Instant::now();
+    let messages = config.messages.max(1);
+    let rate = config.rate.max(1);
+    let at_server: Arrivals = Arc::default();
+    let record = Arc::clone(&at_server);
+    let handler = move |_: &ServerHandle, message: Inbound<'_>| {
+        if let Some(n) = number(message.data) {
+            record
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(message.user.as_str().to_owned())
+                .or_default()
+                .push(n);
+        }
+        Decision::Accept
+    };
+    let options = ServerOptions::default()
+        .protocol(
+            ServerConfig::default()
+                .heartbeat(Duration::from_millis(500))
+                .hello_timeout(Duration::from_secs(3)),
+        )
+        .mailbox(MailboxLimits {
+            max_messages: messages as usize + 100,
+            max_bytes: 64 << 20,
+            ttl: Duration::from_secs(3600),
+            overflow: OverflowPolicy::RejectNew,
+        });
+    let server = Server::new(options, InsecureDevAuth, handler);
+    let handle = server.handle();
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let server_address = listener.local_addr().expect("an address");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve(listener, async {
+        let _ = stopped.await;
+    }));
+    let relay = Relay::start(server_address, config.seed)
+        .await
+        .expect("the relay starts");
+    let url = format!("ws://{}/ws", relay.address);
+    let period = Duration::from_micros(1_000_000 / rate);
+    let mut rng = fastrand::Rng::with_seed(config.seed);
+
+    // Publishers: one per user, from the start, so that users not connected yet get held messages.
+    let mut publishers = Vec::new();
+    for index in 0..config.clients {
+        let (handle, user) = (handle.clone(), UserId::new(format!("user-{index}")));
+        publishers.push(tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(period);
+            for n in 0..messages {
+                ticker.tick().await;
+                while handle.publish(&user, numbered(n)).is_err() {
+                    // The mailbox is full: the publisher is told and tries again.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }));
+    }
+
+    // Clients, each starting up to a second late.
+    let mut clients = Vec::new();
+    for index in 0..config.clients {
+        let delay = Duration::from_millis(rng.u64(0..1_000));
+        let jitter_seed = rng.u64(..);
+        let url = url.clone();
+        clients.push(tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let client = Arc::new(
+                Client::builder(url)
+                    .token(format!("user-{index}"))
+                    .backoff(Duration::from_millis(20), Duration::from_millis(500))
+                    .overflow(Overflow::Wait)
+                    .jitter_seed(jitter_seed)
+                    .connect(),
+            );
+            let received = Arc::new(Mutex::new(Vec::with_capacity(messages as usize)));
+            let (sink, mut stream) = (Arc::clone(&received), client.messages());
+            tokio::spawn(async move {
+                while let Some(data) = stream.next().await {
+                    if let Some(n) = number(&data) {
+                        sink.lock().unwrap_or_else(|e| e.into_inner()).push(n);
+                    }
+                }
+            });
+            let mut ticker = tokio::time::interval(period);
+            let mut deliveries = Vec::with_capacity(messages as usize);
+            for n in 0..messages {
+                ticker.tick().await;
+                deliveries.push(client.send(numbered(n)).await);
+            }
+            let mut acked = vec![false; messages as usize];
+            let mut terminal = 0u64;
+            for (n, delivery) in deliveries.into_iter().enumerate() {
+                match delivery {
+                    Ok(delivery) => match delivery.await {
+                        Outcome::Acked => acked[n] = true,
+                        _ => terminal += 1,
+                    },
+                    Err(_) => terminal += 1,
+                }
+            }
+            (index, client, received, acked, terminal)
+        }));
+    }
+
+    let deadline = Instant::now() + config.deadline;
+    let mut finished = Vec::new();
+    for client in clients {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Ok(Ok(done)) = tokio::time::timeout(left, client).await {
+            finished.push(done);
+        }
+    }
+    for publisher in publishers {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let _ = tokio::time::timeout(left, publisher).await;
+    }
+    relay.stop_faults();
+    // Everything is sent; wait for the server's side to drain to the clients.
+    let mut completed = finished.len() == config.clients;
+    loop {
+        let all_in = finished.iter().all(|(_, _, received, _, _)| {
+            received.lock().unwrap_or_else(|e| e.into_inner()).len() as u64 >= messages
+        });
+        if all_in {
+            break;
+        }
+        if Instant::now() > deadline {
+            completed = false;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut up = Flow::default();
+    let mut down = Flow::default();
+    let (mut reconnects, mut session_resets) = (0, 0);
+    let at_server = at_server.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for (index, client, received, acked, terminal) in &finished {
+        up.sent += messages;
+        up.acknowledged += acked.iter().filter(|acked| **acked).count() as u64;
+        up.terminal_outcomes += terminal;
+        let arrived = at_server
+            .get(&format!("user-{index}"))
+            .cloned()
+            .unwrap_or_default();
+        let user = format!("user-{index}");
+        judge(&mut up, &user, acked, &arrived);
+        down.sent += messages;
+        down.acknowledged += messages;
+        let received = received.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        judge(&mut down, &user, &vec![true; messages as usize], &received);
+        let stats = client.stats();
+        reconnects += stats.reconnects;
+        session_resets += stats.session_resets;
+    }
+    for (_, client, _, _, _) in &finished {
+        client.close(Duration::from_millis(500)).await;
+    }
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), serving).await;
+    let counters = &relay.counters;
+    use std::sync::atomic::Ordering::Relaxed;
+    ChaosReport {
+        clients: config.clients,
+        messages,
+        seed: config.seed,
+        client_to_server: up,
+        server_to_client: down,
+        connections: counters.connections.load(Relaxed),
+        cut_mid_stream: counters.cut_mid_stream.load(Relaxed),
+        cut_after_time: counters.cut_after_time.load(Relaxed),
+        stalled: counters.stalled.load(Relaxed),
+        reconnects,
+        session_resets,
+        completed,
+        seconds: started.elapsed().as_secs_f64(),
+        peak_rss_kib: peak_rss_kib(),
+    }
+}
+
+/// `VmHWM` of this process, where `/proc` has it.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}

@@ -1,0 +1,35 @@
+//! The quick chaos run of the test suite: 20 clients, 400 messages each way each, through a relay
+//! that cuts connections inside the HTTP upgrade, inside frames and after a while, stalls them
+//! half-open, splits writes and adds jitter. Every acknowledged or published message arrives
+//! exactly once and in order, and every other one got a terminal outcome.
+//! `cargo xtask chaos` runs the same at any size.
+
+use std::time::Duration;
+
+use readyws_tests::chaos::{ChaosConfig, run};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_arrives_exactly_once_and_in_order_through_chaos() {
+    let report = run(&ChaosConfig {
+        clients: 20,
+        messages: 400,
+        seed: 0x00c0_ffee,
+        rate: 200,
+        deadline: Duration::from_secs(90),
+    })
+    .await;
+    let json = serde_json::to_string_pretty(&report).expect("a report");
+    assert!(report.clean(), "{json}");
+    let up = &report.client_to_server;
+    assert_eq!(
+        up.acknowledged + up.terminal_outcomes,
+        up.sent,
+        "every message sent got an outcome: {json}"
+    );
+    assert_eq!(report.server_to_client.received, 20 * 400, "{json}");
+    assert!(
+        report.cut_mid_stream > 0 && report.stalled > 0 && report.cut_after_time > 0,
+        "the relay broke connections every way: {json}"
+    );
+    assert!(report.reconnects > 0, "{json}");
+}
