@@ -7,6 +7,10 @@
 //!   tokio-tungstenite.
 //! - `browser`: the browser steps of `test` alone (package, headless Chromium suites), for
 //!   working on the browser client.
+//! - `chaos [--clients N] [--messages M] [--seed S] [--rate R]`: the chaos run at any size in a
+//!   release build (default 100 clients x 10,000 messages each way), its figures as JSON.
+//! - `fuzz [--seconds N]`: every `cargo fuzz` target for N seconds (default 60), corpora seeded
+//!   from the conformance vectors.
 //! - `wasm`: builds the browser package into `wasm/pkg/` and prints the size of the `.wasm` and
 //!   of the JS glue, raw and gzipped.
 
@@ -21,6 +25,7 @@ use std::process::{Command, ExitCode};
 use std::time::Instant;
 
 mod browser;
+mod fuzz;
 mod wasm;
 
 pub(crate) const WASM_TARGET: &str = "wasm32-unknown-unknown";
@@ -42,9 +47,19 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("wasm") => wasm::build_package().map(|_| ()),
         Some("browser") => browser_only(),
+        Some("chaos") => chaos(&args[1..]),
+        Some("fuzz") => {
+            let seconds = args
+                .iter()
+                .position(|arg| arg == "--seconds")
+                .and_then(|at| args.get(at + 1))
+                .and_then(|text| text.parse().ok())
+                .unwrap_or(60);
+            fuzz::run(seconds)
+        }
         Some("bench") => bench(),
         _ => {
-            eprintln!("usage: cargo xtask <test|bench|wasm|browser>");
+            eprintln!("usage: cargo xtask <test|bench|wasm|browser|chaos|fuzz>");
             return ExitCode::from(2);
         }
     };
@@ -144,6 +159,21 @@ fn test() -> Result<(), String> {
     );
     println!("{} passed, {} failed", totals.passed, totals.failed);
     Ok(())
+}
+
+fn chaos(args: &[String]) -> Result<(), String> {
+    let mut command = vec![
+        "run",
+        "--release",
+        "--quiet",
+        "-p",
+        "readyws-tests",
+        "--bin",
+        "chaos",
+        "--",
+    ];
+    command.extend(args.iter().map(String::as_str));
+    cargo(&command, &[])
 }
 
 fn browser_only() -> Result<(), String> {
