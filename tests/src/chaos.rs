@@ -14,12 +14,11 @@ use futures_util::StreamExt;
 use readyws::{Client, Data, Outcome, Overflow};
 use readyws_protocol::ServerConfig;
 use readyws_server::{
-    Decision, Inbound, InsecureDevAuth, MailboxLimits, OverflowPolicy, Server, ServerHandle,
-    ServerOptions, UserId,
+    Decision, Inbound, MailboxLimits, OverflowPolicy, ServerHandle, ServerOptions, UserId,
 };
 use serde::Serialize;
-use tokio::net::TcpListener;
 
+use crate::harness::RunningServer;
 use crate::relay::Relay;
 
 /// The size and seed of a run.
@@ -192,17 +191,9 @@ pub async fn run(config: &ChaosConfig) -> ChaosReport {
             ttl: Duration::from_secs(3600),
             overflow: OverflowPolicy::RejectNew,
         });
-    let server = Server::new(options, InsecureDevAuth, handler);
-    let handle = server.handle();
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("a loopback port");
-    let server_address = listener.local_addr().expect("an address");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(server.serve(listener, async {
-        let _ = stopped.await;
-    }));
-    let relay = Relay::start(server_address, config.seed)
+    let server = RunningServer::start(options, handler).await;
+    let handle = server.handle.clone();
+    let relay = Relay::start(server.address, config.seed)
         .await
         .expect("the relay starts");
     let url = format!("ws://{}/ws", relay.address);
@@ -325,8 +316,7 @@ pub async fn run(config: &ChaosConfig) -> ChaosReport {
     for (_, client, _, _, _) in &finished {
         client.close(Duration::from_millis(500)).await;
     }
-    let _ = stop.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), serving).await;
+    server.stop().await;
     let counters = &relay.counters;
     use std::sync::atomic::Ordering::Relaxed;
     ChaosReport {

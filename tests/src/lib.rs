@@ -8,4 +8,5 @@
 #![deny(missing_docs)]
 
 pub mod chaos;
+pub mod harness;
 pub mod relay;
