@@ -176,6 +176,13 @@ impl ServerSession {
         &self.resume_token
     }
 
+    /// Replaces the resume secret; the next `connection_ready` carries the new one and the old
+    /// one no longer resumes the session [RS-8]. A server that rotates on every resume limits a
+    /// leaked token to one use. `token` must hold at least 128 random bits [SE-1].
+    pub fn rotate_resume_token(&mut self, token: ResumeToken) {
+        self.resume_token = token;
+    }
+
     /// Whether `resume` names this session with its secret (compared in constant time) [SE-4].
     pub fn matches(&self, resume: &Resume) -> bool {
         let token_matches = self.resume_token == resume.resume_token;

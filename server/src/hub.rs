@@ -62,6 +62,11 @@ enum Slot {
 struct SessionEntry {
     /// Kept here too, so that a resume can be checked while the session lives in its task.
     token: ResumeToken,
+    /// The token the client presented at the last resume. The session is re-keyed at every
+    /// resume, but the `connection_ready` carrying the new token may be lost with its
+    /// connection; until the client presents the new one, the one it is known to hold still
+    /// resumes. Every older token resumes nothing [RS-8].
+    previous: Option<ResumeToken>,
     slot: Slot,
 }
 
@@ -219,7 +224,10 @@ impl Hub {
         if let Some(resume) = resume {
             let owned_by_user = self.owners.get(&resume.session_id) == Some(user);
             let entry = state.sessions.get(&resume.session_id);
-            if let Some(entry) = entry.filter(|e| owned_by_user && e.token == resume.resume_token) {
+            let presented = &resume.resume_token;
+            let known =
+                |e: &&SessionEntry| e.token == *presented || e.previous.as_ref() == Some(presented);
+            if let Some(entry) = entry.filter(|e| owned_by_user && known(e)) {
                 if let Slot::Live { tx, .. } = &entry.slot {
                     return Attach::TakeOver { tx: tx.clone() };
                 }
@@ -227,13 +235,23 @@ impl Hub {
             }
             m::resume(if found.is_some() { "resumed" } else { "reset" });
         }
+        let mut previous = None;
         let (mut session, mut copies, resumed) = match found {
             Some(SessionEntry {
-                slot: Slot::Detached {
-                    session, copies, ..
-                },
+                slot:
+                    Slot::Detached {
+                        mut session,
+                        copies,
+                        ..
+                    },
                 ..
-            }) => (session, copies, true),
+            }) => {
+                // A new secret at every resume, so that a token that leaked stops resuming once
+                // the client has moved on to the next one [RS-8].
+                session.rotate_resume_token(random_token());
+                previous = resume.map(|resume| resume.resume_token.clone());
+                (session, copies, true)
+            }
             _ => {
                 let session = Box::new(new_session(&self.protocol));
                 self.owners.insert(session.id().to_owned(), user.clone());
@@ -253,6 +271,7 @@ impl Hub {
             session.id().to_owned(),
             SessionEntry {
                 token,
+                previous,
                 slot: Slot::Live {
                     conn,
                     tx: tx.clone(),
@@ -410,6 +429,13 @@ impl Hub {
 }
 
 /// A session with an unguessable id and a 128-bit resume secret [SE-1].
+fn random_token() -> ResumeToken {
+    let mut bytes = [0u8; 16];
+    // The operating system's generator failing is not something a server can work around.
+    getrandom::getrandom(&mut bytes).expect("the OS random number generator is available");
+    ResumeToken::from_random_bytes(&bytes).expect("16 bytes")
+}
+
 fn new_session(protocol: &ServerConfig) -> ServerSession {
     let mut bytes = [0u8; 32];
     // The operating system's generator failing is not something a server can work around.
