@@ -78,6 +78,11 @@ pub struct ChaosReport {
     pub cut_after_time: u64,
     /// Connections stalled half-open.
     pub stalled: u64,
+    /// `msg`, `ack` or `nack` frames the relay saw on a connection before its `connection_ready`
+    /// [HS-5].
+    pub messages_before_ready: u64,
+    /// `connection_ready` frames the relay saw.
+    pub readies_seen: u64,
     /// Reconnects over all clients.
     pub reconnects: u64,
     /// Sessions lost and started anew.
@@ -91,10 +96,11 @@ pub struct ChaosReport {
 }
 
 impl ChaosReport {
-    /// No message lost, duplicated or reordered, and every one settled.
+    /// No message lost, duplicated or reordered, every one settled, and none before readiness.
     pub fn clean(&self) -> bool {
         let flows = [&self.client_to_server, &self.server_to_client];
         self.completed
+            && self.messages_before_ready == 0
             && flows
                 .iter()
                 .all(|flow| flow.lost == 0 && flow.duplicated == 0 && flow.out_of_order == 0)
@@ -329,6 +335,8 @@ pub async fn run(config: &ChaosConfig) -> ChaosReport {
         cut_mid_stream: counters.cut_mid_stream.load(Relaxed),
         cut_after_time: counters.cut_after_time.load(Relaxed),
         stalled: counters.stalled.load(Relaxed),
+        messages_before_ready: counters.messages_before_ready.load(Relaxed),
+        readies_seen: counters.readies_seen.load(Relaxed),
         reconnects,
         session_resets,
         completed,

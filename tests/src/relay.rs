@@ -29,6 +29,11 @@ pub struct RelayCounters {
     pub cut_after_time: AtomicU64,
     /// Connections stalled half-open.
     pub stalled: AtomicU64,
+    /// `msg`, `ack` or `nack` frames seen on a connection before its `connection_ready` went by
+    /// (either direction) [HS-5]: must stay 0.
+    pub messages_before_ready: AtomicU64,
+    /// `connection_ready` frames seen, to show the watch is working.
+    pub readies_seen: AtomicU64,
 }
 
 /// The fault plan of one connection.
@@ -120,7 +125,9 @@ async fn carry(
         Some(Fault::CutAfterBytes { bytes, upstream }) if upstream == up => Some(bytes),
         _ => None,
     };
+    let ready = Arc::new(AtomicBool::new(false));
     let pump_up = Pump {
+        watch: FrameWatch::new(true, Arc::clone(&ready), Arc::clone(&counters)),
         latency,
         jitter,
         budget: budget(true),
@@ -129,6 +136,7 @@ async fn carry(
         cut: cut.clone(),
     };
     let pump_down = Pump {
+        watch: FrameWatch::new(false, ready, Arc::clone(&counters)),
         latency,
         jitter,
         budget: budget(false),
@@ -170,6 +178,7 @@ async fn carry(
 
 /// One direction of a relayed connection.
 struct Pump {
+    watch: FrameWatch,
     latency: Duration,
     jitter: u64,
     /// Bytes this direction may still carry before the connection is cut.
@@ -196,6 +205,7 @@ impl Pump {
                 if (chunk.len() as u64) >= budget {
                     // Deliver exactly up to the cut point, then end the connection.
                     let _ = self.write_split(&mut to, &chunk[..budget as usize]).await;
+                    self.watch.feed(&chunk[..budget as usize]);
                     let _ = self.cut.send(true);
                     std::future::pending::<()>().await;
                 }
@@ -209,6 +219,7 @@ impl Pump {
             if self.write_split(&mut to, chunk).await.is_err() {
                 break;
             }
+            self.watch.feed(chunk);
         }
         let _ = to.shutdown().await;
     }
@@ -227,5 +238,150 @@ impl Pump {
             rest = &rest[piece..];
         }
         Ok(())
+    }
+}
+
+/// Reads the WebSocket frames one direction carries (after the HTTP upgrade) and checks that no
+/// `msg`, `ack` or `nack` crosses before `connection_ready` has gone from server to client [HS-5].
+struct FrameWatch {
+    /// Client to server: frames are masked.
+    upstream: bool,
+    /// Whether the server's `connection_ready` has been forwarded on this connection.
+    ready: Arc<AtomicBool>,
+    counters: Arc<RelayCounters>,
+    upgraded: bool,
+    buffer: Vec<u8>,
+}
+
+impl FrameWatch {
+    fn new(upstream: bool, ready: Arc<AtomicBool>, counters: Arc<RelayCounters>) -> Self {
+        FrameWatch {
+            upstream,
+            ready,
+            counters,
+            upgraded: false,
+            buffer: Vec::new(),
+        }
+    }
+
+    fn feed(&mut self, bytes: &[u8]) {
+        self.buffer.extend_from_slice(bytes);
+        if !self.upgraded {
+            let Some(end) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
+                return;
+            };
+            self.buffer.drain(..end + 4);
+            self.upgraded = true;
+        }
+        while let Some((opcode, payload, used)) = parse_frame(&self.buffer) {
+            if opcode == 1 {
+                self.judge(&payload);
+            }
+            self.buffer.drain(..used);
+        }
+    }
+
+    fn judge(&self, payload: &[u8]) {
+        let Ok(frame) = serde_json::from_slice::<serde_json::Value>(payload) else {
+            return;
+        };
+        match frame["type"].as_str() {
+            Some("connection_ready") if !self.upstream => {
+                self.ready.store(true, Ordering::SeqCst);
+                self.counters.readies_seen.fetch_add(1, Ordering::Relaxed);
+            }
+            Some("msg" | "ack" | "nack") if !self.ready.load(Ordering::SeqCst) => {
+                self.counters
+                    .messages_before_ready
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One complete WebSocket frame at the start of `bytes`: its opcode, unmasked payload, and the
+/// bytes it took. `None` until the frame is complete.
+fn parse_frame(bytes: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
+    let first = *bytes.first()?;
+    let second = *bytes.get(1)?;
+    let masked = second & 0x80 != 0;
+    let (length, mut at) = match second & 0x7f {
+        126 => (
+            u64::from(u16::from_be_bytes([*bytes.get(2)?, *bytes.get(3)?])),
+            4,
+        ),
+        127 => {
+            let raw: [u8; 8] = bytes.get(2..10)?.try_into().ok()?;
+            (u64::from_be_bytes(raw), 10)
+        }
+        short => (u64::from(short), 2),
+    };
+    let mask: Option<[u8; 4]> = if masked {
+        let key = bytes.get(at..at + 4)?.try_into().ok()?;
+        at += 4;
+        Some(key)
+    } else {
+        None
+    };
+    let end = at.checked_add(usize::try_from(length).ok()?)?;
+    let mut payload = bytes.get(at..end)?.to_vec();
+    if let Some(key) = mask {
+        for (index, byte) in payload.iter_mut().enumerate() {
+            *byte ^= key[index % 4];
+        }
+    }
+    Some((first & 0x0f, payload, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(text: &str, mask: Option<[u8; 4]>) -> Vec<u8> {
+        let mut bytes = vec![0x81];
+        let length = text.len();
+        let mask_bit = if mask.is_some() { 0x80 } else { 0 };
+        if length < 126 {
+            bytes.push(mask_bit | length as u8);
+        } else {
+            bytes.push(mask_bit | 126);
+            bytes.extend_from_slice(&(length as u16).to_be_bytes());
+        }
+        let mut payload = text.as_bytes().to_vec();
+        if let Some(key) = mask {
+            bytes.extend_from_slice(&key);
+            for (index, byte) in payload.iter_mut().enumerate() {
+                *byte ^= key[index % 4];
+            }
+        }
+        bytes.extend_from_slice(&payload);
+        bytes
+    }
+
+    #[test]
+    fn a_msg_before_connection_ready_is_counted_and_one_after_is_not() {
+        let counters = Arc::new(RelayCounters::default());
+        let ready = Arc::new(AtomicBool::new(false));
+        let mut up = FrameWatch::new(true, Arc::clone(&ready), Arc::clone(&counters));
+        let mut down = FrameWatch::new(false, ready, Arc::clone(&counters));
+        up.feed(b"GET /ws HTTP/1.1\r\n\r\n");
+        down.feed(b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
+        let early = frame(r#"{"type":"msg","id":1,"data":1}"#, Some([1, 2, 3, 4]));
+        // Split across feeds, as the relay's pieces arrive.
+        up.feed(&early[..5]);
+        up.feed(&early[5..]);
+        assert_eq!(counters.messages_before_ready.load(Ordering::Relaxed), 1);
+        let long = format!(
+            r#"{{"type":"connection_ready","session_id":"s","resume_token":"{}","resumed":false,"last_received":0,"backlog":0}}"#,
+            "t".repeat(200)
+        );
+        down.feed(&frame(&long, None));
+        assert_eq!(counters.readies_seen.load(Ordering::Relaxed), 1);
+        up.feed(&frame(
+            r#"{"type":"msg","id":1,"data":1}"#,
+            Some([9, 8, 7, 6]),
+        ));
+        assert_eq!(counters.messages_before_ready.load(Ordering::Relaxed), 1);
     }
 }

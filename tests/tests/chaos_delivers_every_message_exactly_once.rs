@@ -32,4 +32,12 @@ async fn every_message_arrives_exactly_once_and_in_order_through_chaos() {
         "the relay broke connections every way: {json}"
     );
     assert!(report.reconnects > 0, "{json}");
+    assert_eq!(
+        report.messages_before_ready, 0,
+        "none before readiness: {json}"
+    );
+    assert!(
+        report.readies_seen > 20,
+        "the relay watched the handshakes: {json}"
+    );
 }
