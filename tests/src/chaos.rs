@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use readyws::{Client, Data, Outcome, Overflow};
+use readyws::{Client, Data, Outcome, Overflow, ResetPolicy};
 use readyws_protocol::ServerConfig;
 use readyws_server::{
     Decision, Inbound, MailboxLimits, OverflowPolicy, ServerHandle, ServerOptions, UserId,
@@ -34,6 +34,11 @@ pub struct ChaosConfig {
     pub rate: u64,
     /// How long the run may take before what is missing is reported.
     pub deadline: Duration,
+    /// Graceful restarts of the server during the run. A restarted in-memory server has lost
+    /// its sessions and mailboxes: clients then report session resets, and they use
+    /// [`ResetPolicy::Report`] so that a message never arrives twice; messages held in the lost
+    /// mailboxes are counted apart (`lost_to_restarts`), as `docs/RELIABILITY.md` says.
+    pub restarts: u32,
 }
 
 /// One direction's figures, summed over users.
@@ -53,6 +58,9 @@ pub struct Flow {
     pub duplicated: u64,
     /// Arrivals of a lower number after a higher one.
     pub out_of_order: u64,
+    /// Published messages that never arrived because a restart took the mailbox holding them
+    /// (only counted in runs with restarts; otherwise they are `lost`).
+    pub lost_to_restarts: u64,
     /// The first anomalies found, for a person to read: which user, which numbers.
     pub anomalies: Vec<String>,
 }
@@ -87,6 +95,8 @@ pub struct ChaosReport {
     pub reconnects: u64,
     /// Sessions lost and started anew.
     pub session_resets: u64,
+    /// Graceful server restarts during the run.
+    pub restarts: u32,
     /// Whether everything settled before the deadline.
     pub completed: bool,
     /// Seconds the run took.
@@ -197,9 +207,11 @@ pub async fn run(config: &ChaosConfig) -> ChaosReport {
             ttl: Duration::from_secs(3600),
             overflow: OverflowPolicy::RejectNew,
         });
-    let server = RunningServer::start(options, handler).await;
-    let handle = server.handle.clone();
-    let relay = Relay::start(server.address, config.seed)
+    let server = RunningServer::start(options.clone(), handler.clone()).await;
+    let address = server.address;
+    let current = Arc::new(Mutex::new(server.handle.clone()));
+    let server = Arc::new(tokio::sync::Mutex::new(Some(server)));
+    let relay = Relay::start(address, config.seed)
         .await
         .expect("the relay starts");
     let url = format!("ws://{}/ws", relay.address);
@@ -209,18 +221,42 @@ pub async fn run(config: &ChaosConfig) -> ChaosReport {
     // Publishers: one per user, from the start, so that users not connected yet get held messages.
     let mut publishers = Vec::new();
     for index in 0..config.clients {
-        let (handle, user) = (handle.clone(), UserId::new(format!("user-{index}")));
+        let (current, user) = (Arc::clone(&current), UserId::new(format!("user-{index}")));
         publishers.push(tokio::spawn(async move {
             let mut ticker = tokio::time::interval(period);
             for n in 0..messages {
                 ticker.tick().await;
-                while handle.publish(&user, numbered(n)).is_err() {
-                    // The mailbox is full: the publisher is told and tries again.
+                loop {
+                    let handle = current.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    if handle.publish(&user, numbered(n)).is_ok() {
+                        break;
+                    }
+                    // A full mailbox, or a server shutting down: the publisher is told and tries
+                    // again (on the restarted server).
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
         }));
     }
+
+    // Graceful restarts, spread over the time the messages take to send.
+    let restarter = {
+        let (server, current) = (Arc::clone(&server), Arc::clone(&current));
+        let (restarts, options, handler) = (config.restarts, options.clone(), handler.clone());
+        let span = period * u32::try_from(messages).unwrap_or(u32::MAX);
+        tokio::spawn(async move {
+            for _ in 0..restarts {
+                tokio::time::sleep(span / (restarts + 1)).await;
+                let mut slot = server.lock().await;
+                if let Some(old) = slot.take() {
+                    old.stop().await;
+                }
+                let new = RunningServer::start_on(address, options.clone(), handler.clone()).await;
+                *current.lock().unwrap_or_else(|e| e.into_inner()) = new.handle.clone();
+                *slot = Some(new);
+            }
+        })
+    };
 
     // Clients, each starting up to a second late.
     let mut clients = Vec::new();
@@ -228,11 +264,17 @@ pub async fn run(config: &ChaosConfig) -> ChaosReport {
         let delay = Duration::from_millis(rng.u64(0..1_000));
         let jitter_seed = rng.u64(..);
         let url = url.clone();
+        let restarts = config.restarts;
         clients.push(tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let client = Arc::new(
                 Client::builder(url)
                     .token(format!("user-{index}"))
+                    .reset_policy(if restarts > 0 {
+                        ResetPolicy::Report
+                    } else {
+                        ResetPolicy::Resend
+                    })
                     .backoff(Duration::from_millis(20), Duration::from_millis(500))
                     .overflow(Overflow::Wait)
                     .jitter_seed(jitter_seed)
@@ -280,14 +322,28 @@ pub async fn run(config: &ChaosConfig) -> ChaosReport {
         let left = deadline.saturating_duration_since(Instant::now());
         let _ = tokio::time::timeout(left, publisher).await;
     }
+    let _ = restarter.await;
     relay.stop_faults();
     // Everything is sent; wait for the server's side to drain to the clients.
     let mut completed = finished.len() == config.clients;
+    let mut last_count = 0;
+    let mut quiet_since = Instant::now();
     loop {
-        let all_in = finished.iter().all(|(_, _, received, _, _)| {
-            received.lock().unwrap_or_else(|e| e.into_inner()).len() as u64 >= messages
-        });
-        if all_in {
+        let counts: Vec<u64> = finished
+            .iter()
+            .map(|(_, _, received, _, _)| {
+                received.lock().unwrap_or_else(|e| e.into_inner()).len() as u64
+            })
+            .collect();
+        if counts.iter().all(|count| *count >= messages) {
+            break;
+        }
+        // With restarts some published messages are gone with their mailbox: stop once nothing
+        // has arrived for two seconds.
+        let total: u64 = counts.iter().sum();
+        if total != last_count {
+            (last_count, quiet_since) = (total, Instant::now());
+        } else if config.restarts > 0 && quiet_since.elapsed() > Duration::from_secs(2) {
             break;
         }
         if Instant::now() > deadline {
@@ -314,7 +370,20 @@ pub async fn run(config: &ChaosConfig) -> ChaosReport {
         down.sent += messages;
         down.acknowledged += messages;
         let received = received.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        judge(&mut down, &user, &vec![true; messages as usize], &received);
+        if config.restarts > 0 {
+            // Held messages of a restarted server are gone by design: judge duplicates and order,
+            // and count what never came apart.
+            let mut flow = Flow::default();
+            judge(&mut flow, &user, &vec![false; messages as usize], &received);
+            down.received += flow.received;
+            down.duplicated += flow.duplicated;
+            down.out_of_order += flow.out_of_order;
+            down.anomalies.extend(flow.anomalies);
+            let arrived: std::collections::BTreeSet<u64> = received.iter().copied().collect();
+            down.lost_to_restarts += messages - arrived.len() as u64;
+        } else {
+            judge(&mut down, &user, &vec![true; messages as usize], &received);
+        }
         let stats = client.stats();
         reconnects += stats.reconnects;
         session_resets += stats.session_resets;
@@ -322,7 +391,9 @@ pub async fn run(config: &ChaosConfig) -> ChaosReport {
     for (_, client, _, _, _) in &finished {
         client.close(Duration::from_millis(500)).await;
     }
-    server.stop().await;
+    if let Some(server) = server.lock().await.take() {
+        server.stop().await;
+    }
     let counters = &relay.counters;
     use std::sync::atomic::Ordering::Relaxed;
     ChaosReport {
@@ -339,6 +410,7 @@ pub async fn run(config: &ChaosConfig) -> ChaosReport {
         readies_seen: counters.readies_seen.load(Relaxed),
         reconnects,
         session_resets,
+        restarts: config.restarts,
         completed,
         seconds: started.elapsed().as_secs_f64(),
         peak_rss_kib: peak_rss_kib(),

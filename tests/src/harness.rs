@@ -22,11 +22,19 @@ pub struct RunningServer {
 impl RunningServer {
     /// Starts a server with `options` (authentication: the token is the user id).
     pub async fn start(options: ServerOptions, handler: impl InboundHandler) -> RunningServer {
+        Self::start_on("127.0.0.1:0".parse().expect("an address"), options, handler).await
+    }
+
+    /// Starts a server on `address` (port 0: any free port); a restarted server takes the port
+    /// of the one it replaces.
+    pub async fn start_on(
+        address: SocketAddr,
+        options: ServerOptions,
+        handler: impl InboundHandler,
+    ) -> RunningServer {
         let server = Server::new(options, InsecureDevAuth, handler);
         let handle = server.handle();
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("a loopback port");
+        let listener = TcpListener::bind(address).await.expect("a loopback port");
         let address = listener.local_addr().expect("an address");
         let (stop, stopped) = oneshot::channel::<()>();
         let serving = tokio::spawn(server.serve(listener, async {

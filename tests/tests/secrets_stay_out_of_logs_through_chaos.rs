@@ -58,6 +58,7 @@ async fn no_resume_token_reaches_a_log_line_during_chaos() {
         seed: 7,
         rate: 200,
         deadline: Duration::from_secs(60),
+        restarts: 0,
     })
     .await;
     assert!(report.clean(), "{report:?}");

@@ -7,7 +7,7 @@
 //!   tokio-tungstenite.
 //! - `browser`: the browser steps of `test` alone (package, headless Chromium suites), for
 //!   working on the browser client.
-//! - `chaos [--clients N] [--messages M] [--seed S] [--rate R]`: the chaos run at any size in a
+//! - `chaos [--clients N] [--messages M] [--seed S] [--rate R] [--restarts K]`: the chaos run at any size in a
 //!   release build (default 100 clients x 10,000 messages each way), its figures as JSON.
 //! - `fuzz [--seconds N]`: every `cargo fuzz` target for N seconds (default 60), corpora seeded
 //!   from the conformance vectors.

@@ -1,4 +1,4 @@
-//! `cargo xtask chaos --clients N --messages M --seed S`: the chaos run at any size, with its
+//! `cargo xtask chaos --clients N --messages M --seed S [--restarts K]`: the chaos run at any size, with its
 //! figures as JSON on stdout; exits 1 if a message was lost, duplicated or reordered.
 
 // A command-line tool: printing the report is its job.
@@ -29,10 +29,11 @@ fn main() -> ExitCode {
         seed,
         rate: value(&args, "--rate").unwrap_or(500),
         deadline: Duration::from_secs(value(&args, "--deadline-secs").unwrap_or(900)),
+        restarts: value(&args, "--restarts").unwrap_or(0) as u32,
     };
     eprintln!(
-        "chaos: {} clients x {} messages each way at {}/s, seed {}",
-        config.clients, config.messages, config.rate, config.seed
+        "chaos: {} clients x {} messages each way at {}/s, {} restarts, seed {}",
+        config.clients, config.messages, config.rate, config.restarts, config.seed
     );
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
