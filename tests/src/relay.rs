@@ -204,8 +204,8 @@ impl Pump {
             if let Some(budget) = self.budget {
                 if (chunk.len() as u64) >= budget {
                     // Deliver exactly up to the cut point, then end the connection.
-                    let _ = self.write_split(&mut to, &chunk[..budget as usize]).await;
                     self.watch.feed(&chunk[..budget as usize]);
+                    let _ = self.write_split(&mut to, &chunk[..budget as usize]).await;
                     let _ = self.cut.send(true);
                     std::future::pending::<()>().await;
                 }
@@ -216,10 +216,12 @@ impl Pump {
                 // A stalled link says nothing more, not even a close.
                 std::future::pending::<()>().await;
             }
+            // Judged before it is written: `connection_ready` must count as gone by before the
+            // client can possibly answer it, however the two pumps are scheduled.
+            self.watch.feed(chunk);
             if self.write_split(&mut to, chunk).await.is_err() {
                 break;
             }
-            self.watch.feed(chunk);
         }
         let _ = to.shutdown().await;
     }
