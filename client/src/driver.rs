@@ -222,6 +222,7 @@ impl Driver {
 
     /// Carries out everything the session wants, until it wants nothing more.
     async fn drain(&mut self) {
+        let mut unflushed = false;
         loop {
             let mut progressed = false;
             while let Some(action) = self.session.poll_action() {
@@ -237,7 +238,9 @@ impl Driver {
                     continue;
                 }
                 let length = transmit.text.len() as u64;
-                if let Err(problem) = socket.send(Message::Text(transmit.text.into())).await {
+                // Queued, not flushed: the burst is flushed once below.
+                unflushed = true;
+                if let Err(problem) = socket.feed(Message::Text(transmit.text.into())).await {
                     // The session keeps the message; it goes again on the next connection.
                     debug!(%problem, "write failed");
                     let conn = *conn;
@@ -253,6 +256,17 @@ impl Driver {
             }
             if !progressed {
                 break;
+            }
+        }
+        // One write for every frame the session produced in this round.
+        if unflushed {
+            if let Some((conn, socket)) = self.socket.as_mut() {
+                if let Err(problem) = socket.flush().await {
+                    debug!(%problem, "flush failed");
+                    let conn = *conn;
+                    self.socket = None;
+                    self.session.handle_disconnected(conn, None, self.now());
+                }
             }
         }
         let (queued, in_flight, bytes) = (

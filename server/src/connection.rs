@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::SinkExt;
+
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use readyws_protocol::close::code;
 use readyws_protocol::frame::Resume;
@@ -108,11 +110,19 @@ impl Task {
     /// Writes every pending frame, then the close if one is due. Returns `false` once the
     /// connection is over.
     async fn flush(&mut self, socket: &mut WebSocket) -> bool {
+        // Every frame due is queued first and the socket flushed once: one write for a burst of
+        // acks and messages instead of one per frame.
+        let mut queued = false;
         while let Some(text) = self.connection.poll_transmit() {
-            if socket.send(Message::Text(text.into())).await.is_err() {
+            if socket.feed(Message::Text(text.into())).await.is_err() {
                 self.connection.handle_closed(None, self.shared.now());
                 return false;
             }
+            queued = true;
+        }
+        if queued && socket.flush().await.is_err() {
+            self.connection.handle_closed(None, self.shared.now());
+            return false;
         }
         if let Some((code, reason)) = self.connection.poll_close() {
             let frame = CloseFrame {
