@@ -11,7 +11,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use readyws_protocol::close::code;
 use readyws_protocol::frame::Resume;
 use readyws_protocol::{
-    ConnectionEvent, Outcome, ServerConnection, ServerPhase, SessionEvent, Time,
+    ConnectionEvent, Data, Outcome, ServerConnection, ServerPhase, SessionEvent, Time,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -162,16 +162,8 @@ impl Task {
         let now = self.shared.now();
         match command {
             ConnCommand::Deliver { held, data } => {
-                let queued = self
-                    .connection
-                    .session_mut()
-                    .map(|session| session.send(data, None, now));
-                match queued {
-                    Some(Ok(message)) => {
-                        self.copies.insert(message, held);
-                        m::message_out();
-                    }
-                    _ => self.hub_copy_settled(held, &Outcome::Closed),
+                if !self.queue_copy(held, data, now) {
+                    self.hub_copy_settled(held, &Outcome::Closed);
                 }
             }
             ConnCommand::Surrender { done } => {
@@ -346,6 +338,23 @@ impl Task {
             .goaway(code, reason, retry_after, self.shared.now());
     }
 
+    /// Queues a copy of mailbox record `held` on this connection's session; `false` when there
+    /// is no session to take it (the record then stays in the mailbox for the next one).
+    fn queue_copy(&mut self, held: u64, data: Data, now: Time) -> bool {
+        let queued = self
+            .connection
+            .session_mut()
+            .map(|session| session.send(data, None, now));
+        match queued {
+            Some(Ok(message)) => {
+                self.copies.insert(message, held);
+                m::message_out();
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Gives the session back to the hub: kept for resume, or ended when the client closed it.
     ///
     /// Copies the hub has already sent to this task are queued on the session first, under the
@@ -361,15 +370,8 @@ impl Task {
         let mut hub = shared.hub();
         while let Ok(command) = rx.try_recv() {
             if let ConnCommand::Deliver { held, data } = command {
-                let queued = self
-                    .connection
-                    .session_mut()
-                    .map(|session| session.send(data, None, now));
-                match queued {
-                    Some(Ok(message)) => {
-                        self.copies.insert(message, held);
-                    }
-                    _ => hub.copy_settled(&user, held, &Outcome::Closed),
+                if !self.queue_copy(held, data, now) {
+                    hub.copy_settled(&user, held, &Outcome::Closed);
                 }
             }
         }
