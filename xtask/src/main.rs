@@ -85,19 +85,7 @@ fn test() -> Result<(), String> {
     step("cargo fmt --check", || {
         cargo(&["fmt", "--all", "--check"], &[])
     })?;
-    step("cargo clippy -D warnings", || {
-        cargo(
-            &[
-                "clippy",
-                "--workspace",
-                "--all-targets",
-                "--",
-                "-D",
-                "warnings",
-            ],
-            &[],
-        )
-    })?;
+    step("cargo clippy -D warnings", || clippy(&["--workspace"]))?;
     let mut totals = TestTotals::default();
     step("cargo test", || {
         cargo_test_with(&["test", "--workspace"], &[], &mut totals)
@@ -119,20 +107,7 @@ fn test() -> Result<(), String> {
         check_protocol_is_sans_io,
     )?;
     step("cargo clippy for the browser client (wasm32)", || {
-        cargo(
-            &[
-                "clippy",
-                "-p",
-                "readyws-wasm",
-                "--target",
-                WASM_TARGET,
-                "--all-targets",
-                "--",
-                "-D",
-                "warnings",
-            ],
-            &[],
-        )
+        clippy(&["-p", "readyws-wasm", "--target", WASM_TARGET])
     })?;
     step("browser package is built and does not grow", || {
         let size = wasm::build_package()?;
@@ -159,6 +134,14 @@ fn test() -> Result<(), String> {
     );
     println!("{} passed, {} failed", totals.passed, totals.failed);
     Ok(())
+}
+
+/// `cargo clippy` over `scope`, every target, warnings as errors.
+fn clippy(scope: &[&str]) -> Result<(), String> {
+    let mut args = vec!["clippy"];
+    args.extend_from_slice(scope);
+    args.extend(["--all-targets", "--", "-D", "warnings"]);
+    cargo(&args, &[])
 }
 
 fn chaos(args: &[String]) -> Result<(), String> {
