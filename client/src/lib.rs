@@ -39,9 +39,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 pub use builder::{ClientBuilder, Overflow};
+use driver::Core;
 pub use readyws_protocol::{
     BackoffConfig, ClientSession, CloseReason, Data, DisconnectReason, MessageId, OutboxLimits,
     Outcome, ResetPolicy, SendError, SendErrorReason,
@@ -96,11 +97,6 @@ pub struct CloseReport {
 }
 
 pub(crate) enum Command {
-    Send {
-        data: Data,
-        ttl: Option<Duration>,
-        reply: oneshot::Sender<Result<Delivery, SendError>>,
-    },
     SetToken(Option<String>),
     Close {
         grace: Duration,
@@ -111,11 +107,11 @@ pub(crate) enum Command {
 /// A readyws client. Cheap to share by reference; dropping it closes the session.
 #[derive(Debug)]
 pub struct Client {
+    core: Arc<Core>,
     commands: mpsc::UnboundedSender<Command>,
     state: watch::Receiver<ConnectionState>,
     messages: Mutex<Option<mpsc::UnboundedReceiver<Data>>>,
     stats: Arc<Mutex<Stats>>,
-    room: Arc<Notify>,
     overflow: Overflow,
     default_ttl: Option<Duration>,
 }
@@ -142,21 +138,18 @@ impl Client {
         ttl: Option<Duration>,
     ) -> Result<Delivery, SendError> {
         loop {
-            let room = self.room.notified();
+            // Registered before the attempt, so that room freed in between is not missed.
+            let room = self.core.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            let (reply, answer) = oneshot::channel();
-            if let Err(refused) = self.commands.send(Command::Send { data, ttl, reply }) {
-                // The driver has ended: the session is closed, and the message comes back.
-                return Err(match refused.0 {
-                    Command::Send { data, .. } => SendError::new(SendErrorReason::Closed, data),
-                    _ => driver_gone(),
-                });
-            }
-            let error = match answer.await {
-                Ok(Ok(delivery)) => return Ok(delivery),
-                Ok(Err(error)) => error,
-                Err(_) => return Err(driver_gone()),
+            // The session is shared with the driver task: accepting a message is a call under a
+            // lock, not a round trip to that task, which only needs a nudge to transmit it.
+            let error = match self.core.accept(data, ttl) {
+                Ok(delivery) => {
+                    self.core.wake.notify_one();
+                    return Ok(delivery);
+                }
+                Err(error) => error,
             };
             let full = matches!(
                 error.reason,
@@ -242,14 +235,6 @@ impl Client {
         }
         report.await.unwrap_or_default()
     }
-}
-
-/// The driver task ended while it held the message: only a bug (a panic in the driver) gets here.
-fn driver_gone() -> SendError {
-    SendError::new(
-        SendErrorReason::Closed,
-        Data::from_json("null").expect("`null` is JSON"),
-    )
 }
 
 /// Why [`Client::send_and_wait`] did not end acknowledged.

@@ -16,6 +16,8 @@ pub struct Stats {
     pub readies: u64,
     /// Connections that ended and were retried.
     pub reconnects: u64,
+    /// Sockets this client started to open, the first one included.
+    pub connection_attempts: u64,
     /// Times the server could not resume the session.
     pub session_resets: u64,
     /// Messages accepted and not yet transmitted or acknowledged.

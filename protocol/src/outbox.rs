@@ -5,7 +5,8 @@
 //! message hands out a copy and moves a cursor; a new connection moves the cursor back.
 
 use crate::prelude::*;
-use alloc::collections::VecDeque;
+use alloc::collections::{BinaryHeap, VecDeque};
+use core::cmp::Reverse;
 
 use crate::data::Data;
 
@@ -98,6 +99,10 @@ pub(crate) struct Outbox {
     /// How many entries from the front are transmitted on the current connection.
     cursor: usize,
     outcomes: VecDeque<(MessageId, Outcome)>,
+    /// Every time-to-live set at `push`, earliest first. An entry whose message has since been
+    /// transmitted or settled is stale and is dropped when it reaches the top; this keeps both
+    /// `expire` and `next_expiry` from scanning the whole queue on every call.
+    expiries: BinaryHeap<Reverse<(Time, MessageId)>>,
 }
 
 impl Outbox {
@@ -111,6 +116,7 @@ impl Outbox {
             settled_through: 0,
             cursor: 0,
             outcomes: VecDeque::new(),
+            expiries: BinaryHeap::new(),
         }
     }
 
@@ -127,9 +133,11 @@ impl Outbox {
         self.entries.len() - self.cursor
     }
 
-    /// Messages transmitted and not yet settled.
+    /// Messages transmitted and not yet settled. Wire ids are handed out in queue order and
+    /// settled from the front, so the transmitted entries are exactly the wire ids after
+    /// `settled_through`.
     pub(crate) fn in_flight(&self) -> usize {
-        self.entries.iter().filter(|e| e.wire.is_some()).count()
+        usize::try_from(self.highest_sent() - self.settled_through).unwrap_or(usize::MAX)
     }
 
     /// The highest wire id transmitted in this session (0 for none).
@@ -168,6 +176,9 @@ impl Outbox {
         let id = MessageId(self.next_local);
         self.next_local += 1;
         self.bytes += size;
+        if let Some(at) = expires_at {
+            self.expiries.push(Reverse((at, id)));
+        }
         self.entries.push_back(Entry {
             id,
             wire: None,
@@ -222,6 +233,7 @@ impl Outbox {
             };
             let data = self.entries[self.cursor].data.clone();
             self.cursor += 1;
+            self.drop_stale_expiries();
             return Some(Msg { id: wire, data });
         }
     }
@@ -342,23 +354,41 @@ impl Outbox {
         }
     }
 
-    /// Removes untransmitted messages whose time-to-live has run out [DL-11].
+    /// Removes untransmitted messages whose time-to-live has run out [DL-11], earliest first.
     pub(crate) fn expire(&mut self, now: Time) {
-        let mut index = 0;
-        while index < self.entries.len() {
-            let entry = &self.entries[index];
-            if entry.expires_at.is_some_and(|at| at <= now) {
+        while let Some(&Reverse((at, id))) = self.expiries.peek() {
+            if at > now {
+                break;
+            }
+            self.expiries.pop();
+            if let Some(index) = self.waiting_index(id, at) {
                 let entry = self.remove_at(index);
                 self.outcomes.push_back((entry.id, Outcome::Expired));
-            } else {
-                index += 1;
             }
         }
+        self.drop_stale_expiries();
     }
 
     /// The earliest time-to-live among untransmitted messages.
     pub(crate) fn next_expiry(&self) -> Option<Time> {
-        self.entries.iter().filter_map(|e| e.expires_at).min()
+        self.expiries.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Where the message `id` is, if it is still held and still waits to expire at `at`.
+    fn waiting_index(&self, id: MessageId, at: Time) -> Option<usize> {
+        // Ids grow from front to back, so the queue is sorted by id.
+        let index = self.entries.binary_search_by_key(&id, |e| e.id).ok()?;
+        (self.entries[index].expires_at == Some(at)).then_some(index)
+    }
+
+    /// Pops expiries whose message was transmitted or settled, so that the top is a real one.
+    fn drop_stale_expiries(&mut self) {
+        while let Some(&Reverse((at, id))) = self.expiries.peek() {
+            if self.waiting_index(id, at).is_some() {
+                break;
+            }
+            self.expiries.pop();
+        }
     }
 
     pub(crate) fn poll_outcome(&mut self) -> Option<(MessageId, Outcome)> {

@@ -1,0 +1,90 @@
+//! What both sides of every measurement share: the message, the raw baseline's frames, the
+//! process figures.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::net::{TcpListener, TcpSocket};
+
+/// The size of every benchmark message's JSON, in bytes.
+pub(crate) const MESSAGE_BYTES: usize = 1024;
+
+/// A JSON object of exactly [`MESSAGE_BYTES`] bytes: `{"seq":N,"text":"xxx…"}`.
+pub(crate) fn payload(seq: u64) -> String {
+    let head = format!(r#"{{"seq":{seq},"text":""#);
+    let padding = MESSAGE_BYTES.saturating_sub(head.len() + 2);
+    let mut json = String::with_capacity(MESSAGE_BYTES);
+    json.push_str(&head);
+    json.extend(std::iter::repeat_n('x', padding));
+    json.push_str("\"}");
+    json
+}
+
+/// A frame of the raw baseline, parsed the way a server that does not trust its input must:
+/// every byte of `data` is checked to be JSON, and kept as text, as the readyws codec does.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawFrame<'a> {
+    #[serde(rename = "type")]
+    pub(crate) kind: &'a str,
+    #[serde(default)]
+    pub(crate) id: u64,
+    #[serde(default, borrow)]
+    #[allow(
+        dead_code,
+        reason = "parsed to validate it; the baseline does not use it"
+    )]
+    pub(crate) data: Option<&'a RawValue>,
+    #[serde(default)]
+    pub(crate) count: u64,
+}
+
+/// `{"type":"msg","id":N,"data":…}`, the frame readyws itself sends.
+pub(crate) fn raw_msg(id: u64, data: &str) -> String {
+    format!(r#"{{"type":"msg","id":{id},"data":{data}}}"#)
+}
+
+/// `{"type":"ack","id":N}`.
+pub(crate) fn raw_ack(id: u64) -> String {
+    format!(r#"{{"type":"ack","id":{id}}}"#)
+}
+
+/// A loopback listener on a free port whose accept queue holds a burst of 4,096 connections (the
+/// kernel's default `somaxconn`), so that 10,000 clients opening at once are not turned away by a
+/// short queue on either side of the comparison.
+pub(crate) fn listener(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(4096)
+}
+
+/// Raises this process's open-file limit to its hard limit: 10,000 sockets need as many files.
+pub(crate) fn raise_open_file_limit() -> u64 {
+    rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0)
+}
+
+/// The resident memory of process `pid` (`self` for this one), in bytes, from `/proc`.
+pub(crate) fn resident_bytes(pid: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().strip_suffix("kB"))
+        .and_then(|kib| kib.trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// The median of `samples` (sorted in place).
+pub(crate) fn median(samples: &mut [Duration]) -> Duration {
+    samples.sort();
+    samples.get(samples.len() / 2).copied().unwrap_or_default()
+}
+
+/// The median of `values`.
+pub(crate) fn median_f64(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+}

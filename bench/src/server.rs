@@ -1,0 +1,186 @@
+//! `readyws-bench server --kind readyws|raw`: one server in its own process, so that its memory is
+//! its own. It prints `listening ADDRESS`, then obeys lines on standard input: `restart` (readyws:
+//! a graceful shutdown, every session told to come back within the spread, then a new server on
+//! the same port; it prints `restarted`), and end of input, which ends it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use readyws::Data;
+use readyws_server::{
+    Decision, Inbound, InsecureDevAuth, MailboxLimits, OverflowPolicy, Server, ServerHandle,
+    ServerOptions,
+};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::common::{RawFrame, listener, payload, raise_open_file_limit, raw_ack, raw_msg};
+
+/// How long the graceful restart spreads the sessions' return over.
+pub(crate) const RESTART_SPREAD: Duration = Duration::from_secs(5);
+
+pub(crate) async fn run(kind: &str) -> Result<(), String> {
+    raise_open_file_limit();
+    let listener = listener("127.0.0.1:0".parse().map_err(|_| "address")?)
+        .map_err(|e| format!("binding a loopback port: {e}"))?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| format!("local address: {e}"))?;
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    match kind {
+        "raw" => {
+            tokio::spawn(raw_server(listener));
+            announce(&format!("listening {address}"));
+            while let Ok(Some(_)) = lines.next_line().await {}
+        }
+        "readyws" => {
+            let mut stop = start_readyws(listener);
+            announce(&format!("listening {address}"));
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.trim() == "restart" {
+                    let (tell, stopped) = stop;
+                    let _ = tell.send(());
+                    let _ = stopped.await;
+                    stop = start_readyws(rebind(address).await?);
+                    announce("restarted");
+                }
+            }
+        }
+        other => return Err(format!("unknown server kind `{other}` (readyws or raw)")),
+    }
+    Ok(())
+}
+
+fn announce(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// The port can stay taken for a moment after the old listener closed.
+async fn rebind(address: SocketAddr) -> Result<tokio::net::TcpListener, String> {
+    let mut tries = 0;
+    loop {
+        match listener(address) {
+            Ok(listener) => return Ok(listener),
+            Err(error) if tries < 100 => {
+                tries += 1;
+                let _ = error;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(error) => return Err(format!("rebinding {address}: {error}")),
+        }
+    }
+}
+
+type Running = (oneshot::Sender<()>, oneshot::Receiver<()>);
+
+/// The reference server, with mailboxes large enough for a whole throughput run, accepting every
+/// message; a message `{"bench":"send","count":N}` makes it publish N messages to its sender.
+fn start_readyws(listener: tokio::net::TcpListener) -> Running {
+    let options = ServerOptions::default()
+        .mailbox(MailboxLimits {
+            max_messages: 100_000,
+            max_bytes: 256 << 20,
+            ttl: Duration::from_secs(600),
+            overflow: OverflowPolicy::RejectNew,
+        })
+        .shutdown(RESTART_SPREAD, Duration::from_secs(20));
+    let server = Server::new(options, InsecureDevAuth, on_message);
+    let (tell, told) = oneshot::channel::<()>();
+    let (done, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = server
+            .serve(listener, async {
+                let _ = told.await;
+            })
+            .await;
+        let _ = done.send(());
+    });
+    (tell, stopped)
+}
+
+fn on_message(server: &ServerHandle, message: Inbound<'_>) -> Decision {
+    let json = message.data.as_json();
+    if !json.starts_with(r#"{"bench""#) {
+        return Decision::Accept;
+    }
+    let count = serde_json::from_str::<serde_json::Value>(json)
+        .ok()
+        .and_then(|request| request.get("count").and_then(serde_json::Value::as_u64))
+        .unwrap_or(0);
+    for seq in 1..=count {
+        let data = Data::from_json(payload(seq)).expect("the payload is JSON");
+        if let Err(error) = server.publish(message.user, data) {
+            return Decision::Refuse {
+                code: "unavailable".to_owned(),
+                reason: error.to_string(),
+            };
+        }
+    }
+    Decision::Accept
+}
+
+/// The baseline: plain tokio-tungstenite, written as an application without readyws would be.
+/// Every frame is parsed; a `msg` gets an `ack`; a `send` request makes it send that many `msg`
+/// frames and read the client's `ack`s until the last one.
+async fn raw_server(listener: tokio::net::TcpListener) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let Ok(mut socket) = tokio_tungstenite::accept_async(stream).await else {
+                return;
+            };
+            while let Some(Ok(Message::Text(text))) = socket.next().await {
+                let Ok(frame) = serde_json::from_str::<RawFrame<'_>>(text.as_str()) else {
+                    return;
+                };
+                match frame.kind {
+                    "msg"
+                        if socket
+                            .send(Message::Text(raw_ack(frame.id).into()))
+                            .await
+                            .is_err() =>
+                    {
+                        return;
+                    }
+                    "send" => {
+                        let count = frame.count;
+                        let (mut write, mut read) = socket.split();
+                        let sending = tokio::spawn(async move {
+                            for id in 1..=count {
+                                let text = raw_msg(id, &payload(id));
+                                if write.send(Message::Text(text.into())).await.is_err() {
+                                    break;
+                                }
+                            }
+                            write
+                        });
+                        let mut acked = 0;
+                        while acked < count {
+                            match read.next().await {
+                                Some(Ok(Message::Text(text))) => {
+                                    if let Ok(ack) =
+                                        serde_json::from_str::<RawFrame<'_>>(text.as_str())
+                                    {
+                                        acked = acked.max(ack.id);
+                                    }
+                                }
+                                _ => return,
+                            }
+                        }
+                        let Ok(write) = sending.await else { return };
+                        let Ok(reunited) = write.reunite(read) else {
+                            return;
+                        };
+                        socket = reunited;
+                    }
+                    _ => {}
+                }
+            }
+        });
+    }
+}
