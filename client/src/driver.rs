@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use readyws_protocol::{
     Action, ClientEvent, ClientSession, ConnId, Data, DisconnectReason, MessageId, Outcome,
     SUBPROTOCOL, SendError, SendErrorReason, Time,
@@ -31,6 +31,10 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::builder::{ClientBuilder, TokenFuture, TokenProvider};
 use crate::stats::{ReadyTimes, Stats};
 use crate::{Client, CloseReport, Command, ConnectionState, Delivery};
+
+/// The most frames taken in one turn before the session's output is written: a bound on how long
+/// a busy server can hold up the client's own sending.
+const BURST: usize = 256;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// An attempt to open a socket: the socket, the subprotocol the server selected, and the fresh
@@ -226,7 +230,16 @@ impl Driver {
                         }
                     }
                 }
-                frame = next_frame(&mut self.socket) => self.frame(frame),
+                frame = next_frame(&mut self.socket) => {
+                    // Frames that already arrived are taken in the same turn, so that one drain
+                    // (one write) answers them all: a burst of messages gets one cumulative `ack`.
+                    self.frame(frame);
+                    for _ in 1..BURST {
+                        let Some((_, socket)) = self.socket.as_mut() else { break };
+                        let Some(frame) = socket.next().now_or_never() else { break };
+                        self.frame(frame);
+                    }
+                }
                 token = refreshing(&mut self.refreshing) => {
                     self.refreshing = None;
                     let now = self.now();

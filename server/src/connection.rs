@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::SinkExt;
+use futures_util::{FutureExt, SinkExt};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use readyws_protocol::close::code;
@@ -59,6 +59,10 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: WebSocket) {
     shared.unregister_connection(conn_id);
 }
 
+/// The most frames, or commands, taken in one turn before the connection's output is written: a
+/// bound on how long a busy peer can hold up the other direction.
+const BURST: usize = 256;
+
 struct Task {
     shared: Arc<Shared>,
     conn_id: u64,
@@ -87,8 +91,26 @@ impl Task {
             let wake = self.connection.poll_timeout().map(|at| self.instant(at));
             let waiting = self.waiting_for_startup.is_some();
             tokio::select! {
-                frame = socket.recv() => self.handle_frame(frame),
-                Some(command) = rx.recv() => self.handle_command(command, &mut rx),
+                frame = socket.recv() => {
+                    // Frames that already arrived are taken in the same turn: the inbox then owes
+                    // one cumulative `ack` for all of them, written once, instead of a write per
+                    // message.
+                    let mut more = self.handle_frame(frame);
+                    let mut taken = 1;
+                    while more && taken < BURST {
+                        let Some(frame) = socket.recv().now_or_never() else { break };
+                        more = self.handle_frame(frame);
+                        taken += 1;
+                    }
+                }
+                Some(command) = rx.recv() => {
+                    self.handle_command(command, &mut rx);
+                    // Likewise for a burst of publishes: one write for all of them.
+                    for _ in 1..BURST {
+                        let Ok(command) = rx.try_recv() else { break };
+                        self.handle_command(command, &mut rx);
+                    }
+                }
                 () = sleep_until(wake) => self.connection.handle_timeout(self.shared.now()),
                 Ok(()) = started.changed(), if waiting => {
                     if *started.borrow() {
@@ -135,7 +157,8 @@ impl Task {
         !self.connection.is_closed()
     }
 
-    fn handle_frame(&mut self, frame: Option<Result<Message, axum::Error>>) {
+    /// Feeds one socket event to the connection; `false` once no more frames can follow.
+    fn handle_frame(&mut self, frame: Option<Result<Message, axum::Error>>) -> bool {
         let now = self.shared.now();
         match frame {
             Some(Ok(Message::Text(text))) => self.connection.handle_text(text.as_str(), now),
@@ -143,15 +166,22 @@ impl Task {
             Some(Ok(Message::Close(close))) => {
                 let close = close.as_ref().map(|f| (f.code, f.reason.as_str()));
                 self.connection.handle_closed(close, now);
+                return false;
             }
             // WebSocket-level pings carry no readyws meaning [TR-4].
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
             Some(Err(error)) => {
                 debug!(%error, "socket error");
                 self.connection.handle_closed(None, now);
+                return false;
             }
-            None => self.connection.handle_closed(None, now),
+            None => {
+                self.connection.handle_closed(None, now);
+                return false;
+            }
         }
+        // Before readiness a frame (`hello`) needs its events carried out before the next one.
+        self.connection.is_ready() && !self.connection.is_closed()
     }
 
     fn handle_command(
