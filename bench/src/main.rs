@@ -70,7 +70,12 @@ fn main() -> ExitCode {
                 command: std::env::var("READYWS_BENCH_COMMAND")
                     .unwrap_or_else(|_| format!("readyws-bench {}", args.join(" "))),
             };
-            runtime.block_on(run(settings))
+            // In a task, as application code runs, not on the thread that blocks on the runtime.
+            runtime.block_on(async {
+                tokio::spawn(run(settings))
+                    .await
+                    .unwrap_or_else(|error| Err(format!("the run panicked: {error}")))
+            })
         }
         _ => Err("usage: readyws-bench run|server|swarm (see the crate docs)".to_owned()),
     };
@@ -192,6 +197,10 @@ async fn run(settings: Settings) -> Result<(), String> {
         download
             .1
             .push(figures::raw_download(&raw_url, settings.messages).await?);
+        progress(&format!(
+            "run {run}: up {:.0} vs raw {:.0}, down {:.0} vs raw {:.0} messages/s",
+            upload.0[run], upload.1[run], download.0[run], download.1[run]
+        ));
     }
     drop((_readyws_server, _raw_server));
 

@@ -780,26 +780,20 @@ impl ClientSession {
     /// come out [HS-5]; after it, acknowledgements, then messages in order within the window.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         let conn = self.connection()?;
-        let frame = match &self.phase {
-            Phase::AwaitingReady { .. } => self.control.pop_front(),
+        let text = match &self.phase {
+            Phase::AwaitingReady { .. } => self.control.pop_front().map(|frame| encode(&frame)),
             Phase::Ready { welcome, .. } => {
                 let max_inflight = welcome.max_inflight;
                 let max_frame = usize::try_from(welcome.max_frame_bytes).unwrap_or(usize::MAX);
                 self.control
                     .pop_front()
                     .or_else(|| self.inbox.poll_frame())
-                    .or_else(|| {
-                        self.outbox
-                            .next_transmit(self.now, max_inflight, max_frame)
-                            .map(Frame::Msg)
-                    })
+                    .map(|frame| encode(&frame))
+                    .or_else(|| self.outbox.next_transmit(self.now, max_inflight, max_frame))
             }
             _ => None,
         }?;
-        Some(Transmit {
-            conn,
-            text: encode(&frame),
-        })
+        Some(Transmit { conn, text })
     }
 
     /// The next event for the application. Outcomes come before the `Closed` event that ends a

@@ -17,6 +17,22 @@ use crate::frame::{
 };
 use crate::json::{self, Member};
 
+/// Encodes `{"type":"msg","id":ID,"data":DATA}` straight from the held data, without a copy of it
+/// in a [`Msg`] first: the sending side's hot path.
+pub(crate) fn encode_msg(id: u64, data: &Data) -> String {
+    let mut out = Writer {
+        text: String::with_capacity(data.as_json().len() + 40),
+        first: true,
+    };
+    out.text.push('{');
+    out.string("type", FrameKind::Msg.as_str());
+    out.integer("id", id);
+    out.key("data");
+    out.text.push_str(data.as_json());
+    out.text.push('}');
+    out.text
+}
+
 /// Encodes a frame as the text of one WebSocket text frame.
 ///
 /// Members appear in the order of the tables in `docs/PROTOCOL.md` §3.2, `type` first, and

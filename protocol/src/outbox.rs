@@ -10,8 +10,9 @@ use core::cmp::Reverse;
 
 use crate::data::Data;
 
+use crate::codec::encode_msg;
 use crate::error::{ProtocolError, SendError, SendErrorReason};
-use crate::frame::{FrameKind, Msg};
+use crate::frame::FrameKind;
 use crate::time::Time;
 
 /// Identifies one message accepted by `send`, for as long as the session object lives.
@@ -190,14 +191,14 @@ impl Outbox {
     }
 
     /// The next message to transmit on the current connection, if the window allows [FC-1], with
-    /// its wire id assigned. `max_frame_bytes` is the peer's limit: a message whose frame would
+    /// its wire id assigned, as the text of its `msg` frame. `max_frame_bytes` is the peer's limit: a message whose frame would
     /// exceed it is refused locally instead of being sent [FR-6].
     pub(crate) fn next_transmit(
         &mut self,
         now: Time,
         max_inflight: u64,
         max_frame_bytes: usize,
-    ) -> Option<Msg> {
+    ) -> Option<String> {
         self.expire(now);
         loop {
             let entry = self.entries.get(self.cursor)?;
@@ -231,10 +232,10 @@ impl Outbox {
                     wire
                 }
             };
-            let data = self.entries[self.cursor].data.clone();
+            let text = encode_msg(wire, &self.entries[self.cursor].data);
             self.cursor += 1;
             self.drop_stale_expiries();
-            return Some(Msg { id: wire, data });
+            return Some(text);
         }
     }
 

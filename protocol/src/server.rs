@@ -515,17 +515,14 @@ impl ServerConnection {
             return None;
         }
         let session = self.session.as_mut()?;
-        let frame = session.inbox.poll_frame().or_else(|| {
-            session
-                .outbox
-                .next_transmit(
-                    self.now,
-                    self.config.max_inflight,
-                    self.config.max_frame_bytes,
-                )
-                .map(Frame::Msg)
-        })?;
-        Some(encode(&frame))
+        if let Some(frame) = session.inbox.poll_frame() {
+            return Some(encode(&frame));
+        }
+        session.outbox.next_transmit(
+            self.now,
+            self.config.max_inflight,
+            self.config.max_frame_bytes,
+        )
     }
 
     /// The close the driver must perform once every pending frame is written: code and reason.

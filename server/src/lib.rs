@@ -49,11 +49,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use readyws_protocol::{Data, ServerConfig, Time};
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tracing::info;
+use tracing::{debug, info};
 
 pub use auth::{AuthError, Authenticator, InsecureDevAuth, JwtHs256, UserId};
 pub use options::{MailboxLimits, OverflowPolicy, ServerOptions};
@@ -329,6 +330,14 @@ impl Server {
         let handle = self.handle();
         let router = self.router();
         let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
+        // Without TCP_NODELAY the kernel holds `welcome` back until the client has acknowledged
+        // the upgrade response (Nagle's algorithm): a small frame right after another is this
+        // protocol's usual case (`welcome`, `ack`, `connection_ready`).
+        let listener = listener.tap_io(|stream| {
+            if let Err(error) = stream.set_nodelay(true) {
+                debug!(%error, "TCP_NODELAY not set");
+            }
+        });
         let serving = tokio::spawn(async move {
             axum::serve(listener, router)
                 .with_graceful_shutdown(async move {
