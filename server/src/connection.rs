@@ -5,9 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{FutureExt, SinkExt};
+use futures_util::FutureExt;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use readyws_protocol::close::code;
 use readyws_protocol::frame::Resume;
 use readyws_protocol::{
@@ -20,12 +19,13 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::auth::UserId;
 use crate::hub::{Attach, ConnCommand, Copies};
 use crate::metrics as m;
+use crate::socket::{FrameSocket, Incoming};
 use crate::{Decision, Inbound, ServerHandle, Shared};
 
 /// How long a resume waits for the connection that holds the session to let go of it.
 const SURRENDER_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub(crate) async fn run(shared: Arc<Shared>, socket: WebSocket) {
+pub(crate) async fn run(shared: Arc<Shared>, socket: impl FrameSocket) {
     let conn_id = shared.next_connection();
     let (tx, rx) = mpsc::unbounded_channel();
     shared.register_connection(conn_id, tx.clone());
@@ -80,7 +80,11 @@ struct Task {
 }
 
 impl Task {
-    async fn run(&mut self, mut socket: WebSocket, mut rx: mpsc::UnboundedReceiver<ConnCommand>) {
+    async fn run<S: FrameSocket>(
+        &mut self,
+        mut socket: S,
+        mut rx: mpsc::UnboundedReceiver<ConnCommand>,
+    ) {
         debug!("socket opened");
         let mut started = self.shared.started.subscribe();
         loop {
@@ -131,12 +135,12 @@ impl Task {
 
     /// Writes every pending frame, then the close if one is due. Returns `false` once the
     /// connection is over.
-    async fn flush(&mut self, socket: &mut WebSocket) -> bool {
+    async fn flush<S: FrameSocket>(&mut self, socket: &mut S) -> bool {
         // Every frame due is queued first and the socket flushed once: one write for a burst of
         // acks and messages instead of one per frame.
         let mut queued = false;
         while let Some(text) = self.connection.poll_transmit() {
-            if socket.feed(Message::Text(text.into())).await.is_err() {
+            if socket.feed(text).await.is_err() {
                 self.connection.handle_closed(None, self.shared.now());
                 return false;
             }
@@ -147,29 +151,30 @@ impl Task {
             return false;
         }
         if let Some((code, reason)) = self.connection.poll_close() {
-            let frame = CloseFrame {
-                code,
-                reason: reason.into(),
-            };
-            let _ = socket.send(Message::Close(Some(frame))).await;
+            socket.close(code, reason).await;
             return false;
         }
         !self.connection.is_closed()
     }
 
     /// Feeds one socket event to the connection; `false` once no more frames can follow.
-    fn handle_frame(&mut self, frame: Option<Result<Message, axum::Error>>) -> bool {
+    fn handle_frame<T: std::ops::Deref<Target = str>>(
+        &mut self,
+        frame: Option<Result<Incoming<T>, String>>,
+    ) -> bool {
         let now = self.shared.now();
         match frame {
-            Some(Ok(Message::Text(text))) => self.connection.handle_text(text.as_str(), now),
-            Some(Ok(Message::Binary(_))) => self.connection.handle_binary(now),
-            Some(Ok(Message::Close(close))) => {
-                let close = close.as_ref().map(|f| (f.code, f.reason.as_str()));
+            Some(Ok(Incoming::Text(text))) => self.connection.handle_text(&text, now),
+            Some(Ok(Incoming::Binary)) => self.connection.handle_binary(now),
+            Some(Ok(Incoming::Close(close))) => {
+                let close = close
+                    .as_ref()
+                    .map(|(code, reason)| (*code, reason.as_str()));
                 self.connection.handle_closed(close, now);
                 return false;
             }
             // WebSocket-level pings carry no readyws meaning [TR-4].
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(Incoming::Control)) => {}
             Some(Err(error)) => {
                 debug!(%error, "socket error");
                 self.connection.handle_closed(None, now);

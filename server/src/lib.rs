@@ -36,12 +36,14 @@
 #![deny(missing_docs)]
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
+mod accept;
 mod auth;
 mod connection;
 mod http;
 mod hub;
 mod metrics;
 mod options;
+mod socket;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -49,12 +51,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use readyws_protocol::{Data, ServerConfig, Time};
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, info};
+use tracing::info;
 
 pub use auth::{AuthError, Authenticator, InsecureDevAuth, JwtHs256, UserId};
 pub use options::{MailboxLimits, OverflowPolicy, ServerOptions};
@@ -329,25 +330,16 @@ impl Server {
     ) -> std::io::Result<()> {
         let handle = self.handle();
         let router = self.router();
-        let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
-        // Without TCP_NODELAY the kernel holds `welcome` back until the client has acknowledged
-        // the upgrade response (Nagle's algorithm): a small frame right after another is this
-        // protocol's usual case (`welcome`, `ack`, `connection_ready`).
-        let listener = listener.tap_io(|stream| {
-            if let Err(error) = stream.set_nodelay(true) {
-                debug!(%error, "TCP_NODELAY not set");
-            }
-        });
-        let serving = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await
-        });
+        let (stop_accepting, stopped) = watch::channel(false);
+        let serving = tokio::spawn(accept::accept_loop(
+            listener,
+            router,
+            self.shared.clone(),
+            stopped,
+        ));
         shutdown.await;
         handle.shutdown();
-        let _ = stop_accepting.send(());
+        let _ = stop_accepting.send(true);
         let deadline = tokio::time::Instant::now() + self.shared.options.shutdown_grace;
         while handle.open_connections() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;

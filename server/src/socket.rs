@@ -1,0 +1,120 @@
+//! What a connection task needs from a WebSocket, over the two kinds the server accepts: axum's
+//! (when [`crate::Server::router`] is mounted in an application) and tokio-tungstenite's on a
+//! bare TCP stream (when [`crate::Server::serve`] takes the upgrade itself, see `accept.rs`).
+
+use std::future::Future;
+use std::ops::Deref;
+
+use axum::extract::ws::{self as axum_ws, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+/// One thing read from a socket.
+pub(crate) enum Incoming<T> {
+    Text(T),
+    Binary,
+    /// The peer's close frame: code and reason.
+    Close(Option<(u16, String)>),
+    /// A WebSocket-level ping or pong.
+    Control,
+}
+
+/// A WebSocket as the connection task drives it.
+pub(crate) trait FrameSocket: Send + 'static {
+    /// A received text frame, borrowed as `str` without a copy.
+    type Text: Deref<Target = str> + Send;
+
+    /// The next frame; `None` once the socket has ended, an error when it broke.
+    fn recv(&mut self)
+    -> impl Future<Output = Option<Result<Incoming<Self::Text>, String>>> + Send;
+
+    /// Queues a text frame without writing it yet.
+    fn feed(&mut self, text: String) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// Writes everything queued.
+    fn flush(&mut self) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// Sends a close frame.
+    fn close(&mut self, code: u16, reason: String) -> impl Future<Output = ()> + Send;
+}
+
+impl FrameSocket for WebSocket {
+    type Text = axum_ws::Utf8Bytes;
+
+    async fn recv(&mut self) -> Option<Result<Incoming<Self::Text>, String>> {
+        let message = WebSocket::recv(self).await?;
+        Some(match message {
+            Ok(axum_ws::Message::Text(text)) => Ok(Incoming::Text(text)),
+            Ok(axum_ws::Message::Binary(_)) => Ok(Incoming::Binary),
+            Ok(axum_ws::Message::Close(close)) => {
+                Ok(Incoming::Close(close.map(|frame| {
+                    (frame.code, frame.reason.as_str().to_owned())
+                })))
+            }
+            Ok(axum_ws::Message::Ping(_) | axum_ws::Message::Pong(_)) => Ok(Incoming::Control),
+            Err(error) => Err(error.to_string()),
+        })
+    }
+
+    async fn feed(&mut self, text: String) -> Result<(), String> {
+        SinkExt::feed(self, axum_ws::Message::Text(text.into()))
+            .await
+            .map_err(|error| error.to_string())
+    }
+
+    async fn flush(&mut self) -> Result<(), String> {
+        SinkExt::flush(self)
+            .await
+            .map_err(|error| error.to_string())
+    }
+
+    async fn close(&mut self, code: u16, reason: String) {
+        let frame = axum_ws::CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let _ = SinkExt::send(self, axum_ws::Message::Close(Some(frame))).await;
+    }
+}
+
+impl FrameSocket for WebSocketStream<TcpStream> {
+    type Text = tokio_tungstenite::tungstenite::Utf8Bytes;
+
+    async fn recv(&mut self) -> Option<Result<Incoming<Self::Text>, String>> {
+        let message = self.next().await?;
+        Some(match message {
+            Ok(Message::Text(text)) => Ok(Incoming::Text(text)),
+            Ok(Message::Binary(_)) => Ok(Incoming::Binary),
+            Ok(Message::Close(close)) => {
+                Ok(Incoming::Close(close.map(|frame| {
+                    (u16::from(frame.code), frame.reason.as_str().to_owned())
+                })))
+            }
+            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => Ok(Incoming::Control),
+            Err(error) => Err(error.to_string()),
+        })
+    }
+
+    async fn feed(&mut self, text: String) -> Result<(), String> {
+        SinkExt::feed(self, Message::Text(text.into()))
+            .await
+            .map_err(|error| error.to_string())
+    }
+
+    async fn flush(&mut self) -> Result<(), String> {
+        SinkExt::flush(self)
+            .await
+            .map_err(|error| error.to_string())
+    }
+
+    async fn close(&mut self, code: u16, reason: String) {
+        let frame = CloseFrame {
+            code: code.into(),
+            reason: reason.into(),
+        };
+        let _ = SinkExt::send(self, Message::Close(Some(frame))).await;
+    }
+}
