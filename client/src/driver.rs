@@ -23,8 +23,8 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -444,10 +444,14 @@ impl Driver {
                 target.insert(name, value);
             }
             let connector = tls.map(Connector::Rustls);
-            let (socket, response) =
-                tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector)
-                    .await
-                    .map_err(|problem| problem.to_string())?;
+            let (socket, response) = tokio_tungstenite::connect_async_tls_with_config(
+                request,
+                Some(socket_config()),
+                true,
+                connector,
+            )
+            .await
+            .map_err(|problem| problem.to_string())?;
             let subprotocol = response
                 .headers()
                 .get("sec-websocket-protocol")
@@ -570,6 +574,12 @@ impl Driver {
     fn count(&self, update: impl FnOnce(&mut Stats)) {
         update(&mut self.lock_stats());
     }
+}
+
+/// tungstenite's defaults but for the read buffer: its default, 128 KiB, is zeroed before every
+/// read and held by every client; frames larger than 8 KiB still arrive, over several reads.
+fn socket_config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(8 * 1024)
 }
 
 async fn connecting(slot: &mut Option<(ConnId, Connecting)>) -> (ConnId, Opened) {

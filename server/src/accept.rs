@@ -116,6 +116,7 @@ async fn websocket(stream: TcpStream, shared: Arc<Shared>) {
     // oversized message with a `nack` instead of a dropped connection [FR-6].
     let socket_limit = shared.protocol.max_frame_bytes.saturating_mul(4);
     let config = WebSocketConfig::default()
+        .read_buffer_size(crate::socket::READ_BUFFER_BYTES)
         .max_message_size(Some(socket_limit))
         .max_frame_size(Some(socket_limit));
     let stopping = shared.stopping.load(Ordering::SeqCst);

@@ -44,6 +44,7 @@ async fn websocket(State(shared): State<Arc<Shared>>, upgrade: WebSocketUpgrade)
     let socket_limit = shared.protocol.max_frame_bytes.saturating_mul(4);
     let upgrade = upgrade
         .protocols([SUBPROTOCOL])
+        .read_buffer_size(crate::socket::READ_BUFFER_BYTES)
         .max_message_size(socket_limit)
         .max_frame_size(socket_limit);
     if upgrade.selected_protocol().is_none() {

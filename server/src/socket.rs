@@ -12,6 +12,12 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
+/// How much each read from a socket asks for. tungstenite's default, 128 KiB, is zeroed before
+/// every read and held by every connection: the benchmark found the zeroing on the profile of
+/// each handshake, and it was most of the memory of an idle session. Frames larger than this
+/// still arrive, over several reads.
+pub(crate) const READ_BUFFER_BYTES: usize = 8 * 1024;
+
 /// One thing read from a socket.
 pub(crate) enum Incoming<T> {
     Text(T),
