@@ -62,9 +62,9 @@ fn main() -> ExitCode {
         Some("run") => {
             let settings = Settings {
                 out: PathBuf::from(flag("--out").unwrap_or_else(|| "docs".to_owned())),
-                trials: number("--trials", 300),
+                trials: number("--trials", 1000),
                 messages: number("--messages", 20_000),
-                throughput_runs: number("--runs", 5),
+                throughput_runs: number("--runs", 15),
                 sessions: number("--sessions", 10_000),
                 package: flag("--package").and_then(|sizes| PackageSizes::parse(&sizes)),
                 command: std::env::var("READYWS_BENCH_COMMAND")

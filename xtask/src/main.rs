@@ -2,9 +2,9 @@
 //!
 //! - `test`: everything CI runs, in order, each step timed; it installs what it needs (the wasm32
 //!   target) and stops at the first failure with the step's name.
-//! - `bench`: runs the measurements in release builds, each next to its baseline from the same
-//!   run: handshake latency of the reference server, and the native client against raw
-//!   tokio-tungstenite.
+//! - `bench`: every benchmark figure next to its raw tokio-tungstenite baseline from the same run
+//!   (`readyws-bench`, release build), plus the browser package's size; writes
+//!   `docs/BENCHMARKS.md` and its plots in `docs/bench/`.
 //! - `browser`: the browser steps of `test` alone (package, headless Chromium suites), for
 //!   working on the browser client.
 //! - `chaos [--clients N] [--messages M] [--seed S] [--rate R] [--restarts K]`: the chaos run at any size in a
@@ -35,8 +35,9 @@ pub(crate) const WASM_TARGET: &str = "wasm32-unknown-unknown";
 const PACKAGE_GZIP_BUDGET: usize = 30_000;
 
 /// The package does not meet [`PACKAGE_GZIP_BUDGET`] yet. This ceiling sits just above its
-/// measured size so that it cannot grow unnoticed; lower it with every reduction.
-const PACKAGE_GZIP_CEILING: usize = 47_500;
+/// measured size so that it cannot grow unnoticed; lower it with every reduction. (It last rose
+/// by about 1 KB for the outbox's expiry heap, which ended a scan of the whole queue per message.)
+const PACKAGE_GZIP_CEILING: usize = 48_000;
 
 /// Crates that must never appear among the protocol crate's normal dependencies: it does no I/O.
 const FORBIDDEN_IN_PROTOCOL: [&str; 5] = ["tokio", "mio", "web-sys", "js-sys", "wasm-bindgen"];
@@ -229,44 +230,42 @@ pub(crate) fn cargo_test_with(
     }
 }
 
+/// Builds the browser package for its size, then runs `readyws-bench` in a release build: it
+/// measures every figure next to its baseline and writes `docs/BENCHMARKS.md` and `docs/bench/`.
 fn bench() -> Result<(), String> {
-    step("handshake latency of the reference server", || {
-        cargo(
-            &[
-                "run",
-                "--release",
-                "--quiet",
-                "-p",
-                "readyws-server",
-                "--example",
-                "handshake_latency",
-            ],
-            &[],
-        )
+    let package = step("build the browser package for its size", wasm::build_package)?;
+    step("build readyws-bench (release)", || {
+        cargo(&["build", "--release", "-p", "readyws-bench"], &[])
     })?;
-    step("native client against raw tokio-tungstenite", || {
-        cargo(
-            &[
-                "run",
-                "--release",
-                "--quiet",
-                "-p",
-                "readyws",
-                "--example",
-                "versus_raw",
-            ],
-            &[],
-        )
-    })
+    let root = workspace_root();
+    let binary = root.join("target/release/readyws-bench");
+    let docs = root.join("docs");
+    let sizes = format!("{},{}", package.wasm_gzip, package.glue_gzip);
+    step("measure (readyws-bench run)", || {
+        let status = Command::new(&binary)
+            .args(["run", "--out"])
+            .arg(&docs)
+            .args(["--package", &sizes])
+            .env("READYWS_BENCH_COMMAND", "cargo xtask bench")
+            .status()
+            .map_err(|e| format!("starting {}: {e}", binary.display()))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("readyws-bench exited with {status}"))
+        }
+    })?;
+    println!("wrote docs/BENCHMARKS.md and docs/bench/*.svg");
+    Ok(())
 }
 
-pub(crate) fn step(name: &str, run: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
+pub(crate) fn step<T>(name: &str, run: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
     println!("==> {name}");
     let started = Instant::now();
     let result = run();
     let seconds = started.elapsed().as_secs_f64();
     match &result {
-        Ok(()) => println!("==> {name}: ok ({seconds:.1}s)"),
+        Ok(_) => println!("==> {name}: ok ({seconds:.1}s)"),
         Err(_) => println!("==> {name}: FAILED ({seconds:.1}s)"),
     }
     result.map_err(|error| format!("step `{name}` failed: {error}"))
