@@ -47,7 +47,10 @@ pub(crate) fn start(builder: ClientBuilder) -> Client {
     // provider feature is enabled in the whole build; an application whose other dependencies
     // also enable `aws-lc-rs` would otherwise panic at its first `wss://` connect. Installing
     // `ring` here settles it (an error means the application installed one already, which wins).
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    static PROVIDER: std::sync::Once = std::sync::Once::new();
+    PROVIDER.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
     let seed = builder.seed.unwrap_or_else(random_seed);
     let core = Arc::new(Core {
         shared: Mutex::new(Shared {
@@ -193,14 +196,24 @@ impl Driver {
         let now = self.now();
         self.core.lock().session.connect(now);
         let mut commands_open = true;
+        // One timer for the task's life, moved only when the session's deadline moves: a new
+        // timer per turn costs a registration and a removal every time a frame arrives.
+        let timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer);
+        let mut armed_for = None;
         loop {
             self.drain().await;
             if matches!(*self.state.borrow(), ConnectionState::Closed { .. }) {
                 break;
             }
-            let timeout = self.core.lock().session.poll_timeout();
-            let wake =
-                timeout.map(|at| tokio::time::Instant::now() + at.saturating_since(self.now()));
+            let deadline = self.core.lock().session.poll_timeout();
+            if deadline != armed_for {
+                armed_for = deadline;
+                if let Some(at) = deadline {
+                    let wake = tokio::time::Instant::now() + at.saturating_since(self.now());
+                    timer.as_mut().reset(wake);
+                }
+            }
             tokio::select! {
                 () = self.core.wake.notified() => {}
                 command = commands.recv(), if commands_open => match command {
@@ -245,7 +258,8 @@ impl Driver {
                     let now = self.now();
                     self.core.lock().session.set_token(token, now);
                 }
-                () = sleep_until(wake) => {
+                () = &mut timer, if armed_for.is_some() => {
+                    armed_for = None;
                     let now = self.now();
                     self.core.lock().session.handle_timeout(now);
                 }
@@ -601,13 +615,6 @@ async fn next_frame(
 async fn refreshing(slot: &mut Option<TokenFuture>) -> Option<String> {
     match slot {
         Some(future) => future.await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
 }

@@ -87,12 +87,23 @@ impl Task {
     ) {
         debug!("socket opened");
         let mut started = self.shared.started.subscribe();
+        // One timer for the task's life, moved only when the connection's deadline moves: a new
+        // timer per turn costs a registration and a removal every time a frame arrives.
+        let timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer);
+        let mut armed_for = None;
         loop {
             self.handle_events().await;
             if !self.flush(&mut socket).await {
                 break;
             }
-            let wake = self.connection.poll_timeout().map(|at| self.instant(at));
+            let deadline = self.connection.poll_timeout();
+            if deadline != armed_for {
+                armed_for = deadline;
+                if let Some(at) = deadline {
+                    timer.as_mut().reset(self.instant(at));
+                }
+            }
             let waiting = self.waiting_for_startup.is_some();
             tokio::select! {
                 frame = socket.recv() => {
@@ -115,7 +126,10 @@ impl Task {
                         self.handle_command(command, &mut rx);
                     }
                 }
-                () = sleep_until(wake) => self.connection.handle_timeout(self.shared.now()),
+                () = &mut timer, if armed_for.is_some() => {
+                    armed_for = None;
+                    self.connection.handle_timeout(self.shared.now());
+                }
                 Ok(()) = started.changed(), if waiting => {
                     if *started.borrow() {
                         if let Some(resume) = self.waiting_for_startup.take() {
@@ -439,12 +453,5 @@ impl Task {
     fn instant(&self, at: Time) -> Instant {
         let now = self.shared.now();
         Instant::now() + at.saturating_since(now)
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }
