@@ -1,8 +1,8 @@
 //! The accept loop of [`crate::Server::serve`].
 //!
-//! A WebSocket upgrade to `/ws` whose request head has fully arrived is taken by
+//! A WebSocket upgrade to `/ws` whose request head arrives in the first read is taken by
 //! tokio-tungstenite right on the TCP stream: the `101` response and `welcome` then leave from
-//! one task, back to back. Through hyper (axum's `WebSocketUpgrade`) the socket only reaches the
+//! one task, in one write (`prepared.rs`). Through hyper (axum's `WebSocketUpgrade`) the socket only reaches the
 //! connection task after hyper's own task has written the `101` and handed the stream over, a
 //! wake-up of another task that the benchmark measured at a tenth of the whole time to ready on
 //! loopback. Every other request, and an upgrade whose head arrives in pieces, goes to the axum
@@ -15,6 +15,7 @@ use axum::Router;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use readyws_protocol::SUBPROTOCOL;
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -24,9 +25,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::debug;
 
 use crate::Shared;
+use crate::prepared::Prepared;
 
 /// Enough for the request head of any browser's or SDK's WebSocket upgrade.
-const HEAD_PEEK_BYTES: usize = 4096;
+const HEAD_READ_BYTES: usize = 4096;
 
 /// Accepts until `stop` turns `true`. Connections run in a set that ends with this task: shutdown
 /// first tells every WebSocket to go away, and aborts this task once they have or its grace ran
@@ -69,17 +71,20 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
 }
 
-async fn route(stream: TcpStream, router: Router, shared: Arc<Shared>) {
-    let mut head = [0u8; HEAD_PEEK_BYTES];
-    let peeked = match stream.peek(&mut head).await {
-        Ok(length) => length,
-        Err(_) => return,
+async fn route(mut stream: TcpStream, router: Router, shared: Arc<Shared>) {
+    // Read (not peeked: one system call instead of two) and served again to the next reader.
+    let mut head = [0u8; HEAD_READ_BYTES];
+    let read = match stream.read(&mut head).await {
+        Ok(0) | Err(_) => return,
+        Ok(read) => read,
     };
-    if is_websocket_upgrade(head.get(..peeked).unwrap_or_default()) {
-        websocket(stream, shared).await;
+    let head = head.get(..read).unwrap_or_default();
+    if is_websocket_upgrade(head) {
+        websocket(Prepared::new(stream, head.to_vec(), true), shared).await;
         return;
     }
     let service = TowerToHyperService::new(router);
+    let stream = Prepared::new(stream, head.to_vec(), false);
     let served = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades()
@@ -111,7 +116,7 @@ fn is_websocket_upgrade(head: &[u8]) -> bool {
         })
 }
 
-async fn websocket(stream: TcpStream, shared: Arc<Shared>) {
+async fn websocket(stream: Prepared, shared: Arc<Shared>) {
     // Frames up to four times the announced limit still reach the protocol, which refuses an
     // oversized message with a `nack` instead of a dropped connection [FR-6].
     let socket_limit = shared.protocol.max_frame_bytes.saturating_mul(4);
@@ -153,7 +158,11 @@ async fn websocket(stream: TcpStream, shared: Arc<Shared>) {
         Ok(response)
     };
     match tokio_tungstenite::accept_hdr_async_with_config(stream, answer, Some(config)).await {
-        Ok(socket) => crate::connection::run(shared, socket).await,
+        Ok(mut socket) => {
+            // The `101` goes out with `welcome`, at the connection task's first flush.
+            socket.get_mut().release();
+            crate::connection::run(shared, socket).await;
+        }
         Err(error) => debug!(%error, "WebSocket upgrade refused or failed"),
     }
 }

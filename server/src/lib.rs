@@ -43,6 +43,7 @@ mod http;
 mod hub;
 mod metrics;
 mod options;
+mod prepared;
 mod socket;
 
 use std::collections::HashMap;

@@ -7,7 +7,7 @@ use std::ops::Deref;
 
 use axum::extract::ws::{self as axum_ws, WebSocket};
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -86,7 +86,10 @@ impl FrameSocket for WebSocket {
     }
 }
 
-impl FrameSocket for WebSocketStream<TcpStream> {
+impl<S> FrameSocket for WebSocketStream<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     type Text = tokio_tungstenite::tungstenite::Utf8Bytes;
 
     async fn recv(&mut self) -> Option<Result<Incoming<Self::Text>, String>> {
