@@ -112,12 +112,18 @@ fn throughput(path: &Path, figures: &Figures) -> Result<(), String> {
     chart
         .configure_mesh()
         .disable_x_mesh()
-        .x_labels(3)
-        .x_label_formatter(&|x| match x.round() as i64 {
-            1 => "client → server".to_owned(),
-            4 => "server → client".to_owned(),
-            _ => String::new(),
+        // Ticks every half unit, so that the groups' centres, 1 and 4, are among them.
+        .x_labels(13)
+        .x_label_formatter(&|x| {
+            if (x - 1.0).abs() < 1e-6 {
+                "client → server".to_owned()
+            } else if (x - 4.0).abs() < 1e-6 {
+                "server → client".to_owned()
+            } else {
+                String::new()
+            }
         })
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .y_desc("messages per second")
         .draw()
         .map_err(|e| e.to_string())?;
@@ -168,6 +174,7 @@ fn storm(path: &Path, figures: &Figures) -> Result<(), String> {
     chart
         .configure_mesh()
         .x_desc("seconds since the restart began")
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .y_desc(format!("connection attempts per {STORM_BUCKET_MS} ms"))
         .draw()
         .map_err(|e| e.to_string())?;
