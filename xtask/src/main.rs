@@ -233,7 +233,10 @@ pub(crate) fn cargo_test_with(
 /// Builds the browser package for its size, then runs `readyws-bench` in a release build: it
 /// measures every figure next to its baseline and writes `docs/BENCHMARKS.md` and `docs/bench/`.
 fn bench() -> Result<(), String> {
-    let package = step("build the browser package for its size", wasm::build_package)?;
+    let package = step(
+        "build the browser package for its size",
+        wasm::build_package,
+    )?;
     step("build readyws-bench (release)", || {
         cargo(&["build", "--release", "-p", "readyws-bench"], &[])
     })?;
