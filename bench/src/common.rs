@@ -65,8 +65,18 @@ pub(crate) fn listener(address: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Raises this process's open-file limit to its hard limit: 10,000 sockets need as many files.
-pub(crate) fn raise_open_file_limit() -> u64 {
-    rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0)
+/// Fails, saying what to do, when even the hard limit leaves fewer than `needed`.
+pub(crate) fn raise_open_file_limit(needed: u64) -> Result<u64, String> {
+    let limit = rlimit::increase_nofile_limit(u64::MAX)
+        .map_err(|error| format!("cannot raise the open-file limit: {error}"))?;
+    if limit < needed {
+        return Err(format!(
+            "the open-file limit is {limit} even raised to its hard limit, below the {needed} this \
+             run needs: raise the hard limit (`ulimit -Hn`, or `LimitNOFILE=` for a service) or \
+             pass a smaller --sessions"
+        ));
+    }
+    Ok(limit)
 }
 
 /// The resident memory of process `pid` (`self` for this one), in bytes, from `/proc`.

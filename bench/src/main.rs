@@ -165,7 +165,8 @@ fn progress(message: &str) {
 
 async fn run(settings: Settings) -> Result<(), String> {
     let started = Instant::now();
-    common::raise_open_file_limit();
+    // A few hundred over the sessions: the runtime, pipes, the servers' listeners.
+    common::raise_open_file_limit(settings.sessions as u64 + 256)?;
     let (_readyws_server, readyws_url) = Helper::server("readyws").await?;
     let (_raw_server, raw_url) = Helper::server("raw").await?;
 

@@ -22,7 +22,8 @@ use crate::common::{RawFrame, listener, payload, raise_open_file_limit, raw_ack,
 pub(crate) const RESTART_SPREAD: Duration = Duration::from_secs(5);
 
 pub(crate) async fn run(kind: &str) -> Result<(), String> {
-    raise_open_file_limit();
+    // A server here takes at most one swarm's sessions; the swarm checks the count itself.
+    raise_open_file_limit(1024)?;
     let listener = listener("127.0.0.1:0".parse().map_err(|_| "address")?)
         .map_err(|e| format!("binding a loopback port: {e}"))?;
     let address = listener

@@ -46,7 +46,7 @@ pub(crate) const STORM_BUCKET_MS: u64 = 100;
 const STORM_WATCH: Duration = Duration::from_secs(60);
 
 pub(crate) async fn run(kind: &str, url: &str, count: usize) -> Result<(), String> {
-    raise_open_file_limit();
+    raise_open_file_limit(count as u64 + 256)?;
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     match kind {
         "raw" => {
