@@ -33,7 +33,51 @@ async fn a_message_sent_before_any_connection_exists_is_delivered() {
         .expect("accepted");
     assert_eq!(delivery.await, Outcome::Acked);
     assert_eq!(recorder.values(), vec![json!({"n": 1})]);
+    assert_eq!(client.stats().connection_attempts, 1);
     server.stop();
+}
+
+/// However the client's task ends — here its runtime is dropped under it — a message it held
+/// resolves as `Closed` and a new one is refused with the message handed back, never left
+/// waiting forever.
+#[test]
+fn a_client_whose_runtime_is_gone_reports_instead_of_hanging() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // Nothing listens here: the message stays held.
+    let address = runtime.block_on(async {
+        let nothing = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        nothing.local_addr().expect("address")
+    });
+    let client_runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (client, held) = client_runtime.block_on(async {
+        let client = fast(format!("ws://{address}/ws"), "alice").connect();
+        let held = client
+            .send(support::json(json!("held")))
+            .await
+            .expect("accepted");
+        (client, held)
+    });
+    drop(client_runtime);
+    runtime.block_on(async {
+        let outcome = tokio::time::timeout(Duration::from_secs(5), held)
+            .await
+            .expect("the held message resolves");
+        assert_eq!(outcome, Outcome::Closed);
+        let refused = client
+            .send(support::json(json!("late")))
+            .await
+            .expect_err("refused");
+        assert_eq!(refused.reason, SendErrorReason::Closed);
+        assert_eq!(refused.into_data().as_json(), r#""late""#);
+    });
 }
 
 #[tokio::test]
@@ -220,6 +264,11 @@ async fn a_server_that_never_becomes_ready_is_retried_with_growing_delays() {
         "no application message was sent"
     );
     assert_eq!(client.stats().queued, 1);
+    assert!(
+        client.stats().connection_attempts >= 4,
+        "{:?}",
+        client.stats()
+    );
     server.stop();
 }
 

@@ -300,6 +300,60 @@ fn dl_11_time_to_live_ends_at_first_transmission() {
     assert_eq!(outcomes(&client.events()), vec![(id, Outcome::Acked)]);
 }
 
+/// [DL-11] Each waiting message expires at its own time-to-live, whatever order the lives were
+/// given in, and none expires once transmitted.
+#[test]
+fn dl_11_mixed_time_to_lives_expire_each_at_its_own_time() {
+    let mut client = Client::connecting(ClientConfig::default());
+    let send = |client: &mut Client, text: &str, ttl: Option<u64>| {
+        client
+            .session
+            .send_with_ttl(
+                data(json!(text)),
+                ttl.map(Duration::from_millis),
+                client.now,
+            )
+            .expect("room")
+    };
+    let at_300 = send(&mut client, "a", Some(300));
+    let at_100 = send(&mut client, "b", Some(100));
+    let at_5000 = send(&mut client, "c", Some(5000));
+    let forever = send(&mut client, "d", None);
+    let at_200 = send(&mut client, "e", Some(200));
+    client.events();
+
+    client.at(100);
+    client.session.handle_timeout(client.now);
+    assert_eq!(outcomes(&client.events()), vec![(at_100, Outcome::Expired)]);
+    client.at(250);
+    client.session.handle_timeout(client.now);
+    assert_eq!(outcomes(&client.events()), vec![(at_200, Outcome::Expired)]);
+    client.at(300);
+    client.session.handle_timeout(client.now);
+    assert_eq!(outcomes(&client.events()), vec![(at_300, Outcome::Expired)]);
+
+    // Ready before the other lives run out: both go, and neither can expire any more.
+    client.open_socket();
+    client.receive(welcome(json!({"heartbeat_ms": 60_000})));
+    client.receive(ready("s1"));
+    let sent = client.transmits();
+    let texts: Vec<_> = sent
+        .iter()
+        .filter(|frame| frame["type"] == "msg")
+        .map(|frame| frame["data"].clone())
+        .collect();
+    assert_eq!(texts, vec![json!("c"), json!("d")], "in order, ids from 1");
+    client.at(10_000);
+    client.session.handle_timeout(client.now);
+    client.receive(json!({"type": "ack", "id": 2}));
+    let mut settled = outcomes(&client.events());
+    settled.sort_by_key(|(id, _)| *id);
+    assert_eq!(
+        settled,
+        vec![(at_5000, Outcome::Acked), (forever, Outcome::Acked)]
+    );
+}
+
 /// [DL-12] A message too large for the peer's limit is refused locally and never sent.
 #[test]
 fn dl_12_oversized_messages_are_refused_before_sending() {
