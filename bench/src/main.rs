@@ -232,7 +232,13 @@ async fn run(settings: Settings) -> Result<(), String> {
     };
     report::write(&settings.out, &figures)?;
     println!("{}", report::summary(&figures));
-    Ok(())
+    // The figures are written either way; a broken guarantee still fails the run.
+    let broken = report::broken_guarantees(&figures);
+    if broken.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("guarantees broken: {}", broken.join("; ")))
+    }
 }
 
 /// The figures of `count` sessions of `kind` opened at once, each side in a fresh process.

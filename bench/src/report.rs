@@ -129,6 +129,38 @@ pub(crate) fn summary(figures: &Figures) -> String {
     )
 }
 
+/// What went wrong that must not: sessions that never became ready, a storm that did not end,
+/// messages not acknowledged.
+pub(crate) fn broken_guarantees(figures: &Figures) -> Vec<String> {
+    let mut broken = Vec::new();
+    for (kind, sessions) in [
+        ("readyws", &figures.readyws_sessions),
+        ("raw", &figures.raw_sessions),
+    ] {
+        if sessions.opened.failed > 0 {
+            broken.push(format!(
+                "{} {kind} sessions of {} never became ready",
+                sessions.opened.failed, figures.sessions
+            ));
+        }
+    }
+    if figures.storm.all_ready_ms.is_none() {
+        broken.push(format!(
+            "after the restart only {} of {} sessions were ready again",
+            figures.storm.ready_again, figures.sessions
+        ));
+    }
+    if figures.storm_lost() > 0 {
+        broken.push(format!(
+            "{} of the storm's {} messages were not acknowledged ({})",
+            figures.storm_lost(),
+            figures.storm.sent,
+            figures.storm.not_acked.join(", ")
+        ));
+    }
+    broken
+}
+
 /// Writes `BENCHMARKS.md` and the plots under `docs`.
 pub(crate) fn write(docs: &Path, figures: &Figures) -> Result<(), String> {
     crate::plots::draw(&docs.join("bench"), figures)?;

@@ -67,9 +67,8 @@ async fn rebind(address: SocketAddr) -> Result<tokio::net::TcpListener, String> 
     loop {
         match listener(address) {
             Ok(listener) => return Ok(listener),
-            Err(error) if tries < 100 => {
+            Err(_) if tries < 100 => {
                 tries += 1;
-                let _ = error;
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(error) => return Err(format!("rebinding {address}: {error}")),
