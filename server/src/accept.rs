@@ -169,7 +169,7 @@ async fn websocket(stream: Prepared, shared: Arc<Shared>) {
 
 /// The same JSON error body as the HTTP routes answer with.
 fn refusal(status: StatusCode, code: &str, detail: &str) -> ErrorResponse {
-    let body = serde_json::json!({"error": code, "detail": detail}).to_string();
+    let body = crate::http::error_body(code, detail).to_string();
     let mut response = ErrorResponse::new(Some(body));
     *response.status_mut() = status;
     response.headers_mut().insert(

@@ -26,8 +26,13 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
+/// The body of every refusal the server answers over HTTP, here and in `accept.rs`.
+pub(crate) fn error_body(code: &str, detail: &str) -> serde_json::Value {
+    json!({"error": code, "detail": detail})
+}
+
 fn error(status: StatusCode, code: &str, detail: impl Into<String>) -> Response {
-    let body = json!({"error": code, "detail": detail.into()});
+    let body = error_body(code, &detail.into());
     (status, axum::Json(body)).into_response()
 }
 
