@@ -90,10 +90,11 @@ pub(crate) fn resident_bytes(pid: &str) -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
-/// The median of `samples` (sorted in place).
-pub(crate) fn median(samples: &mut [Duration]) -> Duration {
-    samples.sort();
-    samples.get(samples.len() / 2).copied().unwrap_or_default()
+/// The median of `samples`.
+pub(crate) fn median(samples: &[Duration]) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    sorted.get(sorted.len() / 2).copied().unwrap_or_default()
 }
 
 /// The median of `values`.

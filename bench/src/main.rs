@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use crate::common::{median, median_f64, resident_bytes};
+use crate::common::{median_f64, resident_bytes};
 use crate::report::{Figures, PackageSizes};
 
 fn main() -> ExitCode {
@@ -174,10 +174,8 @@ async fn run(settings: Settings) -> Result<(), String> {
         "time to ready, {} trials each, interleaved",
         settings.trials
     ));
-    let (mut ready_readyws, mut ready_raw) =
+    let (ready_readyws, ready_raw) =
         figures::time_to_ready(&readyws_url, &raw_url, settings.trials).await?;
-    let ready_readyws_median = median(&mut ready_readyws);
-    let ready_raw_median = median(&mut ready_raw);
 
     progress(&format!(
         "throughput, {} runs of {} messages each way",
@@ -213,8 +211,6 @@ async fn run(settings: Settings) -> Result<(), String> {
 
     let figures = Figures {
         trials: settings.trials,
-        ready_readyws_median,
-        ready_raw_median,
         ready_readyws,
         ready_raw,
         messages: settings.messages,

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::Sessions;
-use crate::common::MESSAGE_BYTES;
+use crate::common::{MESSAGE_BYTES, median};
 use crate::swarm::{STORM_BUCKET_MS, Storm};
 
 /// The browser package's gzipped sizes, as `cargo xtask bench` measured them.
@@ -46,8 +46,6 @@ const BROWSER_ANCHORS: [(&str, &str, u64); 7] = [
 /// Everything one run measured.
 pub(crate) struct Figures {
     pub(crate) trials: usize,
-    pub(crate) ready_readyws_median: Duration,
-    pub(crate) ready_raw_median: Duration,
     pub(crate) ready_readyws: Vec<Duration>,
     pub(crate) ready_raw: Vec<Duration>,
     pub(crate) messages: usize,
@@ -65,8 +63,13 @@ pub(crate) struct Figures {
 }
 
 impl Figures {
+    fn ready_medians(&self) -> (Duration, Duration) {
+        (median(&self.ready_readyws), median(&self.ready_raw))
+    }
+
     pub(crate) fn ready_ratio(&self) -> f64 {
-        self.ready_readyws_median.as_secs_f64() / self.ready_raw_median.as_secs_f64()
+        let (readyws, raw) = self.ready_medians();
+        readyws.as_secs_f64() / raw.as_secs_f64()
     }
 
     fn per_session(&self, before: u64, after: u64) -> f64 {
@@ -196,8 +199,8 @@ fn markdown(f: &Figures) -> String {
         md,
         "| 1 | time to ready, median of {} | {} | {} | **{:.2}×** | ≤ 1.2× |",
         f.trials,
-        micros(f.ready_readyws_median),
-        micros(f.ready_raw_median),
+        micros(f.ready_medians().0),
+        micros(f.ready_medians().1),
         f.ready_ratio()
     );
     let _ = writeln!(
