@@ -43,6 +43,21 @@ impl Inbox {
         }
     }
 
+    /// An inbox carried on from another process [RS-1]: every id up to `last_received` was
+    /// received, and `recent_nacks` are the refusals the peer may not have seen.
+    pub(crate) fn restore(last_received: u64, recent_nacks: Vec<Nack>, max_inflight: u64) -> Self {
+        let mut inbox = Inbox::new(max_inflight);
+        inbox.last_received = last_received;
+        inbox.acked_on_wire = last_received;
+        inbox.recent_nacks = recent_nacks.into();
+        inbox
+    }
+
+    /// Refusals the peer may not have seen yet, oldest first.
+    pub(crate) fn recent_nacks(&self) -> impl Iterator<Item = &Nack> {
+        self.recent_nacks.iter()
+    }
+
     pub(crate) fn last_received(&self) -> u64 {
         self.last_received
     }

@@ -85,6 +85,6 @@ pub use json::InvalidJson;
 pub use outbox::{MessageId, OutboxLimits, Outcome};
 pub use server::{
     ConnectionCloseReason, ConnectionEvent, ServerConfig, ServerConnection, ServerSession,
-    SessionEvent,
+    SessionEvent, SessionProgress, SessionState,
 };
 pub use time::Time;

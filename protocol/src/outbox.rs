@@ -121,6 +121,49 @@ impl Outbox {
         }
     }
 
+    /// An outbox carried on from another process [RS-1]: `in_flight` were transmitted with the
+    /// wire ids after `settled_through`, in order, and are transmitted again from the peer's
+    /// resume position. Returns the local ids given to them, in the same order.
+    pub(crate) fn restore(
+        limits: OutboxLimits,
+        settled_through: u64,
+        in_flight: Vec<Data>,
+    ) -> (Self, Vec<MessageId>) {
+        let mut outbox = Outbox::new(limits);
+        outbox.settled_through = settled_through;
+        outbox.next_wire = settled_through + 1;
+        let mut ids = Vec::with_capacity(in_flight.len());
+        for data in in_flight {
+            let id = MessageId(outbox.next_local);
+            outbox.next_local += 1;
+            outbox.bytes += data.len();
+            outbox.entries.push_back(Entry {
+                id,
+                wire: Some(outbox.next_wire),
+                data,
+                expires_at: None,
+                sent_before_reset: false,
+            });
+            outbox.next_wire += 1;
+            ids.push(id);
+        }
+        (outbox, ids)
+    }
+
+    /// Every wire id up to this one has an outcome.
+    pub(crate) fn settled_through(&self) -> u64 {
+        self.settled_through
+    }
+
+    /// The transmitted, unsettled messages, in wire id order: a prefix of the queue, since wire
+    /// ids are handed out in queue order and settled from the front.
+    pub(crate) fn in_flight_entries(&self) -> impl Iterator<Item = (MessageId, &Data)> {
+        self.entries
+            .iter()
+            .take_while(|e| e.wire.is_some())
+            .map(|e| (e.id, &e.data))
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }

@@ -15,12 +15,13 @@ use crate::close::{code, fit_close_reason};
 use crate::codec::{decode, encode};
 use crate::error::{DecodeError, Expected, ProtocolError, RefuseError, SendError};
 use crate::frame::{
-    ConnectionReady, Frame, FrameKind, Goaway, Hello, PROTOCOL_VERSION, Ping, Pong, Resume,
+    ConnectionReady, Frame, FrameKind, Goaway, Hello, Nack, PROTOCOL_VERSION, Ping, Pong, Resume,
     ResumeToken, Role, ServerPhase, Welcome,
 };
 use crate::inbox::{Inbox, Verdict};
 use crate::outbox::{MessageId, Outbox, OutboxLimits, Outcome};
 use crate::time::Time;
+use serde::{Deserialize, Serialize};
 
 /// Settings of the server side, announced to clients in `welcome`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -165,6 +166,53 @@ impl ServerSession {
         }
     }
 
+    /// A session carried on from another process, with a new resume secret: the server that
+    /// kept `state` lost the connection (or crashed), and the client resumes here [RS-1, RS-8].
+    /// Returns the session and the local ids of `state.in_flight`, in order.
+    pub fn restore(
+        session_id: impl Into<String>,
+        resume_token: ResumeToken,
+        config: &ServerConfig,
+        state: SessionState,
+    ) -> (Self, Vec<MessageId>) {
+        let (outbox, ids) = Outbox::restore(config.outbox, state.settled_through, state.in_flight);
+        let session = ServerSession {
+            session_id: session_id.into(),
+            resume_token,
+            outbox,
+            inbox: Inbox::restore(state.last_received, state.recent_nacks, config.max_inflight),
+            received: VecDeque::new(),
+        };
+        (session, ids)
+    }
+
+    /// What another process needs to carry this session on, and the local ids of its
+    /// `in_flight` messages, in order.
+    pub fn state(&self) -> (SessionState, Vec<MessageId>) {
+        let (ids, in_flight) = self
+            .outbox
+            .in_flight_entries()
+            .map(|(id, data)| (id, data.clone()))
+            .unzip();
+        let state = SessionState {
+            last_received: self.inbox.last_received(),
+            recent_nacks: self.inbox.recent_nacks().cloned().collect(),
+            settled_through: self.outbox.settled_through(),
+            in_flight,
+        };
+        (state, ids)
+    }
+
+    /// Where the session stands: when this changes, so does [`state`](Self::state).
+    pub fn progress(&self) -> SessionProgress {
+        SessionProgress {
+            last_received: self.inbox.last_received(),
+            last_refused: self.inbox.recent_nacks().last().map_or(0, |n| n.id),
+            highest_sent: self.outbox.highest_sent(),
+            settled_through: self.outbox.settled_through(),
+        }
+    }
+
     /// The session's id.
     pub fn id(&self) -> &str {
         &self.session_id
@@ -235,6 +283,37 @@ impl ServerSession {
             .pop_front()
             .map(|(id, data)| SessionEvent::Message { id, data })
     }
+}
+
+/// What a server keeps of a session so that another process can carry it on after this one is
+/// gone [RS-1]: the positions of both directions, the refusals the client may still need to see
+/// again [DL-8], and every message transmitted and not yet settled, with its wire id implied by
+/// its place. It leaves out the resume secret, which the embedding server keeps (hashed), and the
+/// messages never transmitted, which the server queues again from where it holds them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionState {
+    /// The highest client message id received.
+    pub last_received: u64,
+    /// Refusals sent that the client may not have seen, oldest first.
+    pub recent_nacks: Vec<Nack>,
+    /// Every server message id up to this one is settled.
+    pub settled_through: u64,
+    /// The server messages transmitted and not settled: ids `settled_through + 1` onwards.
+    pub in_flight: Vec<Data>,
+}
+
+/// Where a session stands, cheap to take and compare: a server that persists
+/// [`SessionState`] writes it again only when this changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionProgress {
+    /// The highest client message id received.
+    pub last_received: u64,
+    /// The id of the latest refusal sent (0 for none).
+    pub last_refused: u64,
+    /// The highest server message id transmitted.
+    pub highest_sent: u64,
+    /// Every server message id up to this one is settled.
+    pub settled_through: u64,
 }
 
 /// What a connection's application should hear about, besides its session's events.

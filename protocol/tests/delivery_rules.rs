@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use readyws_protocol::{
     ClientConfig, ClientEvent, CloseReason, ConnectionEvent, DisconnectReason, MessageId,
-    OutboxLimits, Outcome, ProtocolError, SendErrorReason, ServerPhase, SessionEvent, Time,
+    OutboxLimits, Outcome, ProtocolError, ResumeToken, SendErrorReason, ServerConfig, ServerPhase,
+    ServerSession, SessionEvent, Time,
 };
 use serde_json::{Value, json};
 use support::{Client, Server, data, msg, ready, resumed, welcome};
@@ -526,6 +527,55 @@ fn rs_1_the_server_keeps_a_session_between_connections() {
     assert_eq!(frames[0]["resumed"], true);
     assert_eq!(frames[0]["backlog"], 1);
     assert_eq!(frames[1], msg(1, json!("while away")));
+}
+
+/// [RS-1] What the server keeps of a session can be carried on by another process: the copy
+/// resumes at the same positions, resends only what the client lacks, and replays refusals.
+#[test]
+fn rs_1_a_session_state_carries_on_in_another_process() {
+    let mut server = Server::ready();
+    server.receive(msg(1, json!("up 1")));
+    server.receive(msg(2, json!("up 2")));
+    server
+        .connection
+        .refuse(2, "forbidden", "no")
+        .expect("refusable");
+    let session = server.connection.session_mut().expect("attached");
+    for text in ["down 1", "down 2", "down 3"] {
+        session
+            .send(data(json!(text)), None, server.now)
+            .expect("room");
+    }
+    server.transmits();
+    server.receive(json!({"type": "ack", "id": 1}));
+    server
+        .connection
+        .handle_closed(Some((1006, "")), server.now);
+    let session = server.connection.take_session().expect("kept");
+    let (state, ids) = session.state();
+    assert_eq!(ids.len(), 2, "down 2 and down 3 are in flight");
+    assert_eq!(state.last_received, 2);
+    assert_eq!(state.settled_through, 1);
+    let wire = serde_json::to_string(&state).expect("serializable");
+    let state = serde_json::from_str(&wire).expect("deserializable");
+
+    let token = ResumeToken::from_wire("t");
+    let (restored, restored_ids) =
+        ServerSession::restore("s1", token, &ServerConfig::default(), state);
+    assert_eq!(restored_ids.len(), 2);
+    assert_eq!(restored.progress(), session.progress());
+    let mut next = Server::open(ServerPhase::Accepting);
+    next.transmits();
+    next.receive(json!({"type": "hello", "resume": {"session_id": "s1", "resume_token": "t", "last_received": 2}}));
+    next.connection.accept(restored, true, next.now);
+    let frames = next.transmits();
+    assert_eq!(frames[0]["resumed"], true);
+    assert_eq!(frames[0]["last_received"], 2);
+    assert_eq!(frames[1]["type"], "nack");
+    assert_eq!(frames[1]["id"], 2);
+    assert_eq!(frames[2], json!({"type": "ack", "id": 2}));
+    assert_eq!(frames[3], msg(3, json!("down 3")));
+    assert_eq!(frames.len(), 4);
 }
 
 /// [RS-2] `hello` asks to resume with the latest session, secret and position.
