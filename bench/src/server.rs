@@ -9,8 +9,8 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use readyws::Data;
 use readyws_server::{
-    Decision, Inbound, InsecureDevAuth, MailboxLimits, OverflowPolicy, Server, ServerHandle,
-    ServerOptions,
+    Decision, Inbound, InboundHandler, InsecureDevAuth, MailboxLimits, OverflowPolicy, Reply,
+    Server, ServerHandle, ServerOptions,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::oneshot;
@@ -89,7 +89,7 @@ fn start_readyws(listener: tokio::net::TcpListener) -> Running {
             overflow: OverflowPolicy::RejectNew,
         })
         .shutdown(RESTART_SPREAD, Duration::from_secs(20));
-    let server = Server::new(options, InsecureDevAuth, on_message);
+    let server = Server::new(options, InsecureDevAuth, BenchHandler);
     let (tell, told) = oneshot::channel::<()>();
     let (done, stopped) = oneshot::channel::<()>();
     tokio::spawn(async move {
@@ -103,25 +103,32 @@ fn start_readyws(listener: tokio::net::TcpListener) -> Running {
     (tell, stopped)
 }
 
-fn on_message(server: &ServerHandle, message: Inbound<'_>) -> Decision {
-    let json = message.data.as_json();
-    if !json.starts_with(r#"{"bench""#) {
-        return Decision::Accept;
-    }
-    let count = serde_json::from_str::<serde_json::Value>(json)
-        .ok()
-        .and_then(|request| request.get("count").and_then(serde_json::Value::as_u64))
-        .unwrap_or(0);
-    for seq in 1..=count {
-        let data = Data::from_json(payload(seq)).expect("the payload is JSON");
-        if let Err(error) = server.publish(message.user, data) {
-            return Decision::Refuse {
-                code: "unavailable".to_owned(),
-                reason: error.to_string(),
-            };
+/// A `{"bench": …, "count": n}` request makes the server publish `n` messages to its sender.
+struct BenchHandler;
+
+impl InboundHandler for BenchHandler {
+    fn on_message<'a>(&'a self, server: &'a ServerHandle, message: Inbound<'a>) -> Reply<'a> {
+        let json = message.data.as_json();
+        if !json.starts_with(r#"{"bench""#) {
+            return Reply::Now(Decision::Accept);
         }
+        let count = serde_json::from_str::<serde_json::Value>(json)
+            .ok()
+            .and_then(|request| request.get("count").and_then(serde_json::Value::as_u64))
+            .unwrap_or(0);
+        Reply::later(async move {
+            for seq in 1..=count {
+                let data = Data::from_json(payload(seq)).expect("the payload is JSON");
+                if let Err(error) = server.publish(message.user, data).await {
+                    return Decision::Refuse {
+                        code: "unavailable".to_owned(),
+                        reason: error.to_string(),
+                    };
+                }
+            }
+            Decision::Accept
+        })
     }
-    Decision::Accept
 }
 
 /// The baseline: plain tokio-tungstenite, written as an application without readyws would be.

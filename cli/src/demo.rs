@@ -264,7 +264,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<bool, String> {
                 ticker.tick().await;
                 let data = numbered(n);
                 loop {
-                    match handle.publish(&user, data.clone()) {
+                    match handle.publish(&user, data.clone()).await {
                         Ok(report) => {
                             if report.held {
                                 *count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
@@ -350,7 +350,10 @@ pub(crate) async fn run(args: DemoArgs) -> Result<bool, String> {
             display.line("relay: every message sent; no more faults on new connections");
         }
         let settled = not_acked.lock().unwrap_or_else(|e| e.into_inner()).len() as u64;
-        if up + settled >= messages && down >= messages && handle.mailbox_depth(&user) == 0 {
+        if up + settled >= messages
+            && down >= messages
+            && handle.mailbox_depth(&user).await == Ok(0)
+        {
             break;
         }
         if Instant::now() > deadline {
@@ -361,6 +364,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<bool, String> {
     }
     display.finish();
 
+    let still_held = handle.mailbox_depth(&user).await.unwrap_or(0) as u64;
     let stats = client.stats();
     client.close(Duration::from_secs(2)).await;
     let _ = stop_server.send(());
@@ -382,7 +386,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<bool, String> {
         client_to_server: Direction::check(messages, acked_by_server, &server_arrivals),
         server_to_client: Direction::check(
             messages,
-            messages.saturating_sub(handle.mailbox_depth(&user) as u64),
+            messages.saturating_sub(still_held),
             &client_arrivals,
         ),
         connections_cut: *cuts.lock().unwrap_or_else(|e| e.into_inner()),

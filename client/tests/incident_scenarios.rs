@@ -189,7 +189,7 @@ async fn messages_published_while_disconnected_arrive_after_reconnect_in_order()
     let client = fast(proxy.url(), "alice").connect();
     let mut messages = client.messages();
     client.ready().await.expect("ready");
-    server.publish("alice", json!("before"));
+    server.publish("alice", json!("before")).await;
     assert_eq!(
         messages.next().await.expect("message").as_json(),
         r#""before""#
@@ -200,7 +200,7 @@ async fn messages_published_while_disconnected_arrive_after_reconnect_in_order()
     })
     .await;
     for n in 1..=3 {
-        server.publish("alice", json!(n));
+        server.publish("alice", json!(n)).await;
     }
     let mut got = Vec::new();
     while got.len() < 3 {

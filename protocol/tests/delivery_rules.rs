@@ -609,7 +609,7 @@ fn rs_3_resumed_must_answer_the_request() {
     let session = server.connection.session().expect("attached");
     let resume = |id: &str, token: &str| readyws_protocol::frame::Resume {
         session_id: id.into(),
-        resume_token: readyws_protocol::ResumeToken::from_wire(token),
+        resume_token: ResumeToken::from_wire(token),
         last_received: 0,
     };
     let token = "07".repeat(16);

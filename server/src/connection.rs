@@ -10,7 +10,8 @@ use futures_util::FutureExt;
 use readyws_protocol::close::code;
 use readyws_protocol::frame::Resume;
 use readyws_protocol::{
-    ConnectionEvent, Data, Outcome, ServerConnection, ServerPhase, SessionEvent, Time,
+    ConnectionEvent, Data, Outcome, ServerConnection, ServerPhase, ServerSession, SessionEvent,
+    SessionProgress, Time,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -19,11 +20,14 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::auth::UserId;
 use crate::hub::{Attach, ConnCommand, Copies};
 use crate::metrics as m;
+use crate::redis_store::{Keep, Saved, custody_ended, encode_state};
 use crate::socket::{FrameSocket, Incoming};
 use crate::{Decision, Inbound, ServerHandle, Shared};
 
 /// How long a resume waits for the connection that holds the session to let go of it.
 const SURRENDER_TIMEOUT: Duration = Duration::from_secs(2);
+/// The `retry_after_ms` of a `goaway` 4004 sent because the Redis store failed.
+const STORE_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 pub(crate) async fn run(shared: Arc<Shared>, socket: impl FrameSocket) {
     let conn_id = shared.next_connection();
@@ -50,6 +54,12 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: impl FrameSocket) {
         tx,
         user: None,
         copies: Copies::new(),
+        settled: Vec::new(),
+        saved: SessionProgress::default(),
+        fenced: false,
+        cursor: 0,
+        wake_pending: false,
+        outgoing: Vec::new(),
         waiting_for_startup: None,
         session_ended: false,
         opened,
@@ -71,6 +81,18 @@ struct Task {
     user: Option<UserId>,
     /// The session's outbox entries that are copies of mailbox records.
     copies: Copies,
+    /// Copies that ended since the store was last told, with how.
+    settled: Vec<(u64, Outcome)>,
+    /// Where the session stood when the Redis store last took its state.
+    saved: SessionProgress,
+    /// The Redis store says another instance carries the session now: write nothing more of it.
+    fenced: bool,
+    /// The newest mailbox record this session has seen (Redis store).
+    cursor: u64,
+    /// The user's mailbox grew since this connection last read it (Redis store).
+    wake_pending: bool,
+    /// Frames taken from the connection, written once the store has what they depend on.
+    outgoing: Vec<String>,
     /// A `hello` accepted by the authenticator while start-up is still running [SG-2].
     waiting_for_startup: Option<Option<Resume>>,
     session_ended: bool,
@@ -119,11 +141,14 @@ impl Task {
                     }
                 }
                 Some(command) = rx.recv() => {
-                    self.handle_command(command, &mut rx);
+                    self.handle_command(command, &mut rx).await;
                     // Likewise for a burst of publishes: one write for all of them.
                     for _ in 1..BURST {
                         let Ok(command) = rx.try_recv() else { break };
-                        self.handle_command(command, &mut rx);
+                        self.handle_command(command, &mut rx).await;
+                    }
+                    if self.wake_pending {
+                        self.fetch().await;
                     }
                 }
                 () = &mut timer, if armed_for.is_some() => {
@@ -144,23 +169,33 @@ impl Task {
                 }
             }
         }
-        self.finish(&mut rx);
+        self.finish(&mut rx).await;
     }
 
     /// Writes every pending frame, then the close if one is due. Returns `false` once the
     /// connection is over.
     async fn flush<S: FrameSocket>(&mut self, socket: &mut S) -> bool {
+        let mut outgoing = std::mem::take(&mut self.outgoing);
+        outgoing.extend(std::iter::from_fn(|| self.connection.poll_transmit()));
+        // The frames tell the client ids and positions: the store learns them first, or they do
+        // not leave (the `goaway` that the failure queued does).
+        if !self.persist().await {
+            outgoing.clear();
+            outgoing.extend(std::iter::from_fn(|| self.connection.poll_transmit()));
+        }
         // Every frame due is queued first and the socket flushed once: one write for a burst of
         // acks and messages instead of one per frame.
-        let mut queued = false;
-        while let Some(text) = self.connection.poll_transmit() {
+        let queued = !outgoing.is_empty();
+        let mut written = true;
+        for text in outgoing.drain(..) {
             if socket.feed(text).await.is_err() {
-                self.connection.handle_closed(None, self.shared.now());
-                return false;
+                written = false;
+                break;
             }
-            queued = true;
         }
-        if queued && socket.flush().await.is_err() {
+        outgoing.clear();
+        self.outgoing = outgoing;
+        if !written || (queued && socket.flush().await.is_err()) {
             self.connection.handle_closed(None, self.shared.now());
             return false;
         }
@@ -203,7 +238,7 @@ impl Task {
         self.connection.is_ready() && !self.connection.is_closed()
     }
 
-    fn handle_command(
+    async fn handle_command(
         &mut self,
         command: ConnCommand,
         rx: &mut mpsc::UnboundedReceiver<ConnCommand>,
@@ -212,11 +247,12 @@ impl Task {
         match command {
             ConnCommand::Deliver { held, data } => {
                 if !self.queue_copy(held, data, now) {
-                    self.hub_copy_settled(held, &Outcome::Closed);
+                    self.settled.push((held, Outcome::Closed));
                 }
             }
+            ConnCommand::Wake => self.wake_pending = true,
             ConnCommand::Surrender { done } => {
-                self.surrender(done, rx);
+                self.surrender(done, rx).await;
             }
             ConnCommand::Goaway {
                 code,
@@ -228,12 +264,12 @@ impl Task {
 
     /// Hands the session back to the hub for the connection that resumes it, and tells this one's
     /// client to stop [RS-7].
-    fn surrender(
+    async fn surrender(
         &mut self,
         done: oneshot::Sender<()>,
         rx: &mut mpsc::UnboundedReceiver<ConnCommand>,
     ) {
-        self.detach(false, rx);
+        self.detach(false, rx).await;
         self.goaway(
             code::SESSION_TAKEN_OVER,
             "another connection resumed this session",
@@ -264,7 +300,7 @@ impl Task {
             }
             while let Some(event) = self.connection.poll_session_event() {
                 progressed = true;
-                self.handle_session_event(event);
+                self.handle_session_event(event).await;
             }
             if !progressed {
                 return;
@@ -296,25 +332,43 @@ impl Task {
         let Some(user) = self.user.clone() else {
             return;
         };
+        if let Some(hub) = self.shared.redis() {
+            let now = self.shared.now();
+            match hub
+                .attach(&user, resume.as_ref(), self.conn_id, &self.tx, now)
+                .await
+            {
+                Ok(Some(attached)) => {
+                    self.cursor = attached.cursor;
+                    self.saved = attached.session.progress();
+                    self.ready(attached.session, attached.copies, attached.resumed);
+                }
+                Ok(None) => self.session_busy(),
+                Err(error) => {
+                    warn!(%error, "could not attach a session in the Redis store");
+                    self.store_failed();
+                }
+            }
+            return;
+        }
         for _ in 0..3 {
-            let attached = self.shared.hub().attach(
-                &user,
-                resume.as_ref(),
-                self.conn_id,
-                &self.tx,
-                self.shared.now(),
-            );
+            let attached = match self.shared.memory() {
+                Some(mut hub) => hub.attach(
+                    &user,
+                    resume.as_ref(),
+                    self.conn_id,
+                    &self.tx,
+                    self.shared.now(),
+                ),
+                None => return,
+            };
             match attached {
                 Attach::Ready {
                     session,
                     copies,
                     resumed,
                 } => {
-                    self.span.record("session", session.id());
-                    self.copies = copies;
-                    self.connection.accept(*session, resumed, self.shared.now());
-                    m::session_ready(self.opened.elapsed());
-                    info!(resumed, backlog = self.copies.len(), "connection ready");
+                    self.ready(session, copies, resumed);
                     return;
                 }
                 Attach::TakeOver { tx } => {
@@ -327,6 +381,18 @@ impl Task {
                 }
             }
         }
+        self.session_busy();
+    }
+
+    fn ready(&mut self, session: Box<ServerSession>, copies: Copies, resumed: bool) {
+        self.span.record("session", session.id());
+        self.copies = copies;
+        self.connection.accept(*session, resumed, self.shared.now());
+        m::session_ready(self.opened.elapsed());
+        info!(resumed, backlog = self.copies.len(), "connection ready");
+    }
+
+    fn session_busy(&mut self) {
         warn!("could not take over the session; closing so that the client retries");
         self.goaway(
             code::OVERLOADED,
@@ -335,7 +401,91 @@ impl Task {
         );
     }
 
-    fn handle_session_event(&mut self, event: SessionEvent) {
+    /// The Redis store failed through its retries: the client comes back later, and resumes
+    /// from what the store has.
+    fn store_failed(&mut self) {
+        self.goaway(
+            code::OVERLOADED,
+            "the session store is unavailable, retry",
+            Some(STORE_RETRY_AFTER),
+        );
+    }
+
+    /// Tells the store what the next frames depend on. `false`: it could not be told, and a
+    /// `goaway` is queued instead.
+    async fn persist(&mut self) -> bool {
+        let Some(user) = self.user.clone() else {
+            return true;
+        };
+        let Some(hub) = self.shared.redis() else {
+            self.settle_in_memory(&user);
+            return true;
+        };
+        if self.fenced {
+            return false;
+        }
+        let Some(session) = self.connection.session() else {
+            return true;
+        };
+        let progress = session.progress();
+        let settled = custody_ended(&user, &mut self.settled);
+        if progress == self.saved && settled.is_empty() {
+            return true;
+        }
+        let state = (progress != self.saved).then(|| encode_state(session, &self.copies));
+        match hub
+            .save(&user, session.id(), state, &settled, Keep::Live)
+            .await
+        {
+            Ok(Saved::Done) => {
+                self.saved = progress;
+                true
+            }
+            Ok(Saved::Fenced) => {
+                self.fenced = true;
+                warn!("another instance carries this session now");
+                self.goaway(
+                    code::SESSION_TAKEN_OVER,
+                    "another connection resumed this session",
+                    None,
+                );
+                false
+            }
+            Err(error) => {
+                warn!(%error, "could not save the session in the Redis store");
+                self.store_failed();
+                false
+            }
+        }
+    }
+
+    /// Reads what the user's mailbox gained since this session last looked (Redis store).
+    async fn fetch(&mut self) {
+        self.wake_pending = false;
+        let (Some(hub), Some(user)) = (self.shared.redis(), self.user.clone()) else {
+            return;
+        };
+        // Before readiness the attach reads the whole mailbox.
+        if self.connection.session().is_none() || self.fenced {
+            return;
+        }
+        match hub.fetch(&user, self.cursor).await {
+            Ok(records) => {
+                let now = self.shared.now();
+                for (record, data) in records {
+                    self.cursor = self.cursor.max(record);
+                    // A copy the session cannot take stays in the mailbox for the next one.
+                    self.queue_copy(record, data, now);
+                }
+            }
+            Err(error) => {
+                warn!(%error, "could not read the mailbox in the Redis store");
+                self.store_failed();
+            }
+        }
+    }
+
+    async fn handle_session_event(&mut self, event: SessionEvent) {
         match event {
             SessionEvent::Message { id, data } => {
                 m::message_in();
@@ -351,10 +501,14 @@ impl Task {
                     session_id: session.id(),
                     data: &data,
                 };
-                // The ack goes out only after the handler returned: an ack means "processed".
-                if let Decision::Refuse { code, reason } =
-                    self.shared.handler.on_message(&handle, inbound)
-                {
+                // The ack goes out only after the handler decided: an ack means "processed".
+                let decision = self
+                    .shared
+                    .handler
+                    .on_message(&handle, inbound)
+                    .decision()
+                    .await;
+                if let Decision::Refuse { code, reason } = decision {
                     m::nack("sent");
                     if let Err(error) = self.connection.refuse(id, &code, &reason) {
                         warn!(%error, "could not refuse message");
@@ -368,16 +522,22 @@ impl Task {
                     _ => {}
                 }
                 if let Some(held) = self.copies.remove(&id) {
-                    self.hub_copy_settled(held, &outcome);
+                    self.settled.push((held, outcome));
                 }
             }
             other => debug!(?other, "session event"),
         }
     }
 
-    fn hub_copy_settled(&self, held: u64, outcome: &Outcome) {
-        if let Some(user) = &self.user {
-            self.shared.hub().copy_settled(user, held, outcome);
+    /// Tells the in-memory store how the copies that ended did.
+    fn settle_in_memory(&mut self, user: &UserId) {
+        if self.settled.is_empty() {
+            return;
+        }
+        if let Some(mut hub) = self.shared.memory() {
+            for (held, outcome) in self.settled.drain(..) {
+                hub.copy_settled(user, held, &outcome);
+            }
         }
     }
 
@@ -404,23 +564,55 @@ impl Task {
         }
     }
 
-    /// Gives the session back to the hub: kept for resume, or ended when the client closed it.
-    ///
+    /// Gives the session back to the store: kept for resume, or ended when the client closed it.
+    async fn detach(&mut self, ended: bool, rx: &mut mpsc::UnboundedReceiver<ConnCommand>) {
+        let Some(user) = self.user.clone() else {
+            return;
+        };
+        if let Some(hub) = self.shared.redis() {
+            let Some(session) = self.connection.take_session() else {
+                return;
+            };
+            let settled = custody_ended(&user, &mut self.settled);
+            if self.fenced {
+                // Custody still ends for what the client acknowledged here.
+                if !settled.is_empty() {
+                    let _ = hub
+                        .save(&user, session.id(), None, &settled, Keep::Live)
+                        .await;
+                }
+                return;
+            }
+            let state = encode_state(&session, &self.copies);
+            let keep = if ended { Keep::Ended } else { Keep::ForResume };
+            hub.release(&user, session.id(), state, &settled, keep)
+                .await;
+            self.copies.clear();
+            return;
+        }
+        self.detach_in_memory(&user, ended, rx);
+    }
+
     /// Copies the hub has already sent to this task are queued on the session first, under the
     /// hub's lock: a publish takes the same lock to send a copy, so none can arrive between the
     /// last one queued here and the session leaving this task. A copy left in the channel would
     /// instead return to the session from the mailbox after newer messages, out of order [CU-3].
-    fn detach(&mut self, ended: bool, rx: &mut mpsc::UnboundedReceiver<ConnCommand>) {
-        let Some(user) = self.user.clone() else {
-            return;
-        };
+    fn detach_in_memory(
+        &mut self,
+        user: &UserId,
+        ended: bool,
+        rx: &mut mpsc::UnboundedReceiver<ConnCommand>,
+    ) {
+        self.settle_in_memory(user);
         let now = self.shared.now();
         let shared = Arc::clone(&self.shared);
-        let mut hub = shared.hub();
+        let Some(mut hub) = shared.memory() else {
+            return;
+        };
         while let Ok(command) = rx.try_recv() {
             if let ConnCommand::Deliver { held, data } = command {
                 if !self.queue_copy(held, data, now) {
-                    hub.copy_settled(&user, held, &Outcome::Closed);
+                    hub.copy_settled(user, held, &Outcome::Closed);
                 }
             }
         }
@@ -428,20 +620,26 @@ impl Task {
             return;
         };
         let copies = std::mem::take(&mut self.copies);
-        hub.detach(&user, self.conn_id, session, copies, ended, now);
+        hub.detach(user, self.conn_id, session, copies, ended, now);
     }
 
-    fn finish(&mut self, rx: &mut mpsc::UnboundedReceiver<ConnCommand>) {
+    async fn finish(&mut self, rx: &mut mpsc::UnboundedReceiver<ConnCommand>) {
         // Process what the last frames produced (outcomes settle copies before the detach).
         while let Some(event) = self.connection.poll_session_event() {
-            self.handle_session_event(event);
+            self.handle_session_event(event).await;
         }
-        self.detach(self.session_ended, rx);
+        self.detach(self.session_ended, rx).await;
         // Copies sent to this task that it will never queue: the records stay in the mailbox.
         rx.close();
         while let Ok(command) = rx.try_recv() {
             if let ConnCommand::Deliver { held, .. } = command {
-                self.hub_copy_settled(held, &Outcome::Closed);
+                self.settled.push((held, Outcome::Closed));
+            }
+        }
+        if let Some(user) = self.user.clone() {
+            self.settle_in_memory(&user);
+            if let Some(hub) = self.shared.redis() {
+                hub.forget(&user, self.conn_id);
             }
         }
         debug!(

@@ -106,7 +106,7 @@ async fn publish(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
         );
     }
     let handle = ServerHandle { shared };
-    match handle.publish(&UserId::new(body.user), body.data) {
+    match handle.publish(&UserId::new(body.user), body.data).await {
         Ok(report) => (StatusCode::ACCEPTED, axum::Json(report)).into_response(),
         Err(problem @ PublishError::MailboxFull { .. }) => error(
             StatusCode::TOO_MANY_REQUESTS,
@@ -116,6 +116,11 @@ async fn publish(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
         Err(problem @ PublishError::TooLarge { .. }) => error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
+            problem.to_string(),
+        ),
+        Err(problem @ PublishError::Unavailable(_)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
             problem.to_string(),
         ),
         Err(problem) => error(

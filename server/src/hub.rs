@@ -32,6 +32,8 @@ pub(crate) enum ConnCommand {
     /// Another connection resumed this session: hand it back to the hub, send `goaway` 4203,
     /// then answer [RS-7].
     Surrender { done: oneshot::Sender<()> },
+    /// The user's mailbox in the shared store grew: read what is new (Redis store only).
+    Wake,
     /// Send `goaway` with these values (shutdown).
     Goaway {
         code: u16,
@@ -428,20 +430,21 @@ impl Hub {
     }
 }
 
-/// A session with an unguessable id and a 128-bit resume secret [SE-1].
-fn random_token() -> ResumeToken {
+/// A 128-bit secret [SE-1].
+pub(crate) fn random_token() -> ResumeToken {
     let mut bytes = [0u8; 16];
     // The operating system's generator failing is not something a server can work around.
     getrandom::getrandom(&mut bytes).expect("the OS random number generator is available");
     ResumeToken::from_random_bytes(&bytes).expect("16 bytes")
 }
 
+/// An unguessable session id and a 128-bit resume secret for a new session [SE-1].
+pub(crate) fn fresh_session_credentials() -> (String, ResumeToken) {
+    let id = random_token();
+    (format!("s-{}", &id.expose()[..24]), random_token())
+}
+
 fn new_session(protocol: &ServerConfig) -> ServerSession {
-    let mut bytes = [0u8; 32];
-    // The operating system's generator failing is not something a server can work around.
-    getrandom::getrandom(&mut bytes).expect("the OS random number generator is available");
-    let (id_bytes, token_bytes) = bytes.split_at(16);
-    let id = ResumeToken::from_random_bytes(id_bytes).expect("16 bytes");
-    let token = ResumeToken::from_random_bytes(token_bytes).expect("16 bytes");
-    ServerSession::new(format!("s-{}", &id.expose()[..24]), token, protocol)
+    let (id, token) = fresh_session_credentials();
+    ServerSession::new(id, token, protocol)
 }

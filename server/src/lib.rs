@@ -16,6 +16,9 @@
 //!   becomes ready receives every held message it lacks, oldest first, before anything newer.
 //! - **Inbound**: an [`InboundHandler`] sees each client message once; the `ack` goes out after it
 //!   returns [`Decision::Accept`], a `nack` with its code and reason after [`Decision::Refuse`].
+//! - **Several instances**: with [`ServerOptions::redis`], users, sessions and mailboxes live in
+//!   a shared Redis ([`RedisStore`]): a publish on any instance reaches the user's session on any
+//!   other, and a client whose instance died resumes its session on another with nothing lost.
 //!
 //! ```no_run
 //! use readyws_server::{AcceptAll, InsecureDevAuth, Server, ServerOptions};
@@ -28,7 +31,7 @@
 //! # drop(app);
 //! // … and publish from anywhere.
 //! let data = readyws_protocol::Data::from_json(r#"{"text":"hi"}"#).unwrap();
-//! handle.publish(&"alice".into(), data)?;
+//! handle.publish(&"alice".into(), data).await?;
 //! # Ok(()) }
 //! ```
 
@@ -44,10 +47,12 @@ mod hub;
 mod metrics;
 mod options;
 mod prepared;
+mod redis_store;
 mod socket;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -60,8 +65,10 @@ use tracing::info;
 
 pub use auth::{AuthError, Authenticator, InsecureDevAuth, JwtHs256, UserId};
 pub use options::{MailboxLimits, OverflowPolicy, ServerOptions};
+pub use redis_store::{RedisStore, StoreError};
 
 use hub::{ConnCommand, Hub};
+use redis_store::RedisHub;
 
 impl From<&str> for UserId {
     fn from(id: &str) -> Self {
@@ -94,19 +101,59 @@ pub enum Decision {
     },
 }
 
+/// What [`InboundHandler::on_message`] returns: a decision made at once, or one that needs to
+/// wait (for a database, or for [`ServerHandle::publish`]).
+pub enum Reply<'a> {
+    /// Decided.
+    Now(Decision),
+    /// Decided once this completes.
+    Later(Pin<Box<dyn Future<Output = Decision> + Send + 'a>>),
+}
+
+impl<'a> Reply<'a> {
+    /// A decision that is made by `future`.
+    pub fn later(future: impl Future<Output = Decision> + Send + 'a) -> Self {
+        Reply::Later(Box::pin(future))
+    }
+
+    async fn decision(self) -> Decision {
+        match self {
+            Reply::Now(decision) => decision,
+            Reply::Later(future) => future.await,
+        }
+    }
+}
+
+impl From<Decision> for Reply<'_> {
+    fn from(decision: Decision) -> Self {
+        Reply::Now(decision)
+    }
+}
+
+impl std::fmt::Debug for Reply<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reply::Now(decision) => f.debug_tuple("Now").field(decision).finish(),
+            Reply::Later(_) => f.write_str("Later(..)"),
+        }
+    }
+}
+
 /// Receives every client message once, in order per session. It runs on the connection's task:
-/// a message is acknowledged only after it returns, so keep it quick or hand work off.
+/// a message is acknowledged only after its decision is made, and the next message waits for it,
+/// so keep it quick or hand work off. A closure `Fn(&ServerHandle, Inbound) -> Decision` is a
+/// handler.
 pub trait InboundHandler: Send + Sync + 'static {
     /// Decides about one message. `server` can publish, for replies.
-    fn on_message(&self, server: &ServerHandle, message: Inbound<'_>) -> Decision;
+    fn on_message<'a>(&'a self, server: &'a ServerHandle, message: Inbound<'a>) -> Reply<'a>;
 }
 
 impl<F> InboundHandler for F
 where
     F: Fn(&ServerHandle, Inbound<'_>) -> Decision + Send + Sync + 'static,
 {
-    fn on_message(&self, server: &ServerHandle, message: Inbound<'_>) -> Decision {
-        self(server, message)
+    fn on_message<'a>(&'a self, server: &'a ServerHandle, message: Inbound<'a>) -> Reply<'a> {
+        Reply::Now(self(server, message))
     }
 }
 
@@ -115,8 +162,8 @@ where
 pub struct AcceptAll;
 
 impl InboundHandler for AcceptAll {
-    fn on_message(&self, _: &ServerHandle, _: Inbound<'_>) -> Decision {
-        Decision::Accept
+    fn on_message<'a>(&'a self, _: &'a ServerHandle, _: Inbound<'a>) -> Reply<'a> {
+        Reply::Now(Decision::Accept)
     }
 }
 
@@ -125,15 +172,17 @@ impl InboundHandler for AcceptAll {
 pub struct Echo;
 
 impl InboundHandler for Echo {
-    fn on_message(&self, server: &ServerHandle, message: Inbound<'_>) -> Decision {
-        match server.publish(message.user, message.data.clone()) {
-            Ok(_) => Decision::Accept,
-            // The sender learns that its message could not be echoed.
-            Err(error) => Decision::Refuse {
-                code: "unavailable".to_owned(),
-                reason: error.to_string(),
-            },
-        }
+    fn on_message<'a>(&'a self, server: &'a ServerHandle, message: Inbound<'a>) -> Reply<'a> {
+        Reply::later(async move {
+            match server.publish(message.user, message.data.clone()).await {
+                Ok(_) => Decision::Accept,
+                // The sender learns that its message could not be echoed.
+                Err(error) => Decision::Refuse {
+                    code: "unavailable".to_owned(),
+                    reason: error.to_string(),
+                },
+            }
+        })
     }
 }
 
@@ -172,6 +221,9 @@ pub enum PublishError {
     /// The server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The shared store (Redis) failed through every retry; nothing was stored.
+    #[error("the message store is unavailable: {0}")]
+    Unavailable(StoreError),
 }
 
 /// The lifecycle phase `/readyz` reports.
@@ -186,10 +238,20 @@ pub enum Readiness {
     Stopping,
 }
 
+/// Where users, sessions and mailboxes live.
+// One per server, so the size of the larger variant costs nothing.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Store {
+    /// In this process: the default, for a single instance.
+    Memory(Mutex<Hub>),
+    /// In Redis, shared by every instance.
+    Redis(RedisHub),
+}
+
 pub(crate) struct Shared {
     options: ServerOptions,
     protocol: ServerConfig,
-    hub: Mutex<Hub>,
+    store: Store,
     authenticator: Box<dyn Authenticator>,
     handler: Box<dyn InboundHandler>,
     started: watch::Sender<bool>,
@@ -206,12 +268,23 @@ impl Shared {
         Time::from_millis(millis)
     }
 
-    pub(crate) fn hub(&self) -> MutexGuard<'_, Hub> {
-        // A panic while holding the lock would be a bug in this crate; the state it guards stays
-        // consistent between calls, so keep serving rather than poisoning every connection.
-        self.hub
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// The in-memory store, when the server uses it.
+    pub(crate) fn memory(&self) -> Option<MutexGuard<'_, Hub>> {
+        match &self.store {
+            // A panic while holding the lock would be a bug in this crate; the state it guards
+            // stays consistent between calls, so keep serving rather than poisoning every
+            // connection.
+            Store::Memory(hub) => Some(hub.lock().unwrap_or_else(|poisoned| poisoned.into_inner())),
+            Store::Redis(_) => None,
+        }
+    }
+
+    /// The Redis store, when the server uses it.
+    pub(crate) fn redis(&self) -> Option<&RedisHub> {
+        match &self.store {
+            Store::Redis(hub) => Some(hub),
+            Store::Memory(_) => None,
+        }
     }
 
     pub(crate) fn is_started(&self) -> bool {
@@ -274,9 +347,17 @@ impl Server {
         // Installed before anything is recorded, so that `/metrics` misses nothing.
         metrics::prometheus();
         let (started, _) = watch::channel(!options.wait_for_startup);
+        let store = match &options.redis {
+            Some(redis) => Store::Redis(RedisHub::new(
+                redis.clone(),
+                protocol.clone(),
+                options.mailbox,
+            )),
+            None => Store::Memory(Mutex::new(Hub::new(protocol.clone(), options.mailbox))),
+        };
         Server {
             shared: Arc::new(Shared {
-                hub: Mutex::new(Hub::new(protocol.clone(), options.mailbox)),
+                store,
                 protocol,
                 options,
                 authenticator: Box::new(authenticator),
@@ -308,10 +389,18 @@ impl Server {
 
     /// The HTTP routes: `/ws` (the WebSocket endpoint), `POST /api/publish`, `/healthz`,
     /// `/readyz` and `/metrics`. Must be called inside a tokio runtime: it starts the task that
-    /// expires resume windows and held messages.
+    /// expires resume windows and held messages (and, with Redis, renews this instance's lease
+    /// and listens for other instances).
     pub fn router(&self) -> axum::Router {
         if !self.shared.sweeper_started.swap(true, Ordering::SeqCst) {
-            tokio::spawn(sweep(Arc::downgrade(&self.shared)));
+            let shared = Arc::downgrade(&self.shared);
+            match &self.shared.store {
+                Store::Memory(_) => tokio::spawn(sweep(shared)),
+                Store::Redis(hub) => {
+                    info!(instance = hub.instance(), "using the Redis store");
+                    tokio::spawn(redis_store::run_background(shared))
+                }
+            };
         }
         let router = http::router(self.shared.clone());
         match &self.fallback {
@@ -368,14 +457,20 @@ impl std::fmt::Debug for ServerHandle {
 impl ServerHandle {
     /// Sends `data` to every session of `user`, holding it in the user's mailbox until one of them
     /// acknowledges it [CU-1]. Refused only when the mailbox is full under
-    /// [`OverflowPolicy::RejectNew`], the message is larger than the mailbox, or the server is
-    /// stopping — and then nothing was stored.
-    pub fn publish(&self, user: &UserId, data: Data) -> Result<PublishReport, PublishError> {
+    /// [`OverflowPolicy::RejectNew`], the message is larger than the mailbox, the server is
+    /// stopping, or the Redis store failed through its retries — and then nothing was stored.
+    pub async fn publish(&self, user: &UserId, data: Data) -> Result<PublishReport, PublishError> {
         if self.shared.stopping.load(Ordering::SeqCst) {
             return Err(PublishError::ShuttingDown);
         }
-        let now = self.shared.now();
-        self.shared.hub().publish(user, data, now)
+        match &self.shared.store {
+            Store::Memory(hub) => {
+                let now = self.shared.now();
+                let mut hub = hub.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                hub.publish(user, data, now)
+            }
+            Store::Redis(hub) => hub.publish(user, data).await,
+        }
     }
 
     /// Marks start-up complete: waiting sockets get `connection_ready` [SG-2].
@@ -395,8 +490,14 @@ impl ServerHandle {
     }
 
     /// Messages held for `user` and not yet acknowledged.
-    pub fn mailbox_depth(&self, user: &UserId) -> usize {
-        self.shared.hub().mailbox_depth(user)
+    pub async fn mailbox_depth(&self, user: &UserId) -> Result<usize, StoreError> {
+        match &self.shared.store {
+            Store::Memory(hub) => Ok(hub
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .mailbox_depth(user)),
+            Store::Redis(hub) => hub.mailbox_depth(user).await,
+        }
     }
 
     /// WebSocket connections open now.
@@ -446,6 +547,8 @@ async fn sweep(shared: Weak<Shared>) {
             return;
         };
         let now = shared.now();
-        shared.hub().sweep(now);
+        if let Some(mut hub) = shared.memory() {
+            hub.sweep(now);
+        }
     }
 }

@@ -14,6 +14,8 @@
 //! | `readyws_acks_total` | counter | server messages acknowledged by clients |
 //! | `readyws_nacks_total{direction}` | counter | refusals: `sent` by the server, `received` from clients |
 //! | `readyws_goaways_total{code}` | counter | `goaway`s sent |
+//! | `readyws_store_retries_total{operation}` | counter | Redis operations that failed and were tried again |
+//! | `readyws_store_failures_total{operation}` | counter | Redis operations that failed through every retry, and broken subscriptions |
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -87,4 +89,14 @@ pub(crate) fn nack(direction: &'static str) {
 
 pub(crate) fn goaway(code: u16) {
     counter!("readyws_goaways_total", "code" => code.to_string()).increment(1);
+}
+
+/// A Redis operation failed and is tried again.
+pub(crate) fn store_retry(operation: &'static str) {
+    counter!("readyws_store_retries_total", "operation" => operation).increment(1);
+}
+
+/// A Redis operation failed for good (after its retries), or the subscription broke.
+pub(crate) fn store_failure(operation: &'static str) {
+    counter!("readyws_store_failures_total", "operation" => operation).increment(1);
 }

@@ -67,6 +67,10 @@ pub struct ServerOptions {
     pub shutdown_grace: Duration,
     /// The bearer key of the HTTP publish API; without one the API answers 403. Default: none.
     pub api_key: Option<String>,
+    /// Where users, sessions and mailboxes live. Default: none, in this process's memory (one
+    /// instance serves every user). With a [`crate::RedisStore`], every instance that shares it
+    /// serves any user, and a session outlives the instance that carried it.
+    pub redis: Option<crate::RedisStore>,
 }
 
 impl Default for ServerOptions {
@@ -80,6 +84,7 @@ impl Default for ServerOptions {
             shutdown_spread: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
             api_key: None,
+            redis: None,
         }
     }
 }
@@ -95,6 +100,7 @@ impl fmt::Debug for ServerOptions {
             .field("shutdown_spread", &self.shutdown_spread)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("redis", &self.redis)
             .finish()
     }
 }
@@ -135,6 +141,12 @@ impl ServerOptions {
     /// Sets the publish API key.
     pub fn api_key(mut self, key: Option<String>) -> Self {
         self.api_key = key;
+        self
+    }
+
+    /// Keeps users, sessions and mailboxes in `store`, shared with other instances.
+    pub fn redis(mut self, store: crate::RedisStore) -> Self {
+        self.redis = Some(store);
         self
     }
 

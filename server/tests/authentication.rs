@@ -62,7 +62,7 @@ async fn the_jwt_subject_is_the_user() {
     let server =
         TestServer::start_with(ServerOptions::default(), JwtHs256::new(SECRET), AcceptAll).await;
     let (mut raw, _) = Raw::handshake(&server.url(), &token("zoe", 60, SECRET), None).await;
-    server.publish("zoe", json!("for zoe"));
+    server.publish("zoe", json!("for zoe")).await;
     assert_eq!(raw.recv_type("msg").await["data"], "for zoe");
     server.stop().await;
 }

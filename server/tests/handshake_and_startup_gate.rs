@@ -72,7 +72,7 @@ async fn a_message_published_during_startup_arrives_after_readiness() {
     let mut raw = Raw::connect(&server.url()).await;
     assert_eq!(raw.recv().await["phase"], "starting");
     raw.send(json!({"type": "hello", "token": "alice"})).await;
-    let report = server.publish("alice", json!({"news": 1}));
+    let report = server.publish("alice", json!({"news": 1})).await;
     assert!(report.held, "no session is ready yet");
     assert!(
         raw.quiet_for(Duration::from_millis(200)).await,

@@ -31,19 +31,15 @@ fn resume_of(ready: &Value, last_received: u64) -> Value {
 async fn held_messages_arrive_on_connect_in_order() {
     let server = TestServer::start(options(Duration::from_secs(60))).await;
     for n in 1..=3 {
-        assert!(server.publish("alice", json!(n)).held);
+        assert!(server.publish("alice", json!(n)).await.held);
     }
     let (mut raw, ready) = Raw::handshake(&server.url(), "alice", None).await;
     assert_eq!(ready["backlog"], 3);
     let msgs = raw.recv_msgs(3).await;
     assert_eq!(datas(&msgs), vec![json!(1), json!(2), json!(3)]);
-    assert_eq!(
-        server.handle.mailbox_depth(&UserId::new("alice")),
-        3,
-        "held until acknowledged"
-    );
+    assert_eq!(server.depth("alice").await, 3, "held until acknowledged");
     raw.send(json!({"type": "ack", "id": 3})).await;
-    wait_until(|| server.handle.mailbox_depth(&UserId::new("alice")) == 0).await;
+    server.wait_for_depth("alice", 0).await;
     server.stop().await;
 }
 
@@ -109,8 +105,8 @@ async fn the_handler_can_refuse_a_message() {
 async fn resume_within_the_window_resends_after_last_received() {
     let server = TestServer::start(options(Duration::from_secs(60))).await;
     let (mut raw, ready) = Raw::handshake(&server.url(), "alice", None).await;
-    server.publish("alice", json!("one"));
-    server.publish("alice", json!("two"));
+    server.publish("alice", json!("one")).await;
+    server.publish("alice", json!("two")).await;
     let msgs = raw.recv_msgs(2).await;
     assert_eq!(datas(&msgs), vec![json!("one"), json!("two")]);
     raw.send(json!({"type": "msg", "id": 1, "data": "from client"}))
@@ -118,7 +114,7 @@ async fn resume_within_the_window_resends_after_last_received() {
     raw.recv_type("ack").await;
     drop(raw);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let report = server.publish("alice", json!("three"));
+    let report = server.publish("alice", json!("three")).await;
     assert_eq!(report.delivered, 0, "no live session while away");
     let (mut raw, again) = Raw::handshake(&server.url(), "alice", Some(resume_of(&ready, 1))).await;
     assert_eq!(again["resumed"], true);
@@ -140,7 +136,7 @@ async fn resume_within_the_window_resends_after_last_received() {
 async fn a_lost_connection_ready_does_not_strand_held_messages() {
     let server = TestServer::start(options(Duration::from_secs(120))).await;
     for n in 1..=3 {
-        server.publish("alice", json!(n));
+        server.publish("alice", json!(n)).await;
     }
     let mut raw = Raw::connect(&server.url()).await;
     raw.recv().await;
@@ -168,8 +164,8 @@ async fn a_lost_connection_ready_does_not_strand_held_messages() {
 #[tokio::test]
 async fn resume_after_the_window_starts_fresh_and_keeps_held_messages() {
     let server = TestServer::start(options(Duration::from_millis(300))).await;
-    server.publish("alice", json!("a"));
-    server.publish("alice", json!("b"));
+    server.publish("alice", json!("a")).await;
+    server.publish("alice", json!("b")).await;
     let (mut raw, ready) = Raw::handshake(&server.url(), "alice", None).await;
     raw.recv_msgs(2).await;
     drop(raw);
@@ -194,12 +190,15 @@ async fn mailbox_overflow_follows_its_policy() {
         .mailbox(limits)
         .api_key(Some("k".into()));
     let server = TestServer::start(options).await;
-    server.publish("alice", json!(1));
-    server.publish("alice", json!(2));
-    let refused = server.handle.publish(
-        &UserId::new("alice"),
-        readyws_protocol::Data::from_json("3").expect("json"),
-    );
+    server.publish("alice", json!(1)).await;
+    server.publish("alice", json!(2)).await;
+    let refused = server
+        .handle
+        .publish(
+            &UserId::new("alice"),
+            readyws_protocol::Data::from_json("3").expect("json"),
+        )
+        .await;
     assert!(matches!(
         refused,
         Err(PublishError::MailboxFull { messages: 2, .. })
@@ -222,9 +221,9 @@ async fn mailbox_overflow_follows_its_policy() {
         ..MailboxLimits::default()
     };
     let server = TestServer::start(options_with(limits)).await;
-    server.publish("bob", json!(1));
-    server.publish("bob", json!(2));
-    let report = server.publish("bob", json!(3));
+    server.publish("bob", json!(1)).await;
+    server.publish("bob", json!(2)).await;
+    let report = server.publish("bob", json!(3)).await;
     assert_eq!(report.dropped_oldest, 1);
     let (mut raw, ready) = Raw::handshake(&server.url(), "bob", None).await;
     assert_eq!(ready["backlog"], 2);
@@ -249,8 +248,8 @@ async fn held_messages_expire_after_their_ttl() {
         ..MailboxLimits::default()
     };
     let server = TestServer::start(options_with(limits)).await;
-    server.publish("carol", json!("stale"));
-    wait_until(|| server.handle.mailbox_depth(&UserId::new("carol")) == 0).await;
+    server.publish("carol", json!("stale")).await;
+    server.wait_for_depth("carol", 0).await;
     let (mut raw, ready) = Raw::handshake(&server.url(), "carol", None).await;
     assert_eq!(ready["backlog"], 0);
     assert!(raw.quiet_for(Duration::from_millis(200)).await);
@@ -268,12 +267,12 @@ async fn every_session_of_a_user_gets_the_message() {
     let server = TestServer::start(options(Duration::from_secs(60))).await;
     let (mut tab1, _) = Raw::handshake(&server.url(), "dave", None).await;
     let (mut tab2, _) = Raw::handshake(&server.url(), "dave", None).await;
-    let report = server.publish("dave", json!("hello both"));
+    let report = server.publish("dave", json!("hello both")).await;
     assert_eq!((report.delivered, report.held), (2, false));
     assert_eq!(tab1.recv_type("msg").await["data"], "hello both");
     assert_eq!(tab2.recv_type("msg").await["data"], "hello both");
     tab1.send(json!({"type": "ack", "id": 1})).await;
-    wait_until(|| server.handle.mailbox_depth(&UserId::new("dave")) == 0).await;
+    server.wait_for_depth("dave", 0).await;
     server.stop().await;
 }
 
@@ -332,14 +331,6 @@ async fn an_oversized_frame_is_refused_not_fatal() {
     server.stop().await;
 }
 
-async fn wait_until(condition: impl Fn() -> bool) {
-    let deadline = Instant::now() + support::PATIENCE;
-    while !condition() {
-        assert!(Instant::now() < deadline, "condition not met in time");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// [CU-5] [CU-2] The time-to-live runs only while no session holds a copy: a message held by a
 /// session kept for resume does not expire under it, and expires once that session is gone.
 #[tokio::test]
@@ -350,16 +341,15 @@ async fn the_ttl_waits_for_the_sessions_that_hold_a_copy() {
     };
     let server = TestServer::start(options(Duration::from_millis(1000)).mailbox(limits)).await;
     let (mut raw, _) = Raw::handshake(&server.url(), "gina", None).await;
-    server.publish("gina", json!("unacked"));
+    server.publish("gina", json!("unacked")).await;
     raw.recv_type("msg").await;
     drop(raw);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let user = UserId::new("gina");
     assert_eq!(
-        server.handle.mailbox_depth(&user),
+        server.depth("gina").await,
         1,
         "the kept session still holds it"
     );
-    wait_until(|| server.handle.mailbox_depth(&user) == 0).await;
+    server.wait_for_depth("gina", 0).await;
     server.stop().await;
 }

@@ -228,7 +228,7 @@ pub async fn run(config: &ChaosConfig) -> ChaosReport {
                 ticker.tick().await;
                 loop {
                     let handle = current.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                    if handle.publish(&user, numbered(n)).is_ok() {
+                    if handle.publish(&user, numbered(n)).await.is_ok() {
                         break;
                     }
                     // A full mailbox, or a server shutting down: the publisher is told and tries

@@ -11,7 +11,7 @@ use readyws_protocol::codec::encode;
 use readyws_protocol::frame::Msg;
 use readyws_protocol::{Frame, ServerConfig};
 use readyws_server::{
-    AcceptAll, Decision, Inbound, MailboxLimits, OverflowPolicy, PublishError, ServerHandle,
+    AcceptAll, Decision, Echo, Inbound, MailboxLimits, OverflowPolicy, PublishError, ServerHandle,
     ServerOptions, UserId,
 };
 use readyws_tests::harness::RunningServer;
@@ -50,7 +50,7 @@ async fn a_flood_to_a_user_who_is_away_meets_the_mailbox_bound_and_the_publisher
     let user = UserId::new("away");
     let mut refused = 0;
     for n in 0..150 {
-        match server.handle.publish(&user, numbered(n)) {
+        match server.handle.publish(&user, numbered(n)).await {
             Ok(report) => assert!(report.held, "nobody is connected"),
             Err(PublishError::MailboxFull { messages, .. }) => {
                 assert_eq!(messages, 100);
@@ -59,7 +59,8 @@ async fn a_flood_to_a_user_who_is_away_meets_the_mailbox_bound_and_the_publisher
             Err(other) => panic!("unexpected {other}"),
         }
     }
-    assert_eq!((refused, server.handle.mailbox_depth(&user)), (50, 100));
+    let depth = server.handle.mailbox_depth(&user).await;
+    assert_eq!((refused, depth), (50, Ok(100)));
     let client = Client::builder(server.ws_url()).token("away").connect();
     let received = receive(&client, 100).await;
     let expected: Vec<String> = (0..100).map(|n| format!(r#"{{"n":{n}}}"#)).collect();
@@ -69,15 +70,11 @@ async fn a_flood_to_a_user_who_is_away_meets_the_mailbox_bound_and_the_publisher
 
     // With DropOldest the newest hundred are kept, and the drops are counted in the reports.
     let server = RunningServer::start(mailbox(100, OverflowPolicy::DropOldest), AcceptAll).await;
-    let dropped: usize = (0..150)
-        .map(|n| {
-            server
-                .handle
-                .publish(&user, numbered(n))
-                .expect("accepted")
-                .dropped_oldest
-        })
-        .sum();
+    let mut dropped = 0;
+    for n in 0..150 {
+        let report = server.handle.publish(&user, numbered(n)).await;
+        dropped += report.expect("accepted").dropped_oldest;
+    }
     assert_eq!(dropped, 50);
     let client = Client::builder(server.ws_url()).token("away").connect();
     let received = receive(&client, 100).await;
@@ -91,11 +88,7 @@ async fn a_flood_to_a_user_who_is_away_meets_the_mailbox_bound_and_the_publisher
 async fn a_thousand_silent_sockets_are_closed_at_the_hello_timeout_and_the_server_keeps_serving() {
     let options = ServerOptions::default()
         .protocol(ServerConfig::default().hello_timeout(Duration::from_secs(2)));
-    let echo = |server: &ServerHandle, message: Inbound<'_>| {
-        let _ = server.publish(message.user, message.data.clone());
-        Decision::Accept
-    };
-    let server = RunningServer::start(options, echo).await;
+    let server = RunningServer::start(options, Echo).await;
     let mut silent = Vec::new();
     for _ in 0..1000 {
         let mut request = server.ws_url().into_client_request().expect("request");

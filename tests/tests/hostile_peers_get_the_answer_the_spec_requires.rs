@@ -270,6 +270,7 @@ async fn the_server_answers_every_broken_client_as_the_spec_requires() {
             &UserId::new("hostile"),
             Data::from_json(r#""after""#).expect("JSON"),
         )
+        .await
         .expect("accepted");
     let mut messages = bystander.messages();
     let data = tokio::time::timeout(Duration::from_secs(5), messages.next())

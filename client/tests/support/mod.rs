@@ -49,12 +49,13 @@ impl TestServer {
         format!("ws://{}/ws", self.addr)
     }
 
-    pub fn publish(&self, user: &str, value: Value) {
+    pub async fn publish(&self, user: &str, value: Value) {
         self.handle
             .publish(
                 &user.into(),
                 Data::from_json(value.to_string()).expect("json"),
             )
+            .await
             .expect("published");
     }
 

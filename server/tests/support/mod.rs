@@ -56,13 +56,36 @@ impl TestServer {
         format!("ws://{}/ws", self.addr)
     }
 
-    pub fn publish(&self, user: &str, data: Value) -> readyws_server::PublishReport {
+    pub async fn publish(&self, user: &str, data: Value) -> readyws_server::PublishReport {
         self.handle
             .publish(
                 &UserId::new(user),
                 readyws_protocol::Data::from_json(data.to_string()).expect("json"),
             )
+            .await
             .expect("published")
+    }
+
+    /// Messages held for `user`.
+    #[allow(dead_code)]
+    pub async fn depth(&self, user: &str) -> usize {
+        self.handle
+            .mailbox_depth(&UserId::new(user))
+            .await
+            .expect("the in-memory store answers")
+    }
+
+    /// Waits until `user` has `depth` messages held.
+    #[allow(dead_code)]
+    pub async fn wait_for_depth(&self, user: &str, depth: usize) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while self.depth(user).await != depth {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the mailbox of {user} never held {depth}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Stops the server and waits until `serve` returned.
