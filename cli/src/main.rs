@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use readyws_protocol::ServerConfig;
 use readyws_server::{
     AcceptAll, Echo, InboundHandler, InsecureDevAuth, JwtHs256, MailboxLimits, OverflowPolicy,
-    Server, ServerOptions,
+    RedisStore, Server, ServerOptions,
 };
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
@@ -115,6 +115,14 @@ struct ServeArgs {
     /// `examples/browser/` page then runs at /examples/browser/).
     #[arg(long = "static", value_name = "DIR")]
     static_dir: Option<std::path::PathBuf>,
+    /// Keep users, sessions and mailboxes in this Redis (`redis://host:port`), shared with every
+    /// other instance started with the same URL: any of them then serves any user. Without it they
+    /// live in this process's memory.
+    #[arg(long, value_name = "URL", env = "READYWS_REDIS_URL")]
+    redis: Option<String>,
+    /// The prefix of every Redis key and channel; instances of one deployment share it.
+    #[arg(long, default_value = "readyws", requires = "redis")]
+    redis_prefix: String,
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, default_value = "info")]
     log: tracing::Level,
@@ -182,13 +190,19 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             Overflow::DropOldest => OverflowPolicy::DropOldest,
         },
     };
-    let options = ServerOptions::default()
+    let mut options = ServerOptions::default()
         .protocol(protocol)
         .mailbox(mailbox)
         .wait_for_startup(args.startup_delay > 0)
         .startup_max_wait(ms(args.startup_max_wait_ms), ms(5_000))
         .shutdown(ms(args.shutdown_spread_ms), ms(args.shutdown_grace_ms))
         .api_key(args.api_key.clone());
+    if let Some(url) = &args.redis {
+        let store = RedisStore::connect(url)
+            .await
+            .map_err(|problem| problem.to_string())?;
+        options = options.redis(store.with_prefix(args.redis_prefix.clone()));
+    }
     let server = match (&args.jwt_secret, args.insecure_dev_auth) {
         (Some(secret), false) => build(options, JwtHs256::new(secret.as_bytes()), args.echo),
         (None, true) => {
