@@ -8,5 +8,6 @@
 #![deny(missing_docs)]
 
 pub mod chaos;
+pub mod cluster;
 pub mod harness;
 pub mod relay;

@@ -87,6 +87,9 @@ fn test() -> Result<(), String> {
         cargo(&["fmt", "--all", "--check"], &[])
     })?;
     step("cargo clippy -D warnings", || clippy(&["--workspace"]))?;
+    step("redis-server is installed (multi-instance suites)", || {
+        wasm::ensure_debian_tool("redis-server", "redis-server")
+    })?;
     let mut totals = TestTotals::default();
     step("cargo test", || {
         cargo_test_with(&["test", "--workspace"], &[], &mut totals)

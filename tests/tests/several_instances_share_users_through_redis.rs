@@ -1,0 +1,315 @@
+//! Several instances on one Redis serve any user: a publish on one instance reaches the user's
+//! session on another; a message for a user who is away waits in Redis for whichever instance the
+//! user reaches; an instance killed outright loses nothing, its client resuming on another with
+//! `resumed: true`; and a Redis killed and restarted under load delays messages without losing
+//! any. Each test runs its own `redis-server` on a free loopback port.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use readyws::{Client, ConnectionState, Data, Messages, Outcome};
+use readyws_server::{
+    AcceptAll, Decision, Inbound, InboundHandler, RedisStore, Reply, ServerHandle, ServerOptions,
+    UserId,
+};
+use readyws_tests::cluster::{Balancer, InstanceProcess, RedisProcess};
+use readyws_tests::harness::RunningServer;
+
+const INSTANCE: &str = env!("CARGO_BIN_EXE_instance");
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn numbered(n: u64) -> Data {
+    Data::from_json(format!(r#"{{"n":{n}}}"#)).expect("JSON")
+}
+
+fn number(json: &str) -> u64 {
+    serde_json::from_str::<serde_json::Value>(json)
+        .ok()
+        .and_then(|value| value["n"].as_u64())
+        .expect("a numbered message")
+}
+
+async fn options(redis: &RedisProcess) -> ServerOptions {
+    let store = RedisStore::connect(&redis.url())
+        .await
+        .expect("the suite's redis-server answers");
+    ServerOptions::default().redis(store)
+}
+
+/// A handler that records the numbers it accepts.
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<u64>>>);
+
+impl Recorder {
+    fn seen(&self) -> Vec<u64> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl InboundHandler for Recorder {
+    fn on_message<'a>(&'a self, _: &'a ServerHandle, message: Inbound<'a>) -> Reply<'a> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(number(message.data.as_json()));
+        Reply::Now(Decision::Accept)
+    }
+}
+
+async fn receive(messages: &mut Messages, count: usize) -> Vec<u64> {
+    let mut received = Vec::new();
+    while received.len() < count {
+        let data = tokio::time::timeout(PATIENCE, messages.next())
+            .await
+            .expect("messages in time")
+            .expect("the stream is open");
+        received.push(number(data.as_json()));
+    }
+    received
+}
+
+async fn wait_for_depth(server: &ServerHandle, user: &str, depth: usize) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if server.mailbox_depth(&UserId::new(user)).await == Ok(depth) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the mailbox of {user} never held {depth}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_on_one_instance_reaches_the_user_connected_to_another() {
+    let redis = RedisProcess::start().expect("redis-server");
+    let seen_by_a = Recorder::default();
+    let a = RunningServer::start(options(&redis).await, seen_by_a.clone()).await;
+    let b = RunningServer::start(options(&redis).await, AcceptAll).await;
+    let client = Client::builder(a.ws_url()).token("alice").connect();
+    client.ready().await.expect("ready on A");
+    let mut messages = client.messages();
+
+    for n in 0..50 {
+        let report = b
+            .handle
+            .publish(&UserId::new("alice"), numbered(n))
+            .await
+            .expect("stored in Redis");
+        assert_eq!(report.delivered, 1, "B knows alice is live on A");
+    }
+    assert_eq!(
+        receive(&mut messages, 50).await,
+        (0..50).collect::<Vec<_>>()
+    );
+    wait_for_depth(&b.handle, "alice", 0).await;
+
+    // And the other way: what alice sends reaches A's application, acknowledged.
+    for n in 0..10 {
+        client
+            .send_and_wait(numbered(n))
+            .await
+            .expect("acknowledged");
+    }
+    assert_eq!(seen_by_a.seen(), (0..10).collect::<Vec<_>>());
+    client.close(Duration::from_secs(1)).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_for_a_user_who_is_away_waits_in_redis_for_any_instance() {
+    let redis = RedisProcess::start().expect("redis-server");
+    let a = RunningServer::start(options(&redis).await, AcceptAll).await;
+    let b = RunningServer::start(options(&redis).await, AcceptAll).await;
+    for n in 0..5 {
+        let report = a
+            .handle
+            .publish(&UserId::new("bob"), numbered(n))
+            .await
+            .expect("stored in Redis");
+        assert!(report.held, "nobody is connected anywhere");
+    }
+    wait_for_depth(&b.handle, "bob", 5).await;
+
+    let client = Client::builder(b.ws_url()).token("bob").connect();
+    let mut messages = client.messages();
+    assert_eq!(receive(&mut messages, 5).await, vec![0, 1, 2, 3, 4]);
+    wait_for_depth(&a.handle, "bob", 0).await;
+    client.close(Duration::from_secs(1)).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_instance_loses_nothing_and_its_client_resumes_on_another() {
+    const COUNT: u64 = 200;
+    let redis = RedisProcess::start().expect("redis-server");
+    let program = std::path::Path::new(INSTANCE);
+    let mut first = InstanceProcess::spawn(program, &redis.url()).expect("instance 1");
+    let second = InstanceProcess::spawn(program, &redis.url()).expect("instance 2");
+    let publisher = RunningServer::start(options(&redis).await, AcceptAll).await;
+    let balancer = Balancer::start(vec![first.address, second.address]).await;
+
+    let client = Client::builder(balancer.ws_url())
+        .token("carol")
+        .backoff(Duration::from_millis(50), Duration::from_millis(500))
+        .connect();
+    client.ready().await.expect("ready on the first instance");
+    let ConnectionState::Ready { session_id, .. } = client.state() else {
+        panic!("ready");
+    };
+    let mut messages = client.messages();
+
+    // Both directions flow while the instance carrying the session is killed halfway.
+    let mut deliveries = Vec::new();
+    for n in 0..COUNT {
+        if n == COUNT / 2 {
+            first.kill();
+        }
+        deliveries.push(client.send(numbered(n)).await.expect("accepted"));
+        publisher
+            .handle
+            .publish(&UserId::new("carol"), numbered(n))
+            .await
+            .expect("stored in Redis");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let received = receive(&mut messages, COUNT as usize).await;
+    assert_eq!(
+        received,
+        (0..COUNT).collect::<Vec<_>>(),
+        "once each, in order"
+    );
+    for delivery in deliveries {
+        let outcome = tokio::time::timeout(PATIENCE, delivery)
+            .await
+            .expect("settled in time");
+        assert_eq!(outcome, Outcome::Acked);
+    }
+    // Every message reached an application; one the killed instance took but could not
+    // acknowledge may have reached the second as well (at least once across a crash).
+    assert!(
+        !first.received().is_empty() && !second.received().is_empty(),
+        "both served"
+    );
+    let reached: BTreeSet<u64> = first
+        .received()
+        .into_iter()
+        .chain(second.received())
+        .map(|(_, data)| number(&data))
+        .collect();
+    assert_eq!(reached, (0..COUNT).collect::<BTreeSet<_>>());
+
+    match client.state() {
+        ConnectionState::Ready {
+            session_id: now,
+            resumed,
+        } => {
+            assert!(resumed, "the session went on");
+            assert_eq!(now, session_id, "the same session");
+        }
+        other => panic!("not ready: {other:?}"),
+    }
+    let stats = client.stats();
+    assert_eq!(stats.session_resets, 0);
+    assert!(stats.readies >= 2, "it reconnected");
+    wait_for_depth(&publisher.handle, "carol", 0).await;
+    client.close(Duration::from_secs(1)).await;
+    publisher.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_under_load_delays_messages_and_loses_none() {
+    const COUNT: u64 = 300;
+    let mut redis = RedisProcess::start().expect("redis-server");
+    let seen_by_a = Recorder::default();
+    let a = RunningServer::start(options(&redis).await, seen_by_a.clone()).await;
+    let b = RunningServer::start(options(&redis).await, AcceptAll).await;
+    let client = Client::builder(a.ws_url())
+        .token("dora")
+        .backoff(Duration::from_millis(50), Duration::from_millis(500))
+        .connect();
+    client.ready().await.expect("ready");
+    let mut messages = client.messages();
+
+    // Publishes that failed were refused to the publisher, who tries again: such a message may
+    // arrive twice (Redis stored it but its answer was lost), never not at all.
+    let mut refused_once = BTreeSet::new();
+    let mut deliveries = Vec::new();
+    // A third of the way in, Redis is killed, and back 2.5 s later (longer than the server's
+    // retries) with what its append-only file kept.
+    let restart = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        tokio::task::spawn_blocking(move || {
+            redis.kill();
+            std::thread::sleep(Duration::from_millis(2500));
+            redis.restart().map(|()| redis)
+        })
+        .await
+        .expect("the restart ran")
+    });
+    let mut longest_publish = Duration::ZERO;
+    for n in 0..COUNT {
+        deliveries.push(client.send(numbered(n)).await.expect("accepted"));
+        let started = tokio::time::Instant::now();
+        while b
+            .handle
+            .publish(&UserId::new("dora"), numbered(n))
+            .await
+            .is_err()
+        {
+            refused_once.insert(n);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        longest_publish = longest_publish.max(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    assert!(
+        !refused_once.is_empty() || longest_publish >= Duration::from_secs(1),
+        "the publisher ran into Redis being down"
+    );
+    let mut received = Vec::new();
+    let mut distinct = BTreeSet::new();
+    while distinct.len() < COUNT as usize {
+        let data = tokio::time::timeout(PATIENCE, messages.next())
+            .await
+            .expect("messages in time")
+            .expect("the stream is open");
+        let n = number(data.as_json());
+        received.push(n);
+        distinct.insert(n);
+    }
+    for pair in received.windows(2) {
+        assert!(
+            pair[1] > pair[0] || (pair[1] == pair[0] && refused_once.contains(&pair[0])),
+            "in order, and twice only after a refused publish: {pair:?}"
+        );
+    }
+    for delivery in deliveries {
+        let outcome = tokio::time::timeout(PATIENCE, delivery)
+            .await
+            .expect("settled in time");
+        assert_eq!(outcome, Outcome::Acked);
+    }
+    let seen: BTreeSet<u64> = seen_by_a.seen().into_iter().collect();
+    assert_eq!(seen, (0..COUNT).collect::<BTreeSet<_>>());
+    assert_eq!(
+        client.stats().session_resets,
+        0,
+        "the session outlived the restart"
+    );
+    let _redis = restart
+        .await
+        .expect("the restart task ran")
+        .expect("redis-server starts again");
+    client.close(Duration::from_secs(1)).await;
+    a.stop().await;
+    b.stop().await;
+}
