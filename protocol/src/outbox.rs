@@ -396,6 +396,9 @@ impl Outbox {
             let entry = self.remove_at(0);
             self.outcomes.push_back((entry.id, outcome.clone()));
         }
+        // Every id transmitted has its outcome now: nothing is in flight.
+        self.settled_through = self.highest_sent();
+        self.cursor = 0;
     }
 
     /// Removes untransmitted messages whose time-to-live has run out [DL-11], earliest first.

@@ -456,6 +456,24 @@ fn ob_3_closing_settles_every_message() {
     assert_eq!(session.pending(), 0);
 }
 
+/// [OB-3] Closing with messages in flight settles them too: nothing is left counted as in flight.
+#[test]
+fn ob_3_closing_settles_messages_in_flight() {
+    let mut client = Client::ready(ClientConfig::default(), json!({}));
+    for n in 0..3 {
+        client.send(json!(n));
+    }
+    assert_eq!(ids(&client.transmits()), vec![1, 2, 3]);
+    assert_eq!(client.session.in_flight(), 3);
+    client.session.close(Duration::ZERO, client.now);
+    let events = client.events();
+    assert_eq!(outcomes(&events).len(), 3);
+    assert_eq!(
+        (client.session.pending(), client.session.in_flight()),
+        (0, 0)
+    );
+}
+
 /// [FC-1] At most `max_inflight` transmitted messages are unsettled.
 #[test]
 fn fc_1_the_sender_respects_the_window() {
