@@ -5,8 +5,17 @@
 //! server's handler exactly once and in order, and every message that did not end acknowledged
 //! got a terminal outcome; every message published to the user reached the client exactly once
 //! and in order.
+//!
+//! With `instances`, the server is several instance processes on one Redis behind a balancer
+//! (the relay in front of it), publishes go through one more instance, and `kills` instances are
+//! killed with SIGKILL during the run, each replaced by a new one. A client message that a killed
+//! instance handed to its application but could not acknowledge is sent again by its client and
+//! reaches an application twice: at least once across a crash, counted as
+//! `redelivered_after_kill` and not as a duplicate.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,6 +27,7 @@ use readyws_server::{
 };
 use serde::Serialize;
 
+use crate::cluster::{Balancer, InstanceProcess, RedisProcess};
 use crate::harness::RunningServer;
 use crate::relay::Relay;
 
@@ -39,6 +49,12 @@ pub struct ChaosConfig {
     /// [`ResetPolicy::Report`] so that a message never arrives twice; messages held in the lost
     /// mailboxes are counted apart (`lost_to_restarts`), as `docs/RELIABILITY.md` says.
     pub restarts: u32,
+    /// Server instances sharing one Redis (0: one in-process server with the in-memory store).
+    pub instances: usize,
+    /// Instances killed (SIGKILL) during the run, each replaced by a new one.
+    pub kills: u32,
+    /// The `instance` binary, for runs with instances.
+    pub instance_program: Option<PathBuf>,
 }
 
 /// One direction's figures, summed over users.
@@ -58,6 +74,9 @@ pub struct Flow {
     pub duplicated: u64,
     /// Arrivals of a lower number after a higher one.
     pub out_of_order: u64,
+    /// Client messages that reached an instance killed before it could acknowledge them, and
+    /// then, sent again, another instance.
+    pub redelivered_after_kill: u64,
     /// Published messages that never arrived because a restart took the mailbox holding them
     /// (only counted in runs with restarts; otherwise they are `lost`).
     pub lost_to_restarts: u64,
@@ -97,6 +116,10 @@ pub struct ChaosReport {
     pub session_resets: u64,
     /// Graceful server restarts during the run.
     pub restarts: u32,
+    /// Server instances on Redis (0: one in-memory server).
+    pub instances: usize,
+    /// Instances killed during the run.
+    pub kills: u32,
     /// Whether everything settled before the deadline.
     pub completed: bool,
     /// Seconds the run took.
@@ -207,8 +230,35 @@ pub async fn run(config: &ChaosConfig) -> ChaosReport {
             ttl: Duration::from_secs(3600),
             overflow: OverflowPolicy::RejectNew,
         });
+    let cluster = match config.instances {
+        0 => None,
+        instances => {
+            let program = config
+                .instance_program
+                .clone()
+                .expect("runs with instances name the instance binary");
+            let cluster = Cluster::start(instances, program, messages)
+                .await
+                .expect("the instances start");
+            Some(Arc::new(tokio::sync::Mutex::new(cluster)))
+        }
+    };
+    // With instances, this server only publishes: it is an instance too, outside the balancer.
+    let options = match &cluster {
+        Some(cluster) => {
+            let url = cluster.lock().await.redis.url();
+            let store = readyws_server::RedisStore::connect(&url)
+                .await
+                .expect("the run's redis-server answers");
+            options.redis(store)
+        }
+        None => options,
+    };
     let server = RunningServer::start(options.clone(), handler.clone()).await;
-    let address = server.address;
+    let address = match &cluster {
+        Some(cluster) => cluster.lock().await.balancer.address,
+        None => server.address,
+    };
     let current = Arc::new(Mutex::new(server.handle.clone()));
     let server = Arc::new(tokio::sync::Mutex::new(Some(server)));
     let relay = Relay::start(address, config.seed)
@@ -254,6 +304,19 @@ pub async fn run(config: &ChaosConfig) -> ChaosReport {
                 let new = RunningServer::start_on(address, options.clone(), handler.clone()).await;
                 *current.lock().unwrap_or_else(|e| e.into_inner()) = new.handle.clone();
                 *slot = Some(new);
+            }
+        })
+    };
+
+    // Instance kills, spread like the restarts.
+    let killer = {
+        let (cluster, kills) = (cluster.clone(), config.kills);
+        let span = period * u32::try_from(messages).unwrap_or(u32::MAX);
+        tokio::spawn(async move {
+            let Some(cluster) = cluster else { return };
+            for kill in 0..kills {
+                tokio::time::sleep(span / (kills + 1)).await;
+                cluster.lock().await.kill_and_replace(kill as usize).await;
             }
         })
     };
@@ -323,6 +386,7 @@ pub async fn run(config: &ChaosConfig) -> ChaosReport {
         let _ = tokio::time::timeout(left, publisher).await;
     }
     let _ = restarter.await;
+    let _ = killer.await;
     relay.stop_faults();
     // Everything is sent; wait for the server's side to drain to the clients.
     let mut completed = finished.len() == config.clients;
@@ -356,7 +420,10 @@ pub async fn run(config: &ChaosConfig) -> ChaosReport {
     let mut up = Flow::default();
     let mut down = Flow::default();
     let (mut reconnects, mut session_resets) = (0, 0);
-    let at_server = at_server.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let at_server = match &cluster {
+        Some(cluster) => cluster.lock().await.arrivals(&mut up),
+        None => at_server.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+    };
     for (index, client, received, acked, terminal) in &finished {
         up.sent += messages;
         up.acknowledged += acked.iter().filter(|acked| **acked).count() as u64;
@@ -411,6 +478,8 @@ pub async fn run(config: &ChaosConfig) -> ChaosReport {
         reconnects,
         session_resets,
         restarts: config.restarts,
+        instances: config.instances,
+        kills: config.kills,
         completed,
         seconds: started.elapsed().as_secs_f64(),
         peak_rss_kib: peak_rss_kib(),
@@ -422,4 +491,123 @@ fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Instance processes on one Redis, behind a balancer.
+struct Cluster {
+    redis: RedisProcess,
+    program: PathBuf,
+    flags: Vec<String>,
+    /// Every instance started, killed ones included (their logs still count).
+    instances: Vec<InstanceProcess>,
+    killed: Vec<bool>,
+    balancer: Balancer,
+}
+
+impl Cluster {
+    async fn start(count: usize, program: PathBuf, messages: u64) -> Result<Cluster, String> {
+        let redis = tokio::task::spawn_blocking(RedisProcess::start)
+            .await
+            .map_err(|problem| problem.to_string())??;
+        let flags = [
+            "--heartbeat-ms",
+            "500",
+            "--hello-timeout-ms",
+            "3000",
+            "--mailbox-max-messages",
+            &(messages + 100).to_string(),
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let mut instances = Vec::new();
+        for _ in 0..count {
+            instances.push(spawn_instance(&program, &redis.url(), &flags).await?);
+        }
+        let balancer = Balancer::start(instances.iter().map(|i| i.address).collect()).await;
+        Ok(Cluster {
+            redis,
+            program,
+            flags,
+            killed: vec![false; instances.len()],
+            instances,
+            balancer,
+        })
+    }
+
+    /// Kills the `which`-th live instance (modulo their number) and starts a replacement.
+    async fn kill_and_replace(&mut self, which: usize) {
+        let live: Vec<usize> = (0..self.instances.len())
+            .filter(|index| !self.killed[*index])
+            .collect();
+        if let Some(&victim) = live.get(which % live.len().max(1)) {
+            self.instances[victim].kill();
+            self.killed[victim] = true;
+        }
+        match spawn_instance(&self.program, &self.redis.url(), &self.flags).await {
+            Ok(instance) => {
+                self.instances.push(instance);
+                self.killed.push(false);
+            }
+            Err(problem) => tracing::warn!(%problem, "could not start a replacement instance"),
+        }
+        let addresses: Vec<SocketAddr> = (0..self.instances.len())
+            .filter(|index| !self.killed[*index])
+            .map(|index| self.instances[index].address)
+            .collect();
+        self.balancer.set_backends(addresses);
+    }
+
+    /// Every user's client messages as the instances' applications got them, in time order;
+    /// arrivals again of a message first taken by an instance that was then killed are counted
+    /// in `flow` and left out.
+    fn arrivals(&self, flow: &mut Flow) -> HashMap<String, Vec<u64>> {
+        let mut by_user: HashMap<String, Vec<(u64, u64, usize)>> = HashMap::new();
+        for (index, instance) in self.instances.iter().enumerate() {
+            for received in instance.received() {
+                let Some(n) = Data::from_json(received.data.clone())
+                    .ok()
+                    .and_then(|d| number(&d))
+                else {
+                    continue;
+                };
+                by_user
+                    .entry(received.user)
+                    .or_default()
+                    .push((received.at_micros, n, index));
+            }
+        }
+        let mut arrivals = HashMap::new();
+        for (user, mut list) in by_user {
+            list.sort_unstable();
+            let mut first_at: HashMap<u64, usize> = HashMap::new();
+            let mut kept = Vec::with_capacity(list.len());
+            for (_, n, index) in list {
+                match first_at.get(&n) {
+                    Some(&first) if self.killed[first] && first != index => {
+                        flow.redelivered_after_kill += 1;
+                    }
+                    _ => {
+                        first_at.entry(n).or_insert(index);
+                        kept.push(n);
+                    }
+                }
+            }
+            arrivals.insert(user, kept);
+        }
+        arrivals
+    }
+}
+
+async fn spawn_instance(
+    program: &std::path::Path,
+    redis_url: &str,
+    flags: &[String],
+) -> Result<InstanceProcess, String> {
+    let (program, url, flags) = (program.to_owned(), redis_url.to_owned(), flags.to_vec());
+    tokio::task::spawn_blocking(move || {
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        InstanceProcess::spawn(&program, &url, &flags)
+    })
+    .await
+    .map_err(|problem| problem.to_string())?
 }

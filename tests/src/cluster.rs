@@ -113,8 +113,16 @@ fn free_port() -> Result<u16, String> {
         .map_err(|problem| problem.to_string())
 }
 
-/// A message an instance's handler accepted: (user, data as JSON text).
-pub type Received = (String, String);
+/// A message an instance's handler accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Received {
+    /// When, in microseconds of the wall clock (comparable across instances on one machine).
+    pub at_micros: u64,
+    /// From whom.
+    pub user: String,
+    /// The message, as JSON text.
+    pub data: String,
+}
 
 /// A server instance on the Redis store, in a process of its own (the `instance` binary).
 #[derive(Debug)]
@@ -126,10 +134,16 @@ pub struct InstanceProcess {
 }
 
 impl InstanceProcess {
-    /// Starts `program` (the `instance` binary) on `redis_url`, and waits until it listens.
-    pub fn spawn(program: &Path, redis_url: &str) -> Result<InstanceProcess, String> {
+    /// Starts `program` (the `instance` binary) on `redis_url`, with more of its flags in
+    /// `extra`, and waits until it listens.
+    pub fn spawn(
+        program: &Path,
+        redis_url: &str,
+        extra: &[&str],
+    ) -> Result<InstanceProcess, String> {
         let mut child = Command::new(program)
             .args(["--redis", redis_url])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -144,11 +158,19 @@ impl InstanceProcess {
                 if let Some(address) = line.strip_prefix("listening ") {
                     let _ = address_tx.send(address.to_owned());
                 } else if let Some(rest) = line.strip_prefix("received ") {
-                    if let Some((user, data)) = rest.split_once(' ') {
-                        sink.lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push((user.to_owned(), data.to_owned()));
-                    }
+                    let mut parts = rest.splitn(3, ' ');
+                    let (Some(at), Some(user), Some(data)) =
+                        (parts.next(), parts.next(), parts.next())
+                    else {
+                        continue;
+                    };
+                    sink.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(Received {
+                            at_micros: at.parse().unwrap_or(0),
+                            user: user.to_owned(),
+                            data: data.to_owned(),
+                        });
                 }
             }
         });

@@ -17,6 +17,9 @@ async fn every_message_arrives_exactly_once_and_in_order_through_chaos() {
         rate: 200,
         deadline: Duration::from_secs(90),
         restarts: 0,
+        instances: 0,
+        kills: 0,
+        instance_program: None,
     })
     .await;
     let json = serde_json::to_string_pretty(&report).expect("a report");
@@ -56,6 +59,9 @@ async fn graceful_restarts_reset_sessions_without_duplicating_or_reordering() {
         rate: 200,
         deadline: Duration::from_secs(90),
         restarts: 2,
+        instances: 0,
+        kills: 0,
+        instance_program: None,
     })
     .await;
     let json = serde_json::to_string_pretty(&report).expect("a report");
@@ -66,4 +72,31 @@ async fn graceful_restarts_reset_sessions_without_duplicating_or_reordering() {
     );
     let up = &report.client_to_server;
     assert_eq!(up.acknowledged + up.terminal_outcomes, up.sent, "{json}");
+}
+
+/// Three instances on one Redis behind a balancer, two of them killed outright (SIGKILL) during
+/// the run and replaced: no session is reset, every message published arrives exactly once and in
+/// order, and every acknowledged client message reached an application — a second time only when
+/// the instance that first took it was killed before it could acknowledge it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_instances_lose_nothing_through_chaos() {
+    let report = run(&ChaosConfig {
+        clients: 10,
+        messages: 300,
+        seed: 0x0000_dead,
+        rate: 200,
+        deadline: Duration::from_secs(120),
+        restarts: 0,
+        instances: 3,
+        kills: 2,
+        instance_program: Some(env!("CARGO_BIN_EXE_instance").into()),
+    })
+    .await;
+    let json = serde_json::to_string_pretty(&report).expect("a report");
+    assert!(report.clean(), "{json}");
+    assert_eq!(report.session_resets, 0, "every session resumed: {json}");
+    assert_eq!(report.server_to_client.received, 10 * 300, "{json}");
+    let up = &report.client_to_server;
+    assert_eq!(up.acknowledged + up.terminal_outcomes, up.sent, "{json}");
+    assert_eq!(up.acknowledged, up.sent, "nothing failed for good: {json}");
 }

@@ -59,6 +59,9 @@ async fn no_resume_token_reaches_a_log_line_during_chaos() {
         rate: 200,
         deadline: Duration::from_secs(60),
         restarts: 0,
+        instances: 0,
+        kills: 0,
+        instance_program: None,
     })
     .await;
     assert!(report.clean(), "{report:?}");

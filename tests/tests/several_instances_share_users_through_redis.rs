@@ -150,8 +150,8 @@ async fn a_killed_instance_loses_nothing_and_its_client_resumes_on_another() {
     const COUNT: u64 = 200;
     let redis = RedisProcess::start().expect("redis-server");
     let program = std::path::Path::new(INSTANCE);
-    let mut first = InstanceProcess::spawn(program, &redis.url()).expect("instance 1");
-    let second = InstanceProcess::spawn(program, &redis.url()).expect("instance 2");
+    let mut first = InstanceProcess::spawn(program, &redis.url(), &[]).expect("instance 1");
+    let second = InstanceProcess::spawn(program, &redis.url(), &[]).expect("instance 2");
     let publisher = RunningServer::start(options(&redis).await, AcceptAll).await;
     let balancer = Balancer::start(vec![first.address, second.address]).await;
 
@@ -202,7 +202,7 @@ async fn a_killed_instance_loses_nothing_and_its_client_resumes_on_another() {
         .received()
         .into_iter()
         .chain(second.received())
-        .map(|(_, data)| number(&data))
+        .map(|received| number(&received.data))
         .collect();
     assert_eq!(reached, (0..COUNT).collect::<BTreeSet<_>>());
 

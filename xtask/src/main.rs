@@ -149,6 +149,22 @@ fn clippy(scope: &[&str]) -> Result<(), String> {
 }
 
 fn chaos(args: &[String]) -> Result<(), String> {
+    if args.iter().any(|arg| arg == "--instances") {
+        wasm::ensure_debian_tool("redis-server", "redis-server")?;
+        // The instances are processes of their own: their binary is built beside `chaos`.
+        cargo(
+            &[
+                "build",
+                "--release",
+                "--quiet",
+                "-p",
+                "readyws-tests",
+                "--bin",
+                "instance",
+            ],
+            &[],
+        )?;
+    }
     let mut command = vec![
         "run",
         "--release",

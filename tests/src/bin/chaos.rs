@@ -1,5 +1,7 @@
-//! `cargo xtask chaos --clients N --messages M --seed S [--restarts K]`: the chaos run at any size, with its
-//! figures as JSON on stdout; exits 1 if a message was lost, duplicated or reordered.
+//! `cargo xtask chaos --clients N --messages M --seed S [--restarts K] [--instances I --kills K]`:
+//! the chaos run at any size, with its figures as JSON on stdout; exits 1 if a message was lost,
+//! duplicated or reordered. With `--instances`, the server is that many instance processes on a
+//! `redis-server` of the run's own, and `--kills` of them are killed (SIGKILL) during the run.
 
 // A command-line tool: printing the report is its job.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -30,10 +32,22 @@ fn main() -> ExitCode {
         rate: value(&args, "--rate").unwrap_or(500),
         deadline: Duration::from_secs(value(&args, "--deadline-secs").unwrap_or(900)),
         restarts: value(&args, "--restarts").unwrap_or(0) as u32,
+        instances: value(&args, "--instances").unwrap_or(0) as usize,
+        kills: value(&args, "--kills").unwrap_or(0) as u32,
+        // Built beside this binary (`cargo xtask chaos` builds both).
+        instance_program: std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.join("instance"))),
     };
     eprintln!(
-        "chaos: {} clients x {} messages each way at {}/s, {} restarts, seed {}",
-        config.clients, config.messages, config.rate, config.restarts, config.seed
+        "chaos: {} clients x {} messages each way at {}/s, {} restarts, {} instances, {} kills, seed {}",
+        config.clients,
+        config.messages,
+        config.rate,
+        config.restarts,
+        config.instances,
+        config.kills,
+        config.seed
     );
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

@@ -2,9 +2,11 @@
 //! kill it the hard way (SIGKILL: no `goaway`, no release of its sessions) and see what another
 //! instance makes of what it left in Redis.
 //!
-//! `instance --redis URL [--prefix P] [--resume-window-ms N]` prints `listening ADDRESS`, then a
-//! line `received USER DATA` for every client message, written and flushed before its `ack` can
-//! leave, so that the suite knows what reached an application even from an instance it killed.
+//! `instance --redis URL [--prefix P] [--resume-window-ms N] [--heartbeat-ms N]` prints
+//! `listening ADDRESS`, then a line `received MICROS USER DATA` for every client message (the
+//! wall clock in microseconds, to merge the lines of several instances), written and flushed
+//! before its `ack` can leave, so that the suite knows what reached an application even from an
+//! instance it killed.
 
 // A test tool: its stdout is its report.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -15,7 +17,8 @@ use std::time::Duration;
 
 use readyws_protocol::ServerConfig;
 use readyws_server::{
-    Decision, Inbound, InsecureDevAuth, RedisStore, Server, ServerHandle, ServerOptions,
+    Decision, Inbound, InsecureDevAuth, MailboxLimits, RedisStore, Server, ServerHandle,
+    ServerOptions,
 };
 
 fn flag(args: &[String], name: &str) -> Option<String> {
@@ -26,9 +29,17 @@ fn flag(args: &[String], name: &str) -> Option<String> {
 }
 
 fn record(_: &ServerHandle, message: Inbound<'_>) -> Decision {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_micros());
     let mut out = std::io::stdout().lock();
-    let written = writeln!(out, "received {} {}", message.user, message.data.as_json())
-        .and_then(|()| out.flush());
+    let written = writeln!(
+        out,
+        "received {micros} {} {}",
+        message.user,
+        message.data.as_json()
+    )
+    .and_then(|()| out.flush());
     match written {
         Ok(()) => Decision::Accept,
         // Without its record the suite could not tell; the client sends it again later.
@@ -42,15 +53,31 @@ fn record(_: &ServerHandle, message: Inbound<'_>) -> Decision {
 async fn run(args: Vec<String>) -> Result<(), String> {
     let url = flag(&args, "--redis").ok_or("--redis URL is required")?;
     let prefix = flag(&args, "--prefix").unwrap_or_else(|| "readyws".to_owned());
-    let window = flag(&args, "--resume-window-ms")
-        .and_then(|text| text.parse().ok())
-        .unwrap_or(120_000);
+    let millis = |name: &str, default: u64| {
+        Duration::from_millis(
+            flag(&args, name)
+                .and_then(|text| text.parse().ok())
+                .unwrap_or(default),
+        )
+    };
+    let protocol = ServerConfig::default()
+        .resume_window(millis("--resume-window-ms", 120_000))
+        .heartbeat(millis("--heartbeat-ms", 25_000))
+        .hello_timeout(millis("--hello-timeout-ms", 10_000));
+    let mailbox = MailboxLimits {
+        max_messages: flag(&args, "--mailbox-max-messages")
+            .and_then(|text| text.parse().ok())
+            .unwrap_or(1000),
+        max_bytes: 64 << 20,
+        ..MailboxLimits::default()
+    };
     let store = RedisStore::connect(&url)
         .await
         .map_err(|problem| problem.to_string())?
         .with_prefix(prefix);
     let options = ServerOptions::default()
-        .protocol(ServerConfig::default().resume_window(Duration::from_millis(window)))
+        .protocol(protocol)
+        .mailbox(mailbox)
         .redis(store);
     let server = Server::new(options, InsecureDevAuth, record);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
