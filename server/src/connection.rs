@@ -434,7 +434,14 @@ impl Task {
         }
         let state = (progress != self.saved).then(|| encode_state(session, &self.copies));
         match hub
-            .save(&user, session.id(), state, &settled, Keep::Live)
+            .save(
+                &user,
+                Some(self.conn_id),
+                session.id(),
+                state,
+                &settled,
+                Keep::Live,
+            )
             .await
         {
             Ok(Saved::Done) => {
@@ -578,14 +585,21 @@ impl Task {
                 // Custody still ends for what the client acknowledged here.
                 if !settled.is_empty() {
                     let _ = hub
-                        .save(&user, session.id(), None, &settled, Keep::Live)
+                        .save(
+                            &user,
+                            Some(self.conn_id),
+                            session.id(),
+                            None,
+                            &settled,
+                            Keep::Live,
+                        )
                         .await;
                 }
                 return;
             }
             let state = encode_state(&session, &self.copies);
             let keep = if ended { Keep::Ended } else { Keep::ForResume };
-            hub.release(&user, session.id(), state, &settled, keep)
+            hub.release(&user, self.conn_id, session.id(), state, &settled, keep)
                 .await;
             self.copies.clear();
             return;

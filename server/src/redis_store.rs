@@ -8,8 +8,9 @@
 //! | `u:{user}:mbox` | stream | the user's held messages, entry id `0-{record}`, fields `d` (data), `s` (bytes), `e` (expiry, ms) |
 //! | `u:{user}:meta` | hash | `bytes`: the bytes held |
 //! | `u:{user}:sessions` | hash | session id → the instance carrying it live, or `""` while kept for resume |
-//! | `s:{session}` | hash | `user`, `token` and `prev` (SHA-256 of the resume secrets), `inst`, `state` (the [`SessionState`] and the records of its messages in flight) |
+//! | `s:{session}` | hash | `user`, `token` and `prev` (SHA-256 of the resume secrets), `inst` and `conn` (the instance and connection carrying it, empty while kept for resume), `ticket` (of the `hello` that last claimed it), `state` (the [`SessionState`] and the records of its messages in flight) |
 //! | `seq` | counter | the last record id; ids grow across all users |
+//! | `hellos` | counter | the last `hello` ticket: a later `hello` wins a session over an earlier one |
 //! | `mailboxes` | set | users with a mailbox, for expiry |
 //! | `i:{instance}` | string with a time-to-live | the instance's lease: present while it runs |
 //! | `i:{instance}:sessions`, `instances` | sets | what a dead instance carried, for others to release |
@@ -53,10 +54,9 @@ const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
 /// this long is dead and its sessions can be resumed elsewhere.
 const LEASE: Duration = Duration::from_secs(3);
 const HEARTBEAT: Duration = Duration::from_secs(1);
-/// How long a resume waits for the instance carrying the session to give it up.
+/// How long a resume waits for a live instance carrying the session to give it up (a dead one's
+/// lease runs out within [`LEASE`]).
 const SURRENDER_TIMEOUT: Duration = Duration::from_secs(2);
-/// How often a resume asks a live holder to give the session up before giving up itself.
-const TAKEOVER_TRIES: usize = 3;
 
 /// Why the Redis store could not do what was asked. Nothing was lost: what Redis did not confirm
 /// is still where it was (with the publisher, or in the client's outbox).
@@ -334,6 +334,7 @@ struct Local {
 /// A session whose release could not be written; retried until it is.
 struct PendingRelease {
     user: UserId,
+    conn: u64,
     session_id: String,
     state: Vec<u8>,
     keep: Keep,
@@ -456,9 +457,12 @@ impl RedisHub {
 
     /// Attaches a connection of `user` to a session: the one `resume` names if it is this user's
     /// and its secret matches [RS-3, SE-3], wherever it was kept, otherwise a new one. A session
-    /// still carried by a live connection (here or on another instance) is asked to move [RS-7].
-    /// The connection is registered for wake-ups before the mailbox is read, so a publish from
-    /// then on reaches it [HS-4].
+    /// still carried by a live connection (here or on another instance) is asked to move [RS-7],
+    /// and taken once it has, or once the instance carrying it is found dead (its lease ran
+    /// out). Every `hello` gets a ticket from Redis: a session claimed for a later `hello` is
+    /// never taken back for an earlier one, whose client has moved on (`None`: give up, as when
+    /// the holder never lets go). The connection is registered for wake-ups before the mailbox
+    /// is read, so a publish from then on reaches it [HS-4].
     pub(crate) async fn attach(
         &self,
         user: &UserId,
@@ -472,7 +476,10 @@ impl RedisHub {
             .entry(user.clone())
             .or_default()
             .insert(conn, tx.clone());
-        for _ in 0..=TAKEOVER_TRIES {
+        let deadline = tokio::time::Instant::now() + LEASE + SURRENDER_TIMEOUT;
+        let mut ticket = Vec::new();
+        let mut asked: Option<tokio::time::Instant> = None;
+        loop {
             let (fresh_id, token) = fresh_session_credentials();
             let presented = resume.map_or_else(Vec::new, |r| token_hash(&r.resume_token));
             let args = [
@@ -482,6 +489,8 @@ impl RedisHub {
                 presented,
                 token_hash(&token),
                 fresh_id.into_bytes(),
+                conn.to_string().into_bytes(),
+                ticket.clone(),
             ];
             let reply = self
                 .store
@@ -489,14 +498,29 @@ impl RedisHub {
                 .await?;
             let parts = array("attach", &reply)?;
             let status = text("attach", parts.first())?;
-            if status == "busy" {
-                let holder = text("attach", parts.get(1))?;
-                let session_id = resume.map_or("", |r| r.session_id.as_str());
-                self.ask_to_surrender(&holder, session_id).await?;
-                continue;
+            ticket = text("attach", parts.get(1))?.into_bytes();
+            match status.as_str() {
+                "stale" => {
+                    debug!("a later hello of this client already took the session");
+                    return Ok(None);
+                }
+                "busy" => {
+                    let holder = text("attach", parts.get(2))?;
+                    let session_id = resume.map_or("", |r| r.session_id.as_str());
+                    if asked.is_none_or(|at| at.elapsed() >= HEARTBEAT) {
+                        self.ask_to_surrender(&holder, session_id).await?;
+                        asked = Some(tokio::time::Instant::now());
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Ok(None);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+                _ => {}
             }
-            let session_id = text("attach", parts.get(1))?;
-            let stored = match parts.get(2) {
+            let session_id = text("attach", parts.get(2))?;
+            let stored = match parts.get(3) {
                 Some(Value::BulkString(bytes)) if !bytes.is_empty() => serde_json::from_slice::<
                     StoredSession,
                 >(bytes)
@@ -510,7 +534,7 @@ impl RedisHub {
             if resume.is_some() {
                 m::resume(if resumed { "resumed" } else { "reset" });
             }
-            let (mut session, copies) = if resumed {
+            let (mut session, mut copies) = if resumed {
                 let state = stored.session.unwrap_or(SessionState {
                     last_received: 0,
                     recent_nacks: Vec::new(),
@@ -531,8 +555,7 @@ impl RedisHub {
                     Copies::new(),
                 )
             };
-            let mut copies = copies;
-            let records = records("attach", parts.get(3..).unwrap_or_default())?;
+            let records = records("attach", parts.get(4..).unwrap_or_default())?;
             let cursor = queue_lacking(&mut session, &mut copies, records, now);
             self.local().sessions.insert(session_id, (conn, tx.clone()));
             return Ok(Some(Attached {
@@ -542,39 +565,18 @@ impl RedisHub {
                 cursor,
             }));
         }
-        Ok(None)
     }
 
-    /// Asks the instance carrying `session_id` to give it up, and waits until it has, or for
-    /// [`SURRENDER_TIMEOUT`].
+    /// Asks the instance carrying `session_id` to give it up.
     async fn ask_to_surrender(&self, holder: &str, session_id: &str) -> Result<(), StoreError> {
         if holder == self.instance {
-            let connection = self.local().sessions.get(session_id).cloned();
-            if let Some((_, tx)) = connection {
-                let (done, answered) = oneshot::channel();
-                if tx.send(ConnCommand::Surrender { done }).is_ok() {
-                    let _ = tokio::time::timeout(SURRENDER_TIMEOUT, answered).await;
-                    return Ok(());
-                }
-            }
-            // No connection here carries it any more: release what Redis still says.
-            return self.release_orphan(session_id).await;
+            return self.surrender(session_id).await;
         }
         let mut command = redis::cmd("PUBLISH");
         command
             .arg(self.store.key(&["ctl", holder]))
             .arg(session_id);
         self.store.query("takeover", &command).await?;
-        let deadline = tokio::time::Instant::now() + SURRENDER_TIMEOUT;
-        let mut command = redis::cmd("HGET");
-        command.arg(self.store.key(&["s", session_id])).arg("inst");
-        while tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            let value = self.store.query("takeover", &command).await?;
-            if !matches!(&value, Value::BulkString(bytes) if bytes == holder.as_bytes()) {
-                return Ok(());
-            }
-        }
         Ok(())
     }
 
@@ -596,7 +598,7 @@ impl RedisHub {
         command.arg(self.store.key(&["s", session_id])).arg("user");
         if let Value::BulkString(user) = self.store.query("takeover", &command).await? {
             let user = UserId::new(String::from_utf8_lossy(&user).into_owned());
-            self.save(&user, session_id, None, &[], Keep::ForResume)
+            self.save(&user, None, session_id, None, &[], Keep::ForResume)
                 .await?;
         }
         Ok(())
@@ -620,9 +622,12 @@ impl RedisHub {
     /// Writes what Redis must know before the connection's next frames leave: the session's
     /// state (when it changed) and the records its client acknowledged or refused, whose custody
     /// ends [CU-1]. With `keep` other than [`Keep::Live`] the session also leaves this instance.
+    /// Only the connection `conn` that claimed the session writes it (`None`: any connection of
+    /// this instance, for a session none of them carries any more).
     pub(crate) async fn save(
         &self,
         user: &UserId,
+        conn: Option<u64>,
         session_id: &str,
         state: Option<Vec<u8>>,
         settled: &[u64],
@@ -631,6 +636,7 @@ impl RedisHub {
         let mut args = vec![
             user.as_str().as_bytes().to_vec(),
             self.instance.as_bytes().to_vec(),
+            conn.map_or_else(Vec::new, |conn| conn.to_string().into_bytes()),
             session_id.as_bytes().to_vec(),
             keep.as_arg().as_bytes().to_vec(),
             state.unwrap_or_default(),
@@ -644,7 +650,7 @@ impl RedisHub {
         let reply = self.store.script("save", &self.scripts.save, &args).await?;
         let [written] = integers::<1>("save", &reply)?;
         if keep != Keep::Live {
-            self.local().sessions.remove(session_id);
+            self.forget_session(session_id, conn);
         }
         Ok(if written == 1 {
             Saved::Done
@@ -658,26 +664,47 @@ impl RedisHub {
     pub(crate) async fn release(
         &self,
         user: &UserId,
+        conn: u64,
         session_id: &str,
         state: Vec<u8>,
         settled: &[u64],
         keep: Keep,
     ) {
         let saved = self
-            .save(user, session_id, Some(state.clone()), settled, keep)
+            .save(
+                user,
+                Some(conn),
+                session_id,
+                Some(state.clone()),
+                settled,
+                keep,
+            )
             .await;
         if let Err(error) = saved {
             warn!(%error, session = session_id, "could not release a session in Redis; retrying in the background");
-            self.local().sessions.remove(session_id);
+            self.forget_session(session_id, Some(conn));
             self.pending
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .push(PendingRelease {
                     user: user.clone(),
+                    conn,
                     session_id: session_id.to_owned(),
                     state,
                     keep,
                 });
+        }
+    }
+
+    /// The session is no longer carried by `conn` here (`None`: by any connection).
+    fn forget_session(&self, session_id: &str, conn: Option<u64>) {
+        let mut local = self.local();
+        if local
+            .sessions
+            .get(session_id)
+            .is_some_and(|(holder, _)| conn.is_none_or(|conn| *holder == conn))
+        {
+            local.sessions.remove(session_id);
         }
     }
 
@@ -734,15 +761,12 @@ impl RedisHub {
         );
         let mut failed = Vec::new();
         for release in pending {
-            // A session that came back to this instance since is live again: nothing to release.
-            if self.local().sessions.contains_key(&release.session_id) {
-                continue;
-            }
             // Once Redis fails, the rest wait for the next beat.
             if failed.is_empty() {
                 let saved = self
                     .save(
                         &release.user,
+                        Some(release.conn),
                         &release.session_id,
                         Some(release.state.clone()),
                         &[],
@@ -1065,49 +1089,55 @@ return {record, live, dropped}
 ";
 
 // ARGV: prefix, user, instance, session to resume (or ''), hash of the presented secret, hash of
-// the new secret, id for a new session.
-// Returns {'busy', holder} or {'resumed' | 'new', session id, state, mailbox entries…}.
+// the new secret, id for a new session, connection, the hello's ticket (or '' for a new one).
+// Returns {'stale', ticket} when a later hello claimed the session, {'busy', ticket, holder}
+// while a live instance carries it, or {'resumed' | 'new', ticket, session id, state, mailbox
+// entries…}.
 const ATTACH_LUA: &str = r"
 local p, user, instance = ARGV[1], ARGV[2], ARGV[3]
+local ticket = ARGV[9]
+if ticket == '' then ticket = tostring(redis.call('INCR', p .. ':hellos')) end
 local sessions = p .. ':u:' .. user .. ':sessions'
 local status, sid, state = 'new', ARGV[7], ''
 if ARGV[4] ~= '' then
   local key = p .. ':s:' .. ARGV[4]
-  local s = redis.call('HMGET', key, 'user', 'token', 'prev', 'inst', 'state')
+  local s = redis.call('HMGET', key, 'user', 'token', 'prev', 'inst', 'state', 'ticket')
   if s[1] == user and ARGV[5] ~= '' and (s[2] == ARGV[5] or s[3] == ARGV[5]) then
+    if s[6] and tonumber(s[6]) > tonumber(ticket) then return {'stale', ticket} end
     local holder = s[4] or ''
     if holder ~= '' and redis.call('EXISTS', p .. ':i:' .. holder) == 1 then
-      return {'busy', holder}
+      return {'busy', ticket, holder}
     end
     status, sid, state = 'resumed', ARGV[4], s[5] or ''
     if holder ~= '' then redis.call('SREM', p .. ':i:' .. holder .. ':sessions', sid) end
-    redis.call('HSET', key, 'token', ARGV[6], 'prev', ARGV[5], 'inst', instance)
+    redis.call('HSET', key, 'token', ARGV[6], 'prev', ARGV[5], 'inst', instance, 'conn', ARGV[8], 'ticket', ticket)
     redis.call('PERSIST', key)
   end
 end
 if status == 'new' then
-  redis.call('HSET', p .. ':s:' .. sid, 'user', user, 'token', ARGV[6], 'prev', '', 'inst', instance, 'state', '')
+  redis.call('HSET', p .. ':s:' .. sid, 'user', user, 'token', ARGV[6], 'prev', '', 'inst', instance, 'conn', ARGV[8], 'ticket', ticket, 'state', '')
 end
 for _, other in ipairs(redis.call('HKEYS', sessions)) do
   if redis.call('EXISTS', p .. ':s:' .. other) == 0 then redis.call('HDEL', sessions, other) end
 end
 redis.call('HSET', sessions, sid, instance)
 redis.call('SADD', p .. ':i:' .. instance .. ':sessions', sid)
-local out = {status, sid, state}
+local out = {status, ticket, sid, state}
 for _, entry in ipairs(redis.call('XRANGE', p .. ':u:' .. user .. ':mbox', '-', '+')) do
   out[#out + 1] = entry
 end
 return out
 ";
 
-// ARGV: prefix, user, instance, session, 'live' | 'release' | 'end', state (or '' to keep it),
-// resume window (ms), mailbox entry ids whose custody ended…
-// Returns 1, or 0 when the session is not this instance's (only the custody was written).
+// ARGV: prefix, user, instance, connection (or '' for any of the instance's), session,
+// 'live' | 'release' | 'end', state (or '' to keep it), resume window (ms), mailbox entry ids
+// whose custody ended…
+// Returns 1, or 0 when the session is not this connection's (only the custody was written).
 const SAVE_LUA: &str = r"
-local p, user, instance, sid, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local p, user, instance, conn, sid, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local mbox = p .. ':u:' .. user .. ':mbox'
 local freed = 0
-for i = 8, #ARGV do
+for i = 9, #ARGV do
   local entry = redis.call('XRANGE', mbox, ARGV[i], ARGV[i])[1]
   if entry then
     local fields = entry[2]
@@ -1119,12 +1149,13 @@ for i = 8, #ARGV do
 end
 if freed > 0 then redis.call('HINCRBY', p .. ':u:' .. user .. ':meta', 'bytes', -freed) end
 local key = p .. ':s:' .. sid
-if redis.call('HGET', key, 'inst') ~= instance then return 0 end
-if ARGV[6] ~= '' then redis.call('HSET', key, 'state', ARGV[6]) end
+local owner = redis.call('HMGET', key, 'inst', 'conn')
+if owner[1] ~= instance or (conn ~= '' and owner[2] ~= conn) then return 0 end
+if ARGV[7] ~= '' then redis.call('HSET', key, 'state', ARGV[7]) end
 local sessions = p .. ':u:' .. user .. ':sessions'
 if mode == 'release' then
-  redis.call('HSET', key, 'inst', '')
-  redis.call('PEXPIRE', key, ARGV[7])
+  redis.call('HSET', key, 'inst', '', 'conn', '')
+  redis.call('PEXPIRE', key, ARGV[8])
   redis.call('HSET', sessions, sid, '')
   redis.call('SREM', p .. ':i:' .. instance .. ':sessions', sid)
 elseif mode == 'end' then
@@ -1186,7 +1217,7 @@ for _, instance in ipairs(redis.call('SMEMBERS', p .. ':instances')) do
     for _, sid in ipairs(redis.call('SMEMBERS', set)) do
       local key = p .. ':s:' .. sid
       if redis.call('HGET', key, 'inst') == instance then
-        redis.call('HSET', key, 'inst', '')
+        redis.call('HSET', key, 'inst', '', 'conn', '')
         redis.call('PEXPIRE', key, ARGV[2])
         local user = redis.call('HGET', key, 'user')
         if user then redis.call('HSET', p .. ':u:' .. user .. ':sessions', sid, '') end
