@@ -26,7 +26,7 @@ use crate::{Decision, Inbound, ServerHandle, Shared};
 
 /// How long a resume waits for the connection that holds the session to let go of it.
 const SURRENDER_TIMEOUT: Duration = Duration::from_secs(2);
-/// The `retry_after_ms` of a `goaway` 4004 sent because the Redis store failed.
+/// The `retry_after_ms` of a `goaway` 4003 sent because the Redis store failed.
 const STORE_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 pub(crate) async fn run(shared: Arc<Shared>, socket: impl FrameSocket) {
