@@ -449,12 +449,16 @@ impl Task {
                 true
             }
             Ok(Saved::Fenced) => {
+                // Another connection claimed the session (this instance was thought dead, or a
+                // newer hello won it). If this client is the one still using this connection it
+                // must come back and resume, so the `goaway` invites a retry rather than 4203,
+                // which a client takes as final.
                 self.fenced = true;
-                warn!("another instance carries this session now");
+                warn!("another connection carries this session now");
                 self.goaway(
-                    code::SESSION_TAKEN_OVER,
-                    "another connection resumed this session",
-                    None,
+                    code::OVERLOADED,
+                    "this connection no longer carries the session, reconnect",
+                    Some(Duration::from_millis(100)),
                 );
                 false
             }

@@ -1,8 +1,9 @@
 //! Several instances on one Redis serve any user: a publish on one instance reaches the user's
 //! session on another; a message for a user who is away waits in Redis for whichever instance the
 //! user reaches; an instance killed outright loses nothing, its client resuming on another with
-//! `resumed: true`; and a Redis killed and restarted under load delays messages without losing
-//! any. Each test runs its own `redis-server` on a free loopback port.
+//! `resumed: true`; a Redis killed and restarted under load delays messages without losing any;
+//! and a Redis that is down is reported to the publisher, with the reason, and counted. Each test
+//! runs its own `redis-server` on a free loopback port.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -11,11 +12,12 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use readyws::{Client, ConnectionState, Data, Messages, Outcome};
 use readyws_server::{
-    AcceptAll, Decision, Inbound, InboundHandler, RedisStore, Reply, ServerHandle, ServerOptions,
-    UserId,
+    AcceptAll, Decision, Inbound, InboundHandler, PublishError, RedisStore, Reply, ServerHandle,
+    ServerOptions, StoreError, UserId,
 };
 use readyws_tests::cluster::{Balancer, InstanceProcess, RedisProcess};
 use readyws_tests::harness::RunningServer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const INSTANCE: &str = env!("CARGO_BIN_EXE_instance");
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -312,4 +314,53 @@ async fn redis_restarted_under_load_delays_messages_and_loses_none() {
     client.close(Duration::from_secs(1)).await;
     a.stop().await;
     b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_is_down_is_reported_to_the_publisher_and_counted() {
+    let unreachable = RedisStore::connect("redis://127.0.0.1:1").await;
+    assert!(
+        matches!(unreachable, Err(StoreError::Connect { .. })),
+        "{unreachable:?}"
+    );
+
+    let mut redis = RedisProcess::start().expect("redis-server");
+    let server = RunningServer::start(options(&redis).await, AcceptAll).await;
+    redis.kill();
+    let refused = server
+        .handle
+        .publish(&UserId::new("erin"), numbered(1))
+        .await;
+    let Err(PublishError::Unavailable(StoreError::Unavailable {
+        operation,
+        attempts,
+        ..
+    })) = &refused
+    else {
+        panic!("expected the store to be unavailable, got {refused:?}");
+    };
+    assert_eq!((*operation, *attempts), ("publish", 5));
+    assert!(
+        refused.clone().unwrap_err().to_string().contains("publish"),
+        "the reason names what failed"
+    );
+
+    // The failure is counted where operators look.
+    let mut stream = tokio::net::TcpStream::connect(server.address)
+        .await
+        .expect("the server listens");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request written");
+    let mut page = String::new();
+    stream
+        .read_to_string(&mut page)
+        .await
+        .expect("response read");
+    assert!(
+        page.contains(r#"readyws_store_failures_total{operation="publish"}"#),
+        "{page}"
+    );
+    server.stop().await;
 }
