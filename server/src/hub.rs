@@ -129,13 +129,7 @@ impl Hub {
         data: Data,
         now: Time,
     ) -> Result<PublishReport, PublishError> {
-        let size = data.len();
-        if size > self.mailbox.max_bytes {
-            return Err(PublishError::TooLarge {
-                size,
-                limit: self.mailbox.max_bytes,
-            });
-        }
+        let size = self.mailbox.admit(&data)?;
         let limits = self.mailbox;
         let state = self.users.entry(user.clone()).or_default();
         let mut dropped = 0;

@@ -7,7 +7,7 @@
 //! | `readyws_sessions_ready_total` | counter | `connection_ready` sent |
 //! | `readyws_ready_seconds` | histogram | socket open → `connection_ready` |
 //! | `readyws_resumes_total{result}` | counter | resume requests: `resumed` or `reset` |
-//! | `readyws_mailbox_messages` | gauge | messages held for users, all users |
+//! | `readyws_mailbox_messages` | gauge | messages held for users, all users (in-memory store; with Redis, `XLEN` of the mailbox streams) |
 //! | `readyws_mailbox_dropped_total{reason}` | counter | `rejected`, `overflow`, `expired`, `refused` |
 //! | `readyws_messages_in_total` | counter | client messages delivered to the handler |
 //! | `readyws_messages_out_total` | counter | server messages queued on sessions |

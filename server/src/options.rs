@@ -43,6 +43,23 @@ impl Default for MailboxLimits {
     }
 }
 
+impl MailboxLimits {
+    /// The size of `data`, if a mailbox can hold it at all.
+    pub(crate) fn admit(
+        &self,
+        data: &readyws_protocol::Data,
+    ) -> Result<usize, crate::PublishError> {
+        let size = data.len();
+        if size > self.max_bytes {
+            return Err(crate::PublishError::TooLarge {
+                size,
+                limit: self.max_bytes,
+            });
+        }
+        Ok(size)
+    }
+}
+
 /// Everything the server can be told. Start from [`ServerOptions::default`].
 #[derive(Clone)]
 #[non_exhaustive]

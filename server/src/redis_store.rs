@@ -18,6 +18,10 @@
 //! Channels: `wake:{instance}` (a user's mailbox grew; the payload is the user) and
 //! `ctl:{instance}` (give up a session another instance resumes; the payload is its id).
 //!
+//! The mailbox bounds are checked by the publish script before `XADD` rather than with `MAXLEN`,
+//! and expiry is a sweep over entries' `e` fields rather than a key's time-to-live, because both
+//! of those would drop messages without telling anyone [CU-5].
+//!
 //! Every change that spans keys is one Lua script, so instances never see half of one. A
 //! connection writes its session's state before any frame that depends on it leaves, so Redis
 //! never knows less than the client was told [RS-4]. Pub/sub is only a doorbell: the mailbox
@@ -25,6 +29,7 @@
 //! or the subscriber's reconnection, and never loses it.
 
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -150,22 +155,10 @@ impl RedisStore {
 
     /// Runs `command`, retrying what can be retried.
     async fn query(&self, operation: &'static str, command: &Cmd) -> Result<Value, StoreError> {
-        let mut delay = FIRST_RETRY_DELAY;
-        let mut attempt = 1;
-        loop {
-            let mut connection = self.manager.clone();
-            match command.query_async::<Value>(&mut connection).await {
-                Ok(value) => return Ok(value),
-                Err(error) => {
-                    if !self.should_retry(operation, &error, attempt).await {
-                        return Err(unavailable(operation, attempt, &error));
-                    }
-                }
-            }
-            tokio::time::sleep(delay).await;
-            delay *= 2;
-            attempt += 1;
-        }
+        self.with_retries(operation, |mut connection| async move {
+            command.query_async::<Value>(&mut connection).await
+        })
+        .await
     }
 
     /// Runs `script` with `args` (the prefix comes first), retrying what can be retried.
@@ -175,26 +168,42 @@ impl RedisStore {
         script: &Script,
         args: &[Vec<u8>],
     ) -> Result<Value, StoreError> {
-        let mut delay = FIRST_RETRY_DELAY;
-        let mut attempt = 1;
-        loop {
+        self.with_retries(operation, |mut connection| {
             let mut invocation = script.prepare_invoke();
             invocation.arg(self.prefix.as_bytes());
             for arg in args {
                 invocation.arg(arg.as_slice());
             }
-            let mut connection = self.manager.clone();
-            match invocation.invoke_async::<Value>(&mut connection).await {
+            async move { invocation.invoke_async::<Value>(&mut connection).await }
+        })
+        .await
+    }
+
+    /// Runs `attempt` on a connection until it succeeds, fails in a way a retry cannot mend, or
+    /// has failed [`ATTEMPTS`] times; the waits double from [`FIRST_RETRY_DELAY`].
+    async fn with_retries<F, Fut>(
+        &self,
+        operation: &'static str,
+        mut attempt: F,
+    ) -> Result<Value, StoreError>
+    where
+        F: FnMut(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<Value>>,
+    {
+        let mut delay = FIRST_RETRY_DELAY;
+        let mut tries = 1;
+        loop {
+            match attempt(self.manager.clone()).await {
                 Ok(value) => return Ok(value),
                 Err(error) => {
-                    if !self.should_retry(operation, &error, attempt).await {
-                        return Err(unavailable(operation, attempt, &error));
+                    if !self.should_retry(operation, &error, tries).await {
+                        return Err(unavailable(operation, tries, &error));
                     }
                 }
             }
             tokio::time::sleep(delay).await;
             delay *= 2;
-            attempt += 1;
+            tries += 1;
         }
     }
 
@@ -397,13 +406,7 @@ impl RedisHub {
         user: &UserId,
         data: Data,
     ) -> Result<PublishReport, PublishError> {
-        let size = data.len();
-        if size > self.mailbox.max_bytes {
-            return Err(PublishError::TooLarge {
-                size,
-                limit: self.mailbox.max_bytes,
-            });
-        }
+        let size = self.mailbox.admit(&data)?;
         let policy = match self.mailbox.overflow {
             OverflowPolicy::RejectNew => "reject",
             OverflowPolicy::DropOldest => "drop",
