@@ -2,22 +2,26 @@
 //! session on another; a message for a user who is away waits in Redis for whichever instance the
 //! user reaches; an instance killed outright loses nothing, its client resuming on another with
 //! `resumed: true`; a Redis killed and restarted under load delays messages without losing any;
-//! and a Redis that is down is reported to the publisher, with the reason, and counted. Each test
+//! a held message expires only while its user has no session; and a Redis that is down is
+//! reported to the publisher, with the reason, and counted. Each test
 //! runs its own `redis-server` on a free loopback port.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::SinkExt;
 use futures_util::StreamExt;
 use readyws::{Client, ConnectionState, Data, Messages, Outcome};
 use readyws_server::{
-    AcceptAll, Decision, Inbound, InboundHandler, PublishError, RedisStore, Reply, ServerHandle,
-    ServerOptions, StoreError, UserId,
+    AcceptAll, Decision, Inbound, InboundHandler, MailboxLimits, PublishError, RedisStore, Reply,
+    ServerHandle, ServerOptions, StoreError, UserId,
 };
 use readyws_tests::cluster::{Balancer, InstanceProcess, RedisProcess};
 use readyws_tests::harness::RunningServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const INSTANCE: &str = env!("CARGO_BIN_EXE_instance");
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -314,6 +318,65 @@ async fn redis_restarted_under_load_delays_messages_and_loses_none() {
     client.close(Duration::from_secs(1)).await;
     a.stop().await;
     b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_message_expires_in_redis_only_while_its_user_has_no_session() {
+    let redis = RedisProcess::start().expect("redis-server");
+    let limits = MailboxLimits {
+        ttl: Duration::from_millis(300),
+        ..MailboxLimits::default()
+    };
+    let server = RunningServer::start(options(&redis).await.mailbox(limits), AcceptAll).await;
+
+    // Nobody has a session: the message expires once its time-to-live has passed.
+    let report = server
+        .handle
+        .publish(&UserId::new("gus"), numbered(1))
+        .await
+        .expect("stored");
+    assert!(report.held);
+    wait_for_depth(&server.handle, "gus", 0).await;
+
+    // hal's session is kept for resume (its socket vanished without a close): the message waits
+    // for it well past its time-to-live, and the next session of hal gets it.
+    let mut request = server.ws_url().into_client_request().expect("request");
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "readyws.v1".parse().expect("header"),
+    );
+    let (mut raw, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("upgrade");
+    let hello = Message::Text(r#"{"type":"hello","token":"hal"}"#.into());
+    raw.send(hello).await.expect("hello sent");
+    loop {
+        let frame = raw.next().await.expect("open").expect("a frame");
+        if frame
+            .to_text()
+            .is_ok_and(|text| text.contains("connection_ready"))
+        {
+            break;
+        }
+    }
+    drop(raw);
+    server
+        .handle
+        .publish(&UserId::new("hal"), numbered(2))
+        .await
+        .expect("stored");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        server.handle.mailbox_depth(&UserId::new("hal")).await,
+        Ok(1),
+        "held while a session of hal is kept"
+    );
+    let client = Client::builder(server.ws_url()).token("hal").connect();
+    let mut messages = client.messages();
+    assert_eq!(receive(&mut messages, 1).await, vec![2]);
+    wait_for_depth(&server.handle, "hal", 0).await;
+    client.close(Duration::from_secs(1)).await;
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
