@@ -327,8 +327,9 @@ impl Keep {
 pub(crate) enum Saved {
     /// Written.
     Done,
-    /// The session is no longer this instance's: another one resumed it after this one was
-    /// thought dead. Nothing about the session was written (settled records were).
+    /// The session is no longer this connection's: another connection claimed it (a later
+    /// `hello`, or another instance after this one was thought dead). Nothing about the session
+    /// was written (the records whose custody ended were).
     Fenced,
 }
 
