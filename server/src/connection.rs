@@ -85,7 +85,7 @@ struct Task {
     settled: Vec<(u64, Outcome)>,
     /// Where the session stood when the Redis store last took its state.
     saved: SessionProgress,
-    /// The Redis store says another instance carries the session now: write nothing more of it.
+    /// The Redis store says another connection carries the session now: write nothing more of it.
     fenced: bool,
     /// The newest mailbox record this session has seen (Redis store).
     cursor: u64,
