@@ -1,12 +1,17 @@
-//! The reference server started in-process on a loopback port, for the suites.
+//! The reference server started in-process on a loopback port, for the suites, and a raw
+//! handshake against it.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use futures_util::{SinkExt, StreamExt};
 use readyws_server::{InboundHandler, InsecureDevAuth, Server, ServerHandle, ServerOptions};
+use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 /// A running server; dropping it does not stop it, [`RunningServer::stop`] does.
 #[derive(Debug)]
@@ -59,5 +64,45 @@ impl RunningServer {
             let _ = stop.send(());
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.serving).await;
+    }
+}
+
+/// One handshake over a raw socket: `hello` with `token` and maybe a resume; returns
+/// `connection_ready` (the socket is then dropped without a close frame, keeping the session).
+pub async fn handshake(url: &str, token: &str, resume: Option<(&str, &str)>) -> Value {
+    let mut request = url.into_client_request().expect("request");
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "readyws.v1".parse().expect("header"),
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("the socket opens");
+    let mut hello = json!({"type": "hello", "token": token});
+    if let Some((session_id, resume_token)) = resume {
+        hello["resume"] = json!({
+            "session_id": session_id,
+            "resume_token": resume_token,
+            "last_received": 0,
+        });
+    }
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(5), socket.next())
+            .await
+            .expect("a frame in time")
+            .expect("open")
+            .expect("valid");
+        let Message::Text(text) = message else {
+            continue;
+        };
+        let frame: Value = serde_json::from_str(text.as_str()).expect("JSON");
+        match frame["type"].as_str() {
+            Some("welcome") => socket
+                .send(Message::text(hello.to_string()))
+                .await
+                .expect("sent"),
+            Some("connection_ready") => return frame,
+            _ => {}
+        }
     }
 }

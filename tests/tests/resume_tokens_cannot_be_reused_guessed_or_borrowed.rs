@@ -4,54 +4,9 @@
 //! lost); a guessed token resumes nothing; and a session is bound to its user, whatever token
 //! another user presents.
 
-use std::time::Duration;
-
-use futures_util::{SinkExt, StreamExt};
 use readyws_server::{AcceptAll, ServerOptions};
-use readyws_tests::harness::RunningServer;
-use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-/// One handshake over a raw socket: `hello` with `token` and maybe a resume; returns
-/// `connection_ready` (the socket is then dropped without a close frame, keeping the session).
-async fn handshake(url: &str, token: &str, resume: Option<(&str, &str)>) -> Value {
-    let mut request = url.into_client_request().expect("request");
-    request.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        "readyws.v1".parse().expect("header"),
-    );
-    let (mut socket, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .expect("the socket opens");
-    let mut hello = json!({"type": "hello", "token": token});
-    if let Some((session_id, resume_token)) = resume {
-        hello["resume"] = json!({
-            "session_id": session_id,
-            "resume_token": resume_token,
-            "last_received": 0,
-        });
-    }
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(5), socket.next())
-            .await
-            .expect("a frame in time")
-            .expect("open")
-            .expect("valid");
-        let Message::Text(text) = message else {
-            continue;
-        };
-        let frame: Value = serde_json::from_str(text.as_str()).expect("JSON");
-        match frame["type"].as_str() {
-            Some("welcome") => socket
-                .send(Message::text(hello.to_string()))
-                .await
-                .expect("sent"),
-            Some("connection_ready") => return frame,
-            _ => {}
-        }
-    }
-}
+use readyws_tests::harness::{RunningServer, handshake};
+use serde_json::Value;
 
 fn fields(ready: &Value) -> (String, String, bool) {
     (

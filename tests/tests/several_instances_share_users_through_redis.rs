@@ -10,7 +10,6 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::SinkExt;
 use futures_util::StreamExt;
 use readyws::{Client, ConnectionState, Data, Messages, Outcome};
 use readyws_server::{
@@ -18,10 +17,8 @@ use readyws_server::{
     ServerHandle, ServerOptions, StoreError, UserId,
 };
 use readyws_tests::cluster::{Balancer, InstanceProcess, RedisProcess};
-use readyws_tests::harness::RunningServer;
+use readyws_tests::harness::{RunningServer, handshake};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const INSTANCE: &str = env!("CARGO_BIN_EXE_instance");
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -340,26 +337,7 @@ async fn a_held_message_expires_in_redis_only_while_its_user_has_no_session() {
 
     // hal's session is kept for resume (its socket vanished without a close): the message waits
     // for it well past its time-to-live, and the next session of hal gets it.
-    let mut request = server.ws_url().into_client_request().expect("request");
-    request.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        "readyws.v1".parse().expect("header"),
-    );
-    let (mut raw, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .expect("upgrade");
-    let hello = Message::Text(r#"{"type":"hello","token":"hal"}"#.into());
-    raw.send(hello).await.expect("hello sent");
-    loop {
-        let frame = raw.next().await.expect("open").expect("a frame");
-        if frame
-            .to_text()
-            .is_ok_and(|text| text.contains("connection_ready"))
-        {
-            break;
-        }
-    }
-    drop(raw);
+    handshake(&server.ws_url(), "hal", None).await;
     server
         .handle
         .publish(&UserId::new("hal"), numbered(2))
