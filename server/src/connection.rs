@@ -55,6 +55,7 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: impl FrameSocket) {
         user: None,
         copies: Copies::new(),
         settled: Vec::new(),
+        custody_ended: Vec::new(),
         saved: SessionProgress::default(),
         fenced: false,
         cursor: 0,
@@ -83,6 +84,10 @@ struct Task {
     copies: Copies,
     /// Copies that ended since the store was last told, with how.
     settled: Vec<(u64, Outcome)>,
+    /// Records whose custody ended that the Redis store has not taken yet: kept until a write
+    /// succeeds, since a state that counts them settled while they stay in the mailbox would
+    /// send them again after a resume.
+    custody_ended: Vec<u64>,
     /// Where the session stood when the Redis store last took its state.
     saved: SessionProgress,
     /// The Redis store says another connection carries the session now: write nothing more of it.
@@ -428,8 +433,9 @@ impl Task {
             return true;
         };
         let progress = session.progress();
-        let settled = custody_ended(&user, &mut self.settled);
-        if progress == self.saved && settled.is_empty() {
+        self.custody_ended
+            .extend(custody_ended(&user, &mut self.settled));
+        if progress == self.saved && self.custody_ended.is_empty() {
             return true;
         }
         let state = (progress != self.saved).then(|| encode_state(session, &self.copies));
@@ -439,16 +445,18 @@ impl Task {
                 Some(self.conn_id),
                 session.id(),
                 state,
-                &settled,
+                &self.custody_ended,
                 Keep::Live,
             )
             .await
         {
             Ok(Saved::Done) => {
                 self.saved = progress;
+                self.custody_ended.clear();
                 true
             }
             Ok(Saved::Fenced) => {
+                self.custody_ended.clear();
                 // Another connection claimed the session (this instance was thought dead, or a
                 // newer hello won it). If this client is the one still using this connection it
                 // must come back and resume, so the `goaway` invites a retry rather than 4203,
@@ -584,9 +592,12 @@ impl Task {
             let Some(session) = self.connection.take_session() else {
                 return;
             };
-            let settled = custody_ended(&user, &mut self.settled);
+            self.custody_ended
+                .extend(custody_ended(&user, &mut self.settled));
+            let settled = std::mem::take(&mut self.custody_ended);
             if self.fenced {
-                // Custody still ends for what the client acknowledged here.
+                // Custody still ends for what the client acknowledged here; if Redis cannot be
+                // told, the connection that carries the session now settles them again.
                 if !settled.is_empty() {
                     let _ = hub
                         .save(
@@ -603,7 +614,7 @@ impl Task {
             }
             let state = encode_state(&session, &self.copies);
             let keep = if ended { Keep::Ended } else { Keep::ForResume };
-            hub.release(&user, self.conn_id, session.id(), state, &settled, keep)
+            hub.release(&user, self.conn_id, session.id(), state, settled, keep)
                 .await;
             self.copies.clear();
             return;

@@ -11,6 +11,7 @@
 //! | `s:{session}` | hash | `user`, `token` and `prev` (SHA-256 of the resume secrets), `inst` and `conn` (the instance and connection carrying it, empty while kept for resume), `ticket` (of the `hello` that last claimed it), `state` (the [`SessionState`] and the records of its messages in flight) |
 //! | `seq` | counter | the last record id; ids grow across all users |
 //! | `hellos` | counter | the last `hello` ticket: a later `hello` wins a session over an earlier one |
+//! | `pub:{id}` | string, 60 s | the answer to a publish, so that its retry after a lost reply stores nothing twice |
 //! | `mailboxes` | set | users with a mailbox, for expiry |
 //! | `i:{instance}` | string with a time-to-live | the instance's lease: present while it runs |
 //! | `i:{instance}:sessions`, `instances` | sets | what a dead instance carried, for others to release |
@@ -347,6 +348,8 @@ struct PendingRelease {
     conn: u64,
     session_id: String,
     state: Vec<u8>,
+    /// Records whose custody ended: the state counts them settled, so they go with it.
+    settled: Vec<u64>,
     keep: Keep,
 }
 
@@ -420,6 +423,8 @@ impl RedisHub {
             self.mailbox.max_bytes.to_string().into_bytes(),
             policy.as_bytes().to_vec(),
             millis(self.mailbox.ttl).into_bytes(),
+            // Names this publish, so that a retry after a lost reply does not store it twice.
+            random_token().expose().as_bytes().to_vec(),
         ];
         let reply = self
             .store
@@ -671,7 +676,7 @@ impl RedisHub {
         conn: u64,
         session_id: &str,
         state: Vec<u8>,
-        settled: &[u64],
+        settled: Vec<u64>,
         keep: Keep,
     ) {
         let saved = self
@@ -680,7 +685,7 @@ impl RedisHub {
                 Some(conn),
                 session_id,
                 Some(state.clone()),
-                settled,
+                &settled,
                 keep,
             )
             .await;
@@ -695,6 +700,7 @@ impl RedisHub {
                     conn,
                     session_id: session_id.to_owned(),
                     state,
+                    settled,
                     keep,
                 });
         }
@@ -773,7 +779,7 @@ impl RedisHub {
                         Some(release.conn),
                         &release.session_id,
                         Some(release.state.clone()),
-                        &[],
+                        &release.settled,
                         release.keep,
                     )
                     .await;
@@ -1049,10 +1055,17 @@ fn queue_lacking(
     cursor
 }
 
-// ARGV: prefix, user, data, size, max messages, max bytes, policy, time-to-live (ms).
-// Returns {record, live sessions, dropped}, or {-1, held messages, held bytes} when full.
+// ARGV: prefix, user, data, size, max messages, max bytes, policy, time-to-live (ms), publish id.
+// Returns {record, live sessions, dropped}, or {-1, held messages, held bytes} when full. The same
+// publish id run again (a retry whose first reply was lost) returns the first answer.
 const PUBLISH_LUA: &str = r"
 local p, user = ARGV[1], ARGV[2]
+local done = p .. ':pub:' .. ARGV[9]
+local first = redis.call('GET', done)
+if first then
+  local record, live, dropped = string.match(first, '(%d+) (%d+) (%d+)')
+  return {tonumber(record), tonumber(live), tonumber(dropped)}
+end
 local mbox = p .. ':u:' .. user .. ':mbox'
 local meta = p .. ':u:' .. user .. ':meta'
 local size = tonumber(ARGV[4])
@@ -1089,6 +1102,7 @@ for i = 2, #sessions, 2 do
     end
   end
 end
+redis.call('SET', done, record .. ' ' .. live .. ' ' .. dropped, 'EX', 60)
 return {record, live, dropped}
 ";
 

@@ -289,10 +289,12 @@ async fn redis_restarted_under_load_delays_messages_and_loses_none() {
         received.push(n);
         distinct.insert(n);
     }
-    for pair in received.windows(2) {
+    for (at, pair) in received.windows(2).enumerate() {
         assert!(
             pair[1] > pair[0] || (pair[1] == pair[0] && refused_once.contains(&pair[0])),
-            "in order, and twice only after a refused publish: {pair:?}"
+            "in order, and twice only after a refused publish: {pair:?} in {:?}; {:?}",
+            &received[at.saturating_sub(5)..(at + 6).min(received.len())],
+            client.stats()
         );
     }
     for delivery in deliveries {
