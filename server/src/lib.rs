@@ -238,6 +238,15 @@ pub enum Readiness {
     Stopping,
 }
 
+/// Locks `mutex`, poisoned or not. A panic while holding one of this crate's locks would be a
+/// bug in this crate; the state each guards stays consistent between calls, so the server keeps
+/// serving rather than failing every connection after it.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Where users, sessions and mailboxes live.
 // One per server, so the size of the larger variant costs nothing.
 #[allow(clippy::large_enum_variant)]
@@ -271,10 +280,7 @@ impl Shared {
     /// The in-memory store, when the server uses it.
     pub(crate) fn memory(&self) -> Option<MutexGuard<'_, Hub>> {
         match &self.store {
-            // A panic while holding the lock would be a bug in this crate; the state it guards
-            // stays consistent between calls, so keep serving rather than poisoning every
-            // connection.
-            Store::Memory(hub) => Some(hub.lock().unwrap_or_else(|poisoned| poisoned.into_inner())),
+            Store::Memory(hub) => Some(lock(hub)),
             Store::Redis(_) => None,
         }
     }
@@ -296,9 +302,7 @@ impl Shared {
     }
 
     fn connections(&self) -> MutexGuard<'_, HashMap<u64, mpsc::UnboundedSender<ConnCommand>>> {
-        self.connections
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.connections)
     }
 
     pub(crate) fn register_connection(&self, id: u64, tx: mpsc::UnboundedSender<ConnCommand>) {
@@ -464,11 +468,7 @@ impl ServerHandle {
             return Err(PublishError::ShuttingDown);
         }
         match &self.shared.store {
-            Store::Memory(hub) => {
-                let now = self.shared.now();
-                let mut hub = hub.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                hub.publish(user, data, now)
-            }
+            Store::Memory(hub) => lock(hub).publish(user, data, self.shared.now()),
             Store::Redis(hub) => hub.publish(user, data).await,
         }
     }
@@ -492,10 +492,7 @@ impl ServerHandle {
     /// Messages held for `user` and not yet acknowledged.
     pub async fn mailbox_depth(&self, user: &UserId) -> Result<usize, StoreError> {
         match &self.shared.store {
-            Store::Memory(hub) => Ok(hub
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .mailbox_depth(user)),
+            Store::Memory(hub) => Ok(lock(hub).mailbox_depth(user)),
             Store::Redis(hub) => hub.mailbox_depth(user).await,
         }
     }

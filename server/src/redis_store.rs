@@ -50,7 +50,7 @@ use crate::auth::UserId;
 use crate::hub::{ConnCommand, Copies, fresh_session_credentials, random_token};
 use crate::metrics as m;
 use crate::options::{MailboxLimits, OverflowPolicy};
-use crate::{PublishError, PublishReport, Shared};
+use crate::{PublishError, PublishReport, Shared, lock};
 
 /// How often one Redis operation is tried before it fails with [`StoreError::Unavailable`]; the
 /// waits between tries double from [`FIRST_RETRY_DELAY`]: 0.05 + 0.1 + 0.2 + 0.4 s in all.
@@ -398,9 +398,7 @@ impl RedisHub {
     }
 
     fn local(&self) -> MutexGuard<'_, Local> {
-        self.local
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.local)
     }
 
     /// Appends `data` to the user's mailbox and wakes every instance carrying a live session of
@@ -692,17 +690,14 @@ impl RedisHub {
         if let Err(error) = saved {
             warn!(%error, session = session_id, "could not release a session in Redis; retrying in the background");
             self.forget_session(session_id, Some(conn));
-            self.pending
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .push(PendingRelease {
-                    user: user.clone(),
-                    conn,
-                    session_id: session_id.to_owned(),
-                    state,
-                    settled,
-                    keep,
-                });
+            lock(&self.pending).push(PendingRelease {
+                user: user.clone(),
+                conn,
+                session_id: session_id.to_owned(),
+                state,
+                settled,
+                keep,
+            });
         }
     }
 
@@ -763,12 +758,7 @@ impl RedisHub {
             .arg(self.store.key(&["instances"]))
             .arg(&self.instance);
         self.store.query("lease", &member).await?;
-        let pending = std::mem::take(
-            &mut *self
-                .pending
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        );
+        let pending = std::mem::take(&mut *lock(&self.pending));
         let mut failed = Vec::new();
         for release in pending {
             // Once Redis fails, the rest wait for the next beat.
@@ -789,12 +779,7 @@ impl RedisHub {
             }
             failed.push(release);
         }
-        if !failed.is_empty() {
-            self.pending
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .extend(failed);
-        }
+        lock(&self.pending).extend(failed);
         let reaped = self
             .store
             .script(
