@@ -1,6 +1,7 @@
 //! The application payload of a `msg` frame.
 
 use crate::prelude::*;
+use alloc::sync::Arc;
 use core::fmt;
 
 use serde::de::Error as _;
@@ -12,9 +13,11 @@ use crate::json::{self, InvalidJson};
 /// One JSON value carried by a `msg` frame, kept as the exact text the sender wrote.
 ///
 /// Keeping the text avoids parsing a payload into a tree the protocol never looks at, and lets
-/// the outbox count its size in bytes exactly as it travels.
+/// the outbox count its size in bytes exactly as it travels. The text is shared, not copied, by
+/// clones: a server that holds one message for a user and queues it on each of the user's
+/// sessions keeps one payload and a reference per session.
 #[derive(Clone)]
-pub struct Data(Box<str>);
+pub struct Data(Arc<str>);
 
 impl Data {
     /// Checks that `json` is one JSON value and keeps it as written, without the whitespace
@@ -23,7 +26,7 @@ impl Data {
         let json = json.into();
         let value = json::validate(&json)?;
         if value.len() == json.len() {
-            Ok(Data(json.into_boxed_str()))
+            Ok(Data(Arc::from(json)))
         } else {
             Ok(Data(value.into()))
         }
@@ -36,7 +39,7 @@ impl Data {
 
     /// Serializes `value` as JSON.
     pub fn serialize<T: Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
-        serde_json::to_string(value).map(|json| Data(json.into_boxed_str()))
+        serde_json::to_string(value).map(|json| Data(Arc::from(json)))
     }
 
     /// Deserializes the value into `T`.

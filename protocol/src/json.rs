@@ -313,8 +313,10 @@ impl<'a> Reader<'a> {
                     escaped = true;
                     match self.next() {
                         Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {}
+                        // A lone surrogate denotes no character: such a string cannot be
+                        // turned into text by any peer, so the value is invalid [FR-9].
                         Some(b'u') => {
-                            self.hex4()?;
+                            self.code_point()?;
                         }
                         _ => {
                             self.pos -= 1;
@@ -412,10 +414,17 @@ impl<'a> Reader<'a> {
 
     /// Decodes the code point after `\u`, joining a surrogate pair written as two escapes.
     fn unicode_escape(&mut self) -> Result<char, InvalidJson> {
+        let code = self.code_point()?;
+        char::from_u32(code).ok_or_else(|| self.error("invalid code point"))
+    }
+
+    /// Reads the escape after `\u` (and its trailing half, for a surrogate pair) as one code
+    /// point; a surrogate without its other half is an error.
+    fn code_point(&mut self) -> Result<u32, InvalidJson> {
         let first = self.hex4()?;
-        let code = match first {
+        match first {
             0xd800..=0xdbff => {
-                if !self.bytes[self.pos..].starts_with(b"\\u") {
+                if self.bytes.get(self.pos..self.pos + 2) != Some(b"\\u".as_slice()) {
                     return Err(self.error("a leading surrogate must be followed by `\\u`"));
                 }
                 self.pos += 2;
@@ -425,12 +434,11 @@ impl<'a> Reader<'a> {
                         self.error("a leading surrogate must be followed by a trailing one")
                     );
                 }
-                0x10000 + ((u32::from(first) - 0xd800) << 10) + (u32::from(second) - 0xdc00)
+                Ok(0x10000 + ((u32::from(first) - 0xd800) << 10) + (u32::from(second) - 0xdc00))
             }
-            0xdc00..=0xdfff => return Err(self.error("a trailing surrogate without a leading one")),
-            other => u32::from(other),
-        };
-        char::from_u32(code).ok_or_else(|| self.error("invalid code point"))
+            0xdc00..=0xdfff => Err(self.error("a trailing surrogate without a leading one")),
+            other => Ok(u32::from(other)),
+        }
     }
 }
 

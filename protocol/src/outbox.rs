@@ -401,6 +401,22 @@ impl Outbox {
         self.cursor = 0;
     }
 
+    /// Takes back message `id` if it has never been transmitted, reporting no outcome: the caller
+    /// withdrew it and knows. A message that left on some connection stays, since the peer may
+    /// hold it and its `ack` must still match [DL-5]. Returns whether it was taken back.
+    pub(crate) fn withdraw(&mut self, id: MessageId) -> bool {
+        let Ok(index) = self.entries.binary_search_by_key(&id, |e| e.id) else {
+            return false;
+        };
+        let entry = &self.entries[index];
+        if entry.wire.is_some() || entry.sent_before_reset {
+            return false;
+        }
+        self.remove_at(index);
+        self.drop_stale_expiries();
+        true
+    }
+
     /// Removes untransmitted messages whose time-to-live has run out [DL-11], earliest first.
     pub(crate) fn expire(&mut self, now: Time) {
         while let Some(&Reverse((at, id))) = self.expiries.peek() {

@@ -248,6 +248,14 @@ impl ServerSession {
         self.outbox.push(data, ttl.map(|ttl| now + ttl))
     }
 
+    /// Takes back a message that was queued and never transmitted, with no outcome: for a
+    /// server whose mailbox dropped the record this message copies [CU-5]. A message already
+    /// transmitted on some connection stays until the client settles it. Returns whether it was
+    /// taken back.
+    pub fn withdraw(&mut self, id: MessageId) -> bool {
+        self.outbox.withdraw(id)
+    }
+
     /// Messages accepted and not yet settled.
     pub fn pending(&self) -> usize {
         self.outbox.len()

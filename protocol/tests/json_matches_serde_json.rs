@@ -106,19 +106,78 @@ fn corpus() -> Vec<(String, Role)> {
     texts
 }
 
+/// Whether a `\\u` escape of `text` is a surrogate without its other half. Written apart from the
+/// codec's own reader, from the escapes' definition (RFC 8259 §7).
+fn has_lone_surrogate(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let unit = |at: usize| -> Option<u16> {
+        let hex = bytes.get(at..at + 6)?;
+        if !hex.starts_with(b"\\u") {
+            return None;
+        }
+        u16::from_str_radix(std::str::from_utf8(&hex[2..]).ok()?, 16).ok()
+    };
+    let mut at = 0;
+    while at < bytes.len() {
+        if bytes[at] == b'\\' {
+            match unit(at) {
+                Some(0xd800..=0xdbff) => match unit(at + 6) {
+                    Some(0xdc00..=0xdfff) => at += 12,
+                    _ => return true,
+                },
+                Some(0xdc00..=0xdfff) => return true,
+                // Any other escape is two characters; `\\uXXXX` six.
+                Some(_) => at += 6,
+                None => at += 2,
+            }
+        } else {
+            at += 1;
+        }
+    }
+    false
+}
+
+#[test]
+fn a_lone_surrogate_makes_a_payload_invalid() {
+    assert!(
+        Data::from_json(r#""\ud800""#).is_err(),
+        "a leading half alone"
+    );
+    assert!(
+        Data::from_json(r#""\udc00""#).is_err(),
+        "a trailing half alone"
+    );
+    assert!(
+        Data::from_json(r#""\ud800\u0041""#).is_err(),
+        "a leading half, then no trailing one"
+    );
+    assert!(
+        Data::from_json(r#"{"a":["x\ud83d"]}"#).is_err(),
+        "deep inside a value"
+    );
+    assert!(
+        Data::from_json(r#""\ud83d\ude00""#).is_ok(),
+        "a pair is one character"
+    );
+}
+
 #[test]
 fn a_payload_is_accepted_exactly_when_serde_json_accepts_it() {
     let mut accepted = 0;
     let corpus = corpus();
     for (text, _) in &corpus {
         let ours = Data::from_json(text.as_str());
-        let theirs = serde_json::from_str::<&RawValue>(text);
+        // A string with a lone surrogate denotes no text, so readyws refuses it [FR-9]: serde_json
+        // lets one through in a raw value, and refuses it in a decoded one.
+        let theirs = serde_json::from_str::<&RawValue>(text)
+            .ok()
+            .filter(|_| !has_lone_surrogate(text));
         match (&ours, &theirs) {
-            (Ok(data), Ok(raw)) => {
+            (Ok(data), Some(raw)) => {
                 assert_eq!(data.as_json(), raw.get(), "value text of {text:?}");
                 accepted += 1;
             }
-            (Err(_), Err(_)) => {}
+            (Err(_), None) => {}
             _ => panic!("{text:?}: ours {ours:?}, serde_json {theirs:?}"),
         }
     }

@@ -2,6 +2,8 @@
 //! frames, hub commands and timer wake-ups into `handle_*` calls and carries out what comes back;
 //! the only decisions it makes are the server's own (who the user is, which session to attach).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,26 +15,28 @@ use readyws_protocol::{
     ConnectionEvent, Data, Outcome, ServerConnection, ServerPhase, ServerSession, SessionEvent,
     SessionProgress, Time,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::auth::UserId;
-use crate::hub::{Attach, ConnCommand, Copies};
+use crate::hub::{Attach, ConnCommand, ConnHandle, Copies, withdraw_from};
 use crate::metrics as m;
 use crate::redis_store::{Keep, Saved, custody_ended, encode_state};
-use crate::socket::{FrameSocket, Incoming};
+use crate::socket::{FrameReader, FrameSocket, FrameWriter, Incoming};
 use crate::{Decision, Inbound, ServerHandle, Shared};
 
 /// How long a resume waits for the connection that holds the session to let go of it.
 const SURRENDER_TIMEOUT: Duration = Duration::from_secs(2);
+/// The `retry_after_ms` of a `goaway` 4003 sent because every session the user may have is live.
+const SESSIONS_FULL_RETRY_AFTER: Duration = Duration::from_secs(5);
 /// The `retry_after_ms` of a `goaway` 4003 sent because the Redis store failed.
 const STORE_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 pub(crate) async fn run(shared: Arc<Shared>, socket: impl FrameSocket) {
     let conn_id = shared.next_connection();
-    let (tx, rx) = mpsc::unbounded_channel();
-    shared.register_connection(conn_id, tx.clone());
+    let (handle, commands, wake) = ConnHandle::new();
+    shared.register_connection(conn_id, handle.clone());
     let phase = if shared.is_started() {
         ServerPhase::Accepting
     } else {
@@ -51,7 +55,7 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: impl FrameSocket) {
         shared: shared.clone(),
         conn_id,
         connection,
-        tx,
+        handle,
         user: None,
         copies: Copies::new(),
         settled: Vec::new(),
@@ -59,14 +63,14 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: impl FrameSocket) {
         saved: SessionProgress::default(),
         fenced: false,
         cursor: 0,
-        wake_pending: false,
         outgoing: Vec::new(),
         waiting_for_startup: None,
         session_ended: false,
+        socket_ended: false,
         opened,
         span: span.clone(),
     };
-    task.run(socket, rx).instrument(span).await;
+    task.run(socket, commands, wake).instrument(span).await;
     shared.unregister_connection(conn_id);
 }
 
@@ -78,7 +82,7 @@ struct Task {
     shared: Arc<Shared>,
     conn_id: u64,
     connection: ServerConnection,
-    tx: mpsc::UnboundedSender<ConnCommand>,
+    handle: ConnHandle,
     user: Option<UserId>,
     /// The session's outbox entries that are copies of mailbox records.
     copies: Copies,
@@ -94,13 +98,13 @@ struct Task {
     fenced: bool,
     /// The newest mailbox record this session has seen (Redis store).
     cursor: u64,
-    /// The user's mailbox grew since this connection last read it (Redis store).
-    wake_pending: bool,
     /// Frames taken from the connection, written once the store has what they depend on.
     outgoing: Vec<String>,
     /// A `hello` accepted by the authenticator while start-up is still running [SG-2].
     waiting_for_startup: Option<Option<Resume>>,
     session_ended: bool,
+    /// The peer closed the socket, or it broke: nothing more can be read or written.
+    socket_ended: bool,
     startup_deadline: Instant,
     opened: Instant,
     span: tracing::Span,
@@ -109,10 +113,19 @@ struct Task {
 impl Task {
     async fn run<S: FrameSocket>(
         &mut self,
-        mut socket: S,
-        mut rx: mpsc::UnboundedReceiver<ConnCommand>,
+        socket: S,
+        mut commands: mpsc::Receiver<ConnCommand>,
+        wake: Arc<Notify>,
     ) {
         debug!("socket opened");
+        let (mut reader, writer) = socket.split();
+        let mut writer = Some(writer);
+        // The write under way, if any: it owns the writing half until it completes, and takes
+        // part in the `select!` below, so that a peer that stops reading blocks only its own
+        // writes, and only until the write deadline.
+        let mut writing: Option<Write<S::Writer>> = None;
+        let write_deadline = self.shared.options.write_deadline();
+        let mut write_due = Instant::now();
         let mut started = self.shared.started.subscribe();
         // One timer for the task's life, moved only when the connection's deadline moves: a new
         // timer per turn costs a registration and a removal every time a frame arrives.
@@ -121,8 +134,20 @@ impl Task {
         let mut armed_for = None;
         loop {
             self.handle_events().await;
-            if !self.flush(&mut socket).await {
-                break;
+            if writing.is_none() {
+                let Some(idle) = writer.take() else { break };
+                match self.next_write().await {
+                    Some(batch) => {
+                        write_due = Instant::now() + write_deadline;
+                        writing = Some(Box::pin(batch.write(idle)));
+                    }
+                    None => {
+                        writer = Some(idle);
+                        if self.connection.is_closed() {
+                            break;
+                        }
+                    }
+                }
             }
             let deadline = self.connection.poll_timeout();
             if deadline != armed_for {
@@ -132,30 +157,50 @@ impl Task {
                 }
             }
             let waiting = self.waiting_for_startup.is_some();
+            let busy = writing.is_some();
             tokio::select! {
-                frame = socket.recv() => {
+                (idle, outcome) = in_progress(writing.as_mut()) => {
+                    writing = None;
+                    writer = Some(idle);
+                    match outcome {
+                        WriteOutcome::Written => {}
+                        WriteOutcome::Closed => break,
+                        WriteOutcome::Failed(error) => {
+                            debug!(%error, "socket write failed");
+                            self.connection.handle_closed(None, self.shared.now());
+                            break;
+                        }
+                    }
+                }
+                () = tokio::time::sleep_until(write_due), if busy => {
+                    m::deadline("write");
+                    warn!(blocked_ms = write_deadline.as_millis() as u64, "a write stayed blocked past its deadline: the client stopped reading; dropping the connection");
+                    self.connection.handle_closed(None, self.shared.now());
+                    break;
+                }
+                frame = reader.recv() => {
                     // Frames that already arrived are taken in the same turn: the inbox then owes
                     // one cumulative `ack` for all of them, written once, instead of a write per
                     // message.
                     let mut more = self.handle_frame(frame);
                     let mut taken = 1;
                     while more && taken < BURST {
-                        let Some(frame) = socket.recv().now_or_never() else { break };
+                        let Some(frame) = reader.recv().now_or_never() else { break };
                         more = self.handle_frame(frame);
                         taken += 1;
                     }
+                    if self.socket_ended {
+                        break;
+                    }
                 }
-                Some(command) = rx.recv() => {
-                    self.handle_command(command, &mut rx).await;
-                    // Likewise for a burst of publishes: one write for all of them.
+                Some(command) = commands.recv() => {
+                    self.handle_command(command).await;
                     for _ in 1..BURST {
-                        let Ok(command) = rx.try_recv() else { break };
-                        self.handle_command(command, &mut rx).await;
-                    }
-                    if self.wake_pending {
-                        self.fetch().await;
+                        let Ok(command) = commands.try_recv() else { break };
+                        self.handle_command(command).await;
                     }
                 }
+                () = wake.notified() => self.fetch().await,
                 () = &mut timer, if armed_for.is_some() => {
                     armed_for = None;
                     self.connection.handle_timeout(self.shared.now());
@@ -174,41 +219,28 @@ impl Task {
                 }
             }
         }
-        self.finish(&mut rx).await;
+        self.finish().await;
     }
 
-    /// Writes every pending frame, then the close if one is due. Returns `false` once the
-    /// connection is over.
-    async fn flush<S: FrameSocket>(&mut self, socket: &mut S) -> bool {
-        let mut outgoing = std::mem::take(&mut self.outgoing);
-        outgoing.extend(std::iter::from_fn(|| self.connection.poll_transmit()));
+    /// Takes every frame due, and the close if one is due, once the store knows what they
+    /// depend on. `None`: nothing to write.
+    async fn next_write(&mut self) -> Option<Batch> {
+        let mut frames = std::mem::take(&mut self.outgoing);
+        frames.extend(std::iter::from_fn(|| self.connection.poll_transmit()));
         // The frames tell the client ids and positions: the store learns them first, or they do
         // not leave (the `goaway` that the failure queued does).
         if !self.persist().await {
-            outgoing.clear();
-            outgoing.extend(std::iter::from_fn(|| self.connection.poll_transmit()));
+            frames.clear();
+            frames.extend(std::iter::from_fn(|| self.connection.poll_transmit()));
         }
-        // Every frame due is queued first and the socket flushed once: one write for a burst of
-        // acks and messages instead of one per frame.
-        let queued = !outgoing.is_empty();
-        let mut written = true;
-        for text in outgoing.drain(..) {
-            if socket.feed(text).await.is_err() {
-                written = false;
-                break;
-            }
+        let close = self.connection.poll_close();
+        if let Some((code, _)) = &close {
+            m::close_sent(*code);
         }
-        outgoing.clear();
-        self.outgoing = outgoing;
-        if !written || (queued && socket.flush().await.is_err()) {
-            self.connection.handle_closed(None, self.shared.now());
-            return false;
+        if frames.is_empty() && close.is_none() {
+            return None;
         }
-        if let Some((code, reason)) = self.connection.poll_close() {
-            socket.close(code, reason).await;
-            return false;
-        }
-        !self.connection.is_closed()
+        Some(Batch { frames, close })
     }
 
     /// Feeds one socket event to the connection; `false` once no more frames can follow.
@@ -225,6 +257,7 @@ impl Task {
                     .as_ref()
                     .map(|(code, reason)| (*code, reason.as_str()));
                 self.connection.handle_closed(close, now);
+                self.socket_ended = true;
                 return false;
             }
             // WebSocket-level pings carry no readyws meaning [TR-4].
@@ -232,10 +265,12 @@ impl Task {
             Some(Err(error)) => {
                 debug!(%error, "socket error");
                 self.connection.handle_closed(None, now);
+                self.socket_ended = true;
                 return false;
             }
             None => {
                 self.connection.handle_closed(None, now);
+                self.socket_ended = true;
                 return false;
             }
         }
@@ -243,22 +278,9 @@ impl Task {
         self.connection.is_ready() && !self.connection.is_closed()
     }
 
-    async fn handle_command(
-        &mut self,
-        command: ConnCommand,
-        rx: &mut mpsc::UnboundedReceiver<ConnCommand>,
-    ) {
-        let now = self.shared.now();
+    async fn handle_command(&mut self, command: ConnCommand) {
         match command {
-            ConnCommand::Deliver { held, data } => {
-                if !self.queue_copy(held, data, now) {
-                    self.settled.push((held, Outcome::Closed));
-                }
-            }
-            ConnCommand::Wake => self.wake_pending = true,
-            ConnCommand::Surrender { done } => {
-                self.surrender(done, rx).await;
-            }
+            ConnCommand::Surrender { done } => self.surrender(done).await,
             ConnCommand::Goaway {
                 code,
                 reason,
@@ -267,14 +289,10 @@ impl Task {
         }
     }
 
-    /// Hands the session back to the hub for the connection that resumes it, and tells this one's
-    /// client to stop [RS-7].
-    async fn surrender(
-        &mut self,
-        done: oneshot::Sender<()>,
-        rx: &mut mpsc::UnboundedReceiver<ConnCommand>,
-    ) {
-        self.detach(false, rx).await;
+    /// Hands the session back to the store for the connection that resumes it, and tells this
+    /// one's client to stop [RS-7].
+    async fn surrender(&mut self, done: oneshot::Sender<()>) {
+        self.detach(false).await;
         self.goaway(
             code::SESSION_TAKEN_OVER,
             "another connection resumed this session",
@@ -320,7 +338,23 @@ impl Task {
                 self.goaway(error.goaway_code(), &error.to_string(), None);
             }
             Ok(user) => {
-                self.span.record("user", user.as_str());
+                // Escaped: the id comes from the peer's token.
+                self.span
+                    .record("user", tracing::field::debug(user.as_str()));
+                let limit = self.shared.options.limits.max_user_id_bytes;
+                if user.as_str().len() > limit {
+                    m::limit_refused("user_id_bytes");
+                    warn!(
+                        length = user.as_str().len(),
+                        limit, "hello refused: the user id is too long"
+                    );
+                    self.goaway(
+                        code::FORBIDDEN,
+                        &format!("the user id is longer than {limit} bytes"),
+                        None,
+                    );
+                    return;
+                }
                 self.user = Some(user);
                 if self.shared.is_started() {
                     self.attach(resume).await;
@@ -340,7 +374,7 @@ impl Task {
         if let Some(hub) = self.shared.redis() {
             let now = self.shared.now();
             match hub
-                .attach(&user, resume.as_ref(), self.conn_id, &self.tx, now)
+                .attach(&user, resume.as_ref(), self.conn_id, &self.handle, now)
                 .await
             {
                 Ok(Some(attached)) => {
@@ -362,7 +396,7 @@ impl Task {
                     &user,
                     resume.as_ref(),
                     self.conn_id,
-                    &self.tx,
+                    &self.handle,
                     self.shared.now(),
                 ),
                 None => return,
@@ -376,13 +410,25 @@ impl Task {
                     self.ready(session, copies, resumed);
                     return;
                 }
-                Attach::TakeOver { tx } => {
+                Attach::TakeOver { handle } => {
                     let (done, answered) = oneshot::channel();
-                    if tx.send(ConnCommand::Surrender { done }).is_ok() {
+                    if handle.command(ConnCommand::Surrender { done }) {
                         let _ = tokio::time::timeout(SURRENDER_TIMEOUT, answered).await;
                     } else {
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
+                }
+                Attach::TooManySessions { limit } => {
+                    warn!(
+                        limit,
+                        "hello refused: every session this user may have is live"
+                    );
+                    self.goaway(
+                        code::OVERLOADED,
+                        &format!("this user has {limit} live sessions, the most allowed"),
+                        Some(SESSIONS_FULL_RETRY_AFTER),
+                    );
+                    return;
                 }
             }
         }
@@ -478,10 +524,29 @@ impl Task {
         }
     }
 
-    /// Reads what the user's mailbox gained since this session last looked (Redis store).
+    /// Takes what the user's mailbox gained since this session last looked, and withdraws the
+    /// unsent copies of records it dropped.
     async fn fetch(&mut self) {
-        self.wake_pending = false;
-        let (Some(hub), Some(user)) = (self.shared.redis(), self.user.clone()) else {
+        let Some(user) = self.user.clone() else {
+            return;
+        };
+        if self.connection.session().is_none() {
+            return;
+        }
+        let Some(hub) = self.shared.redis() else {
+            let taken = match self.shared.memory() {
+                Some(mut hub) => hub.take_new(&user, self.conn_id),
+                None => return,
+            };
+            if let Some(session) = self.connection.session_mut() {
+                withdraw_from(session, &mut self.copies, &taken.dropped);
+            }
+            let now = self.shared.now();
+            for (held, data) in taken.records {
+                if !self.queue_copy(held, data, now) {
+                    self.settled.push((held, Outcome::Closed));
+                }
+            }
             return;
         };
         // Before readiness the attach reads the whole mailbox.
@@ -584,7 +649,7 @@ impl Task {
     }
 
     /// Gives the session back to the store: kept for resume, or ended when the client closed it.
-    async fn detach(&mut self, ended: bool, rx: &mut mpsc::UnboundedReceiver<ConnCommand>) {
+    async fn detach(&mut self, ended: bool) {
         let Some(user) = self.user.clone() else {
             return;
         };
@@ -619,52 +684,25 @@ impl Task {
             self.copies.clear();
             return;
         }
-        self.detach_in_memory(&user, ended, rx);
-    }
-
-    /// Copies the hub has already sent to this task are queued on the session first, under the
-    /// hub's lock: a publish takes the same lock to send a copy, so none can arrive between the
-    /// last one queued here and the session leaving this task. A copy left in the channel would
-    /// instead return to the session from the mailbox after newer messages, out of order [CU-3].
-    fn detach_in_memory(
-        &mut self,
-        user: &UserId,
-        ended: bool,
-        rx: &mut mpsc::UnboundedReceiver<ConnCommand>,
-    ) {
-        self.settle_in_memory(user);
+        self.settle_in_memory(&user);
         let now = self.shared.now();
-        let shared = Arc::clone(&self.shared);
-        let Some(mut hub) = shared.memory() else {
-            return;
-        };
-        while let Ok(command) = rx.try_recv() {
-            if let ConnCommand::Deliver { held, data } = command {
-                if !self.queue_copy(held, data, now) {
-                    hub.copy_settled(user, held, &Outcome::Closed);
-                }
-            }
-        }
         let Some(session) = self.connection.take_session() else {
             return;
         };
         let copies = std::mem::take(&mut self.copies);
-        hub.detach(user, self.conn_id, session, copies, ended, now);
+        if let Some(mut hub) = self.shared.memory() {
+            // The hub queues on the session, under its lock, whatever it woke this task for and
+            // the task had not taken yet, so that nothing arrives between the two [CU-3].
+            hub.detach(&user, self.conn_id, session, copies, ended, now);
+        }
     }
 
-    async fn finish(&mut self, rx: &mut mpsc::UnboundedReceiver<ConnCommand>) {
+    async fn finish(&mut self) {
         // Process what the last frames produced (outcomes settle copies before the detach).
         while let Some(event) = self.connection.poll_session_event() {
             self.handle_session_event(event).await;
         }
-        self.detach(self.session_ended, rx).await;
-        // Copies sent to this task that it will never queue: the records stay in the mailbox.
-        rx.close();
-        while let Ok(command) = rx.try_recv() {
-            if let ConnCommand::Deliver { held, .. } = command {
-                self.settled.push((held, Outcome::Closed));
-            }
-        }
+        self.detach(self.session_ended).await;
         if let Some(user) = self.user.clone() {
             self.settle_in_memory(&user);
             if let Some(hub) = self.shared.redis() {
@@ -680,5 +718,54 @@ impl Task {
     fn instant(&self, at: Time) -> Instant {
         let now = self.shared.now();
         Instant::now() + at.saturating_since(now)
+    }
+}
+
+/// The frames of one write, and the close that ends the connection after them.
+struct Batch {
+    frames: Vec<String>,
+    close: Option<(u16, String)>,
+}
+
+/// How a write ended.
+enum WriteOutcome {
+    Written,
+    /// The close frame went out: the connection is over.
+    Closed,
+    Failed(String),
+}
+
+type Write<W> = Pin<Box<dyn Future<Output = (W, WriteOutcome)> + Send>>;
+
+impl Batch {
+    /// Writes the frames with one flush, then the close if there is one, and hands the writing
+    /// half back.
+    async fn write<W: FrameWriter>(self, mut writer: W) -> (W, WriteOutcome) {
+        let queued = !self.frames.is_empty();
+        for text in self.frames {
+            if let Err(error) = writer.feed(text).await {
+                return (writer, WriteOutcome::Failed(error));
+            }
+        }
+        if queued {
+            if let Err(error) = writer.flush().await {
+                return (writer, WriteOutcome::Failed(error));
+            }
+        }
+        match self.close {
+            Some((code, reason)) => {
+                writer.close(code, reason).await;
+                (writer, WriteOutcome::Closed)
+            }
+            None => (writer, WriteOutcome::Written),
+        }
+    }
+}
+
+/// The write under way, or never when there is none.
+async fn in_progress<W>(write: Option<&mut Write<W>>) -> (W, WriteOutcome) {
+    match write {
+        Some(write) => write.await,
+        None => std::future::pending().await,
     }
 }

@@ -5,9 +5,9 @@ use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use readyws_protocol::{Data, SUBPROTOCOL};
@@ -36,12 +36,32 @@ fn error(status: StatusCode, code: &str, detail: impl Into<String>) -> Response 
     (status, axum::Json(body)).into_response()
 }
 
+/// A refusal that also ends its connection: a refused upgrade, or a request whose body was left
+/// unread, leaves no request behind it to be served.
+fn closing_error(status: StatusCode, code: &str, detail: impl Into<String>) -> Response {
+    let mut response = error(status, code, detail);
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
 async fn websocket(State(shared): State<Arc<Shared>>, upgrade: WebSocketUpgrade) -> Response {
     if shared.stopping.load(Ordering::SeqCst) {
-        return error(
+        return closing_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "stopping",
             "the server is shutting down",
+        );
+    }
+    // The bound for an application that mounts the router in its own server; `Server::serve`
+    // bounds every TCP connection before it gets here.
+    if shared.connections_open() >= shared.options.limits.max_connections {
+        crate::metrics::limit_refused("connections");
+        return closing_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_full",
+            "the server has as many connections as it allows; retry later",
         );
     }
     // Frames up to four times the announced limit still reach the protocol, which refuses an
@@ -53,7 +73,7 @@ async fn websocket(State(shared): State<Arc<Shared>>, upgrade: WebSocketUpgrade)
         .max_message_size(socket_limit)
         .max_frame_size(socket_limit);
     if upgrade.selected_protocol().is_none() {
-        return error(
+        return closing_error(
             StatusCode::BAD_REQUEST,
             "subprotocol_required",
             format!("offer the WebSocket subprotocol `{SUBPROTOCOL}`"),
@@ -69,9 +89,16 @@ struct PublishBody {
     data: Data,
 }
 
-async fn publish(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+/// The most bytes of a publish body beyond the message itself: the envelope and the user id.
+const PUBLISH_ENVELOPE_BYTES: usize = 16 * 1024;
+
+/// Checks the key from the request head first: an unauthenticated body is never read. Then reads
+/// at most what a mailbox could hold, within the request deadline.
+async fn publish(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let (head, body) = request.into_parts();
+    let headers = head.headers;
     let Some(expected) = shared.options.api_key.as_deref() else {
-        return error(
+        return closing_error(
             StatusCode::FORBIDDEN,
             "disabled",
             "the publish API needs an API key configured",
@@ -82,12 +109,50 @@ async fn publish(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "));
     if !presented.is_some_and(|key| constant_time_eq(key.as_bytes(), expected.as_bytes())) {
-        return error(
+        return closing_error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "missing or wrong bearer API key",
         );
     }
+    let limit = shared
+        .options
+        .mailbox
+        .max_bytes
+        .saturating_add(PUBLISH_ENVELOPE_BYTES);
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        crate::metrics::limit_refused("publish_body_bytes");
+        return closing_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the body may have at most {limit} bytes"),
+        );
+    }
+    let deadline = shared.options.deadlines.request_head;
+    let body: Bytes = match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await
+    {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => {
+            crate::metrics::limit_refused("publish_body_bytes");
+            return closing_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the body may have at most {limit} bytes"),
+            );
+        }
+        Err(_) => {
+            crate::metrics::deadline("request_body");
+            return closing_error(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                format!("the body did not arrive within {} ms", deadline.as_millis()),
+            );
+        }
+    };
     let body: PublishBody = match serde_json::from_slice(&body) {
         Ok(body) => body,
         Err(problem) => {
@@ -116,6 +181,14 @@ async fn publish(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
         Err(problem @ PublishError::TooLarge { .. }) => error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
+            problem.to_string(),
+        ),
+        Err(problem @ PublishError::UserIdTooLong { .. }) => {
+            error(StatusCode::BAD_REQUEST, "bad_body", problem.to_string())
+        }
+        Err(problem @ PublishError::ServerFull { .. }) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_full",
             problem.to_string(),
         ),
         Err(problem @ PublishError::Unavailable(_)) => error(

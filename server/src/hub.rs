@@ -4,36 +4,47 @@
 //! Custody [CU-1]: every published message is a record in its user's mailbox until a session of
 //! that user acknowledges it. Sessions get *copies* (entries in their outbox, mapped back to the
 //! record); a copy that ends without an ack leaves the record where it was, so nothing is ever
-//! "moved back" and nothing can fall between two places [CU-2].
+//! "moved back" and nothing can fall between two places [CU-2]. A copy shares the record's
+//! payload ([`Data`] is reference-counted), so a user with N sessions costs N references, not N
+//! payloads.
+//!
+//! A live session is not sent its copies: it is woken, and takes every record after its cursor
+//! from the mailbox under the hub's lock. A connection that stops reading therefore holds
+//! nothing the mailbox does not hold already, and publishing never waits for it.
+//!
+//! Every bound is checked here, once: the mailbox's (per user), the held bytes of the whole
+//! server, sessions per user and the length of a user id. Expiry is driven by two ordered
+//! queues, so a sweep costs what is due, not a walk over every user.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use readyws_protocol::frame::Resume;
 use readyws_protocol::{
     Data, MessageId, Outcome, ResumeToken, ServerConfig, ServerSession, SessionEvent, Time,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::auth::UserId;
 use crate::metrics as m;
-use crate::options::{MailboxLimits, OverflowPolicy};
+use crate::options::{Limits, OverflowPolicy};
 use crate::{PublishError, PublishReport};
 
 /// A session's outbox entries that are copies of mailbox records: message id → record id.
 pub(crate) type Copies = BTreeMap<MessageId, u64>;
 
-/// What the hub asks of a connection task.
+/// How many commands may wait for one connection task. Commands are rare (a takeover, a
+/// shutdown `goaway`); deliveries do not travel this way.
+pub(crate) const CONTROL_CAPACITY: usize = 8;
+
+/// What the server asks of a connection task, besides waking it.
 #[derive(Debug)]
 pub(crate) enum ConnCommand {
-    /// Queue a copy of mailbox record `held` on the live session.
-    Deliver { held: u64, data: Data },
-    /// Another connection resumed this session: hand it back to the hub, send `goaway` 4203,
+    /// Another connection resumed this session: hand it back to the store, send `goaway` 4203,
     /// then answer [RS-7].
     Surrender { done: oneshot::Sender<()> },
-    /// The user's mailbox in the shared store grew: read what is new (Redis store only).
-    Wake,
     /// Send `goaway` with these values (shutdown).
     Goaway {
         code: u16,
@@ -42,17 +53,61 @@ pub(crate) enum ConnCommand {
     },
 }
 
+/// How the rest of the server reaches one connection task: a bounded command channel and a
+/// wake-up that coalesces (any number of publishes before the task runs wake it once).
+#[derive(Clone, Debug)]
+pub(crate) struct ConnHandle {
+    control: mpsc::Sender<ConnCommand>,
+    wake: Arc<Notify>,
+}
+
+impl ConnHandle {
+    pub(crate) fn new() -> (ConnHandle, mpsc::Receiver<ConnCommand>, Arc<Notify>) {
+        let (control, commands) = mpsc::channel(CONTROL_CAPACITY);
+        let wake = Arc::new(Notify::new());
+        let handle = ConnHandle {
+            control,
+            wake: wake.clone(),
+        };
+        (handle, commands, wake)
+    }
+
+    /// The user's mailbox changed: the task reads what is new.
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Hands `command` to the task; `false` when the task is gone or its queue is full (counted).
+    pub(crate) fn command(&self, command: ConnCommand) -> bool {
+        match self.control.try_send(command) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                m::limit_refused("control_queue");
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
 struct Held {
     data: Data,
     expires_at: Time,
-    /// How many sessions hold a copy. A record expires only while none does.
+    /// How many sessions hold a copy, or are woken to take one. A record expires only while
+    /// none does [CU-5].
     holders: usize,
 }
 
 enum Slot {
     Live {
         conn: u64,
-        tx: mpsc::UnboundedSender<ConnCommand>,
+        handle: ConnHandle,
+        /// The newest record the session has a copy of, or was woken for and counted as a
+        /// holder of.
+        cursor: u64,
+        /// Records the mailbox dropped that the session may hold copies of: withdrawn at its
+        /// next wake.
+        dropped: Vec<u64>,
     },
     Detached {
         session: Box<ServerSession>,
@@ -89,30 +144,47 @@ pub(crate) enum Attach {
         resumed: bool,
     },
     /// The session is live on another connection; ask it to surrender, then attach again.
-    TakeOver {
-        tx: mpsc::UnboundedSender<ConnCommand>,
-    },
+    TakeOver { handle: ConnHandle },
+    /// The user has as many sessions as allowed, every one of them live.
+    TooManySessions { limit: usize },
+}
+
+/// What a woken live session takes from the mailbox.
+#[derive(Default)]
+pub(crate) struct Taken {
+    /// Records after the session's cursor, oldest first.
+    pub(crate) records: Vec<(u64, Data)>,
+    /// Records the mailbox dropped since: their copies are withdrawn if still unsent.
+    pub(crate) dropped: Vec<u64>,
 }
 
 pub(crate) struct Hub {
     protocol: ServerConfig,
-    mailbox: MailboxLimits,
+    limits: Limits,
     users: HashMap<UserId, UserState>,
     /// Session id → its user, for resume lookups.
     owners: HashMap<String, UserId>,
     next_held: u64,
     held_total: usize,
+    held_bytes: usize,
+    /// Detached sessions by the end of their resume window.
+    lapses: BTreeSet<(Time, UserId, String)>,
+    /// Records that no session holds, by when they expire.
+    expiries: BTreeSet<(Time, UserId, u64)>,
 }
 
 impl Hub {
-    pub(crate) fn new(protocol: ServerConfig, mailbox: MailboxLimits) -> Self {
+    pub(crate) fn new(protocol: ServerConfig, limits: Limits) -> Self {
         Hub {
             protocol,
-            mailbox,
+            limits,
             users: HashMap::new(),
             owners: HashMap::new(),
             next_held: 1,
             held_total: 0,
+            held_bytes: 0,
+            lapses: BTreeSet::new(),
+            expiries: BTreeSet::new(),
         }
     }
 
@@ -121,41 +193,55 @@ impl Hub {
         self.users.get(user).map_or(0, |u| u.held.len())
     }
 
-    /// Accepts a message for `user`: recorded in the mailbox, copied to every session of the
-    /// user, live ones through their task [CU-4].
+    /// Accepts a message for `user`: recorded in the mailbox, queued on every detached session of
+    /// the user, and every live one woken to take it [CU-4].
     pub(crate) fn publish(
         &mut self,
         user: &UserId,
         data: Data,
         now: Time,
     ) -> Result<PublishReport, PublishError> {
-        let size = self.mailbox.admit(&data)?;
-        let limits = self.mailbox;
+        let size = self.limits.mailbox.admit(&data)?;
+        // The server-wide bound never drops another message to make room: it refuses.
+        if self.held_bytes.saturating_add(size) > self.limits.max_held_bytes {
+            m::limit_refused("held_bytes");
+            warn!(user = ?user.as_str(), held_bytes = self.held_bytes, "server-wide held bytes full: publish refused");
+            return Err(PublishError::ServerFull {
+                held_bytes: self.held_bytes,
+                limit: self.limits.max_held_bytes,
+            });
+        }
+        let mailbox = self.limits.mailbox;
         let state = self.users.entry(user.clone()).or_default();
-        let mut dropped = 0;
-        while state.held.len() >= limits.max_messages || state.bytes + size > limits.max_bytes {
-            match limits.overflow {
+        let mut dropped = Vec::new();
+        while state.held.len() >= mailbox.max_messages || state.bytes + size > mailbox.max_bytes {
+            match mailbox.overflow {
                 OverflowPolicy::RejectNew => {
                     m::mailbox_dropped("rejected", 1);
-                    warn!(%user, held = state.held.len(), "mailbox full: publish refused");
+                    warn!(user = ?user.as_str(), held = state.held.len(), "mailbox full: publish refused");
                     return Err(PublishError::MailboxFull {
                         messages: state.held.len(),
                         bytes: state.bytes,
                     });
                 }
                 OverflowPolicy::DropOldest => {
-                    let Some((_, oldest)) = state.held.pop_first() else {
+                    let Some((id, oldest)) = state.held.pop_first() else {
                         break;
                     };
                     state.bytes -= oldest.data.len();
-                    dropped += 1;
+                    if oldest.holders == 0 {
+                        self.expiries.remove(&(oldest.expires_at, user.clone(), id));
+                    }
+                    self.held_bytes -= oldest.data.len();
+                    dropped.push(id);
                 }
             }
         }
-        if dropped > 0 {
-            self.held_total -= dropped;
-            m::mailbox_dropped("overflow", dropped);
-            warn!(%user, dropped, "mailbox full: dropped the oldest held messages");
+        if !dropped.is_empty() {
+            self.held_total -= dropped.len();
+            m::mailbox_dropped("overflow", dropped.len());
+            warn!(user = ?user.as_str(), dropped = dropped.len(), "mailbox full: dropped the oldest held messages");
+            withdraw_dropped(state, &dropped);
         }
         let id = self.next_held;
         self.next_held += 1;
@@ -163,17 +249,10 @@ impl Hub {
         let mut holders = 0;
         for entry in state.sessions.values_mut() {
             match &mut entry.slot {
-                Slot::Live { tx, .. } => {
-                    let sent = tx.send(ConnCommand::Deliver {
-                        held: id,
-                        data: data.clone(),
-                    });
-                    // A closed channel means the task is ending; it detaches its session next,
-                    // and the record reaches that session (or the next one) from the mailbox.
-                    if sent.is_ok() {
-                        live += 1;
-                        holders += 1;
-                    }
+                Slot::Live { handle, .. } => {
+                    handle.wake();
+                    live += 1;
+                    holders += 1;
                 }
                 Slot::Detached {
                     session, copies, ..
@@ -185,22 +264,27 @@ impl Hub {
                 }
             }
         }
+        let expires_at = now + mailbox.ttl;
         state.bytes += size;
         state.held.insert(
             id,
             Held {
                 data,
-                expires_at: now + limits.ttl,
+                expires_at,
                 holders,
             },
         );
+        if holders == 0 {
+            self.expiries.insert((expires_at, user.clone(), id));
+        }
         self.held_total += 1;
-        m::mailbox_depth(self.held_total);
-        debug!(%user, held = id, live, "published");
+        self.held_bytes += size;
+        m::mailbox_depth(self.held_total, self.held_bytes);
+        debug!(user = ?user.as_str(), held = id, live, "published");
         Ok(PublishReport {
             delivered: live,
             held: live == 0,
-            dropped_oldest: dropped,
+            dropped_oldest: dropped.len(),
         })
     }
 
@@ -212,7 +296,7 @@ impl Hub {
         user: &UserId,
         resume: Option<&Resume>,
         conn: u64,
-        tx: &mpsc::UnboundedSender<ConnCommand>,
+        handle: &ConnHandle,
         now: Time,
     ) -> Attach {
         let state = self.users.entry(user.clone()).or_default();
@@ -224,8 +308,10 @@ impl Hub {
             let known =
                 |e: &&SessionEntry| e.token == *presented || e.previous.as_ref() == Some(presented);
             if let Some(entry) = entry.filter(|e| owned_by_user && known(e)) {
-                if let Slot::Live { tx, .. } = &entry.slot {
-                    return Attach::TakeOver { tx: tx.clone() };
+                if let Slot::Live { handle, .. } = &entry.slot {
+                    return Attach::TakeOver {
+                        handle: handle.clone(),
+                    };
                 }
                 found = state.sessions.remove(&resume.session_id);
             }
@@ -238,10 +324,12 @@ impl Hub {
                     Slot::Detached {
                         mut session,
                         copies,
-                        ..
+                        expires_at,
                     },
                 ..
             }) => {
+                self.lapses
+                    .remove(&(expires_at, user.clone(), session.id().to_owned()));
                 // A new secret at every resume, so that a token that leaked stops resuming once
                 // the client has moved on to the next one [RS-8].
                 session.rotate_resume_token(random_token());
@@ -249,16 +337,27 @@ impl Hub {
                 (session, copies, true)
             }
             _ => {
+                if !self.make_room_for_session(user) {
+                    m::limit_refused("sessions_per_user");
+                    self.forget_if_idle(user);
+                    return Attach::TooManySessions {
+                        limit: self.limits.max_sessions_per_user,
+                    };
+                }
                 let session = Box::new(new_session(&self.protocol));
                 self.owners.insert(session.id().to_owned(), user.clone());
                 (session, Copies::new(), false)
             }
         };
+        let state = self.users.entry(user.clone()).or_default();
         // Every record this session lacks, oldest first, before any newer message [CU-3].
         let has: BTreeSet<u64> = copies.values().copied().collect();
         for (id, held) in state.held.iter_mut().filter(|(id, _)| !has.contains(id)) {
             if let Ok(message) = session.send(held.data.clone(), None, now) {
                 copies.insert(message, *id);
+                if held.holders == 0 {
+                    self.expiries.remove(&(held.expires_at, user.clone(), *id));
+                }
                 held.holders += 1;
             }
         }
@@ -270,7 +369,9 @@ impl Hub {
                 previous,
                 slot: Slot::Live {
                     conn,
-                    tx: tx.clone(),
+                    handle: handle.clone(),
+                    cursor: self.next_held - 1,
+                    dropped: Vec::new(),
                 },
             },
         );
@@ -281,7 +382,71 @@ impl Hub {
         }
     }
 
-    /// A live session's copy of record `held` ended with `outcome`.
+    /// Below the per-user session bound, ending the user's detached session closest to the end
+    /// of its resume window if needed; `false` when every session of the user is live.
+    fn make_room_for_session(&mut self, user: &UserId) -> bool {
+        let limit = self.limits.max_sessions_per_user;
+        loop {
+            let Some(state) = self.users.get(user) else {
+                return true;
+            };
+            if state.sessions.len() < limit {
+                return true;
+            }
+            let oldest = state
+                .sessions
+                .iter()
+                .filter_map(|(id, entry)| match &entry.slot {
+                    Slot::Detached { expires_at, .. } => Some((*expires_at, id.clone())),
+                    Slot::Live { .. } => None,
+                })
+                .min();
+            let Some((expires_at, id)) = oldest else {
+                return false;
+            };
+            self.lapses.remove(&(expires_at, user.clone(), id.clone()));
+            m::limit_refused("sessions_per_user_evicted");
+            info!(user = ?user.as_str(), session = %id, "too many sessions: ended the oldest detached one");
+            self.end_detached(user, &id);
+        }
+    }
+
+    /// What a woken live session takes: the records after its cursor and the drops since.
+    pub(crate) fn take_new(&mut self, user: &UserId, conn: u64) -> Taken {
+        let Some(state) = self.users.get_mut(user) else {
+            return Taken::default();
+        };
+        let Some((cursor, dropped)) =
+            state
+                .sessions
+                .values_mut()
+                .find_map(|entry| match &mut entry.slot {
+                    Slot::Live {
+                        conn: c,
+                        cursor,
+                        dropped,
+                        ..
+                    } if *c == conn => Some((cursor, dropped)),
+                    _ => None,
+                })
+        else {
+            return Taken::default();
+        };
+        let records: Vec<(u64, Data)> = state
+            .held
+            .range(*cursor + 1..)
+            .map(|(id, held)| (*id, held.data.clone()))
+            .collect();
+        if let Some((last, _)) = records.last() {
+            *cursor = *last;
+        }
+        Taken {
+            records,
+            dropped: std::mem::take(dropped),
+        }
+    }
+
+    /// A session's copy of record `held` ended with `outcome`.
     pub(crate) fn copy_settled(&mut self, user: &UserId, held: u64, outcome: &Outcome) {
         let Some(state) = self.users.get_mut(user) else {
             return;
@@ -289,7 +454,7 @@ impl Hub {
         let ends_custody = match outcome {
             Outcome::Acked => true,
             Outcome::Refused { code, .. } => {
-                warn!(%user, held, code = %code, "the client refused a published message for good");
+                warn!(user = ?user.as_str(), held, code = ?code, "the client refused a published message for good");
                 m::mailbox_dropped("refused", 1);
                 true
             }
@@ -298,22 +463,33 @@ impl Hub {
         if ends_custody {
             if let Some(record) = state.held.remove(&held) {
                 state.bytes -= record.data.len();
+                if record.holders == 0 {
+                    self.expiries
+                        .remove(&(record.expires_at, user.clone(), held));
+                }
                 self.held_total -= 1;
-                m::mailbox_depth(self.held_total);
+                self.held_bytes -= record.data.len();
+                m::mailbox_depth(self.held_total, self.held_bytes);
             }
         } else if let Some(record) = state.held.get_mut(&held) {
             record.holders = record.holders.saturating_sub(1);
+            if record.holders == 0 {
+                self.expiries
+                    .insert((record.expires_at, user.clone(), held));
+            }
         }
     }
 
     /// The connection carrying `session` ended. `ended` says the client closed the session on
-    /// purpose [RS-6]; otherwise it is kept for the resume window [RS-1].
+    /// purpose [RS-6]; otherwise it is kept for the resume window [RS-1]. Records the session was
+    /// woken for but had not taken yet are queued on it first, oldest first, so that it keeps its
+    /// order [CU-3].
     pub(crate) fn detach(
         &mut self,
         user: &UserId,
         conn: u64,
         mut session: ServerSession,
-        copies: Copies,
+        mut copies: Copies,
         ended: bool,
         now: Time,
     ) {
@@ -326,8 +502,19 @@ impl Hub {
         if !is_current {
             return;
         }
+        let taken = self.take_new(user, conn);
+        withdraw_from(&mut session, &mut copies, &taken.dropped);
+        for (held, data) in taken.records {
+            match session.send(data, None, now) {
+                Ok(message) => {
+                    copies.insert(message, held);
+                }
+                Err(_) => self.copy_settled(user, held, &Outcome::Closed),
+            }
+        }
         if ended {
             self.end_session(user, &id, &mut session, &copies);
+            self.forget_if_idle(user);
             return;
         }
         let expires_at = now + self.protocol.resume_window;
@@ -341,61 +528,71 @@ impl Hub {
                 copies,
                 expires_at,
             };
+            self.lapses.insert((expires_at, user.clone(), id));
         }
     }
 
     /// Ends sessions whose resume window passed and expires records no session holds [CU-5].
+    /// Costs what is due, whatever the number of users.
     pub(crate) fn sweep(&mut self, now: Time) {
-        let mut lapsed = Vec::new();
-        for (user, state) in &self.users {
-            for (id, entry) in &state.sessions {
-                if matches!(entry.slot, Slot::Detached { expires_at, .. } if expires_at <= now) {
-                    lapsed.push((user.clone(), id.clone()));
-                }
+        while let Some((at, user, id)) = self.lapses.first().cloned() {
+            if at > now {
+                break;
             }
-        }
-        for (user, id) in lapsed {
-            let entry = self
-                .users
-                .get_mut(&user)
-                .and_then(|state| state.sessions.remove(&id));
-            if let Some(SessionEntry {
-                slot:
-                    Slot::Detached {
-                        mut session,
-                        copies,
-                        ..
-                    },
-                ..
-            }) = entry
-            {
-                debug!(%user, session = %id, "resume window passed");
-                self.end_session(&user, &id, &mut session, &copies);
-            }
+            self.lapses.pop_first();
+            debug!(user = ?user.as_str(), session = %id, "resume window passed");
+            self.end_detached(&user, &id);
+            self.forget_if_idle(&user);
         }
         let mut expired = 0;
-        for (user, state) in &mut self.users {
-            let due: Vec<u64> = state
-                .held
-                .iter()
-                .filter(|(_, held)| held.holders == 0 && held.expires_at <= now)
-                .map(|(id, _)| *id)
-                .collect();
-            for id in due {
-                if let Some(record) = state.held.remove(&id) {
-                    state.bytes -= record.data.len();
-                    expired += 1;
-                    info!(%user, held = id, "a held message expired before any session took it");
-                }
+        while let Some((at, user, id)) = self.expiries.first().cloned() {
+            if at > now {
+                break;
             }
+            self.expiries.pop_first();
+            let Some(state) = self.users.get_mut(&user) else {
+                continue;
+            };
+            let due = state
+                .held
+                .get(&id)
+                .is_some_and(|held| held.holders == 0 && held.expires_at == at);
+            if !due {
+                continue;
+            }
+            if let Some(record) = state.held.remove(&id) {
+                state.bytes -= record.data.len();
+                self.held_bytes -= record.data.len();
+                expired += 1;
+                info!(user = ?user.as_str(), held = id, "a held message expired before any session took it");
+            }
+            self.forget_if_idle(&user);
         }
         if expired > 0 {
             self.held_total -= expired;
             m::mailbox_dropped("expired", expired);
-            m::mailbox_depth(self.held_total);
+            m::mailbox_depth(self.held_total, self.held_bytes);
         }
-        self.users
-            .retain(|_, state| !state.held.is_empty() || !state.sessions.is_empty());
+    }
+
+    /// Ends a detached session (its lapse entry already removed by the caller).
+    fn end_detached(&mut self, user: &UserId, id: &str) {
+        let entry = self
+            .users
+            .get_mut(user)
+            .and_then(|state| state.sessions.remove(id));
+        if let Some(SessionEntry {
+            slot:
+                Slot::Detached {
+                    mut session,
+                    copies,
+                    ..
+                },
+            ..
+        }) = entry
+        {
+            self.end_session(user, id, &mut session, &copies);
+        }
     }
 
     fn end_session(
@@ -422,6 +619,64 @@ impl Hub {
         }
         self.owners.remove(id);
     }
+
+    /// Forgets a user who has neither sessions nor held messages.
+    fn forget_if_idle(&mut self, user: &UserId) {
+        if self
+            .users
+            .get(user)
+            .is_some_and(|state| state.held.is_empty() && state.sessions.is_empty())
+        {
+            self.users.remove(user);
+        }
+    }
+}
+
+/// The mailbox of `state` dropped `dropped`: each detached session withdraws its unsent copies
+/// now, each live one at its next wake.
+fn withdraw_dropped(state: &mut UserState, dropped: &[u64]) {
+    for entry in state.sessions.values_mut() {
+        match &mut entry.slot {
+            Slot::Live {
+                handle,
+                cursor,
+                dropped: pending,
+                ..
+            } => {
+                let held_by_session = dropped.iter().filter(|id| **id <= *cursor);
+                let before = pending.len();
+                pending.extend(held_by_session);
+                if pending.len() > before {
+                    handle.wake();
+                }
+            }
+            Slot::Detached {
+                session, copies, ..
+            } => withdraw_from(session, copies, dropped),
+        }
+    }
+}
+
+/// Withdraws the unsent copies of `dropped` records from `session` (counted); a copy already
+/// transmitted stays until the client settles it.
+pub(crate) fn withdraw_from(session: &mut ServerSession, copies: &mut Copies, dropped: &[u64]) {
+    if dropped.is_empty() {
+        return;
+    }
+    let targets: BTreeSet<u64> = dropped.iter().copied().collect();
+    let messages: Vec<MessageId> = copies
+        .iter()
+        .filter(|(_, held)| targets.contains(held))
+        .map(|(message, _)| *message)
+        .collect();
+    let mut withdrawn = 0;
+    for message in messages {
+        if session.withdraw(message) {
+            copies.remove(&message);
+            withdrawn += 1;
+        }
+    }
+    m::copies_withdrawn(withdrawn);
 }
 
 /// A 128-bit secret [SE-1].

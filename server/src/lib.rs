@@ -60,14 +60,14 @@ use std::time::Duration;
 use readyws_protocol::{Data, ServerConfig, Time};
 use thiserror::Error;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tracing::info;
 
 pub use auth::{AuthError, Authenticator, InsecureDevAuth, JwtHs256, UserId};
-pub use options::{MailboxLimits, OverflowPolicy, ServerOptions};
+pub use options::{Deadlines, MailboxLimits, OverflowPolicy, ServerLimits, ServerOptions};
 pub use redis_store::{RedisStore, StoreError};
 
-use hub::{ConnCommand, Hub};
+use hub::{ConnCommand, ConnHandle, Hub};
 use redis_store::RedisHub;
 
 impl From<&str> for UserId {
@@ -218,6 +218,23 @@ pub enum PublishError {
         /// The limit.
         limit: usize,
     },
+    /// The server holds as many bytes for all users together as
+    /// [`ServerLimits::max_held_bytes`] allows.
+    #[error("the server holds {held_bytes} bytes for its users, its limit is {limit}")]
+    ServerFull {
+        /// Bytes held now.
+        held_bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The user id is longer than [`ServerLimits::max_user_id_bytes`].
+    #[error("a {length}-byte user id exceeds the limit of {limit} bytes")]
+    UserIdTooLong {
+        /// The id's length in bytes.
+        length: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
@@ -267,7 +284,7 @@ pub(crate) struct Shared {
     stopping: AtomicBool,
     epoch: std::time::Instant,
     next_connection: AtomicU64,
-    connections: Mutex<HashMap<u64, mpsc::UnboundedSender<ConnCommand>>>,
+    connections: Mutex<HashMap<u64, ConnHandle>>,
     sweeper_started: AtomicBool,
 }
 
@@ -301,14 +318,19 @@ impl Shared {
         self.next_connection.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn connections(&self) -> MutexGuard<'_, HashMap<u64, mpsc::UnboundedSender<ConnCommand>>> {
+    /// WebSocket connections open now.
+    pub(crate) fn connections_open(&self) -> usize {
+        self.connections().len()
+    }
+
+    fn connections(&self) -> MutexGuard<'_, HashMap<u64, ConnHandle>> {
         lock(&self.connections)
     }
 
-    pub(crate) fn register_connection(&self, id: u64, tx: mpsc::UnboundedSender<ConnCommand>) {
+    pub(crate) fn register_connection(&self, id: u64, handle: ConnHandle) {
         let open = {
             let mut connections = self.connections();
-            connections.insert(id, tx);
+            connections.insert(id, handle);
             connections.len()
         };
         metrics::connection_opened(open);
@@ -357,7 +379,7 @@ impl Server {
                 protocol.clone(),
                 options.mailbox,
             )),
-            None => Store::Memory(Mutex::new(Hub::new(protocol.clone(), options.mailbox))),
+            None => Store::Memory(Mutex::new(Hub::new(protocol.clone(), options.hub_limits()))),
         };
         Server {
             shared: Arc::new(Shared {
@@ -467,6 +489,7 @@ impl ServerHandle {
         if self.shared.stopping.load(Ordering::SeqCst) {
             return Err(PublishError::ShuttingDown);
         }
+        self.shared.options.hub_limits().admit_user(user)?;
         match &self.shared.store {
             Store::Memory(hub) => lock(hub).publish(user, data, self.shared.now()),
             Store::Redis(hub) => hub.publish(user, data).await,
@@ -513,9 +536,9 @@ impl ServerHandle {
             u64::try_from(self.shared.options.shutdown_spread.as_millis()).unwrap_or(u64::MAX);
         let connections: Vec<_> = self.shared.connections().values().cloned().collect();
         info!(connections = connections.len(), "shutting down");
-        for tx in connections {
+        for connection in connections {
             let retry_after = Duration::from_millis(random_below(spread));
-            let _ = tx.send(ConnCommand::Goaway {
+            connection.command(ConnCommand::Goaway {
                 code: readyws_protocol::close::code::GOING_AWAY,
                 reason: "server shutting down".to_owned(),
                 retry_after: Some(retry_after),

@@ -13,7 +13,13 @@
 //! | `readyws_messages_out_total` | counter | server messages queued on sessions |
 //! | `readyws_acks_total` | counter | server messages acknowledged by clients |
 //! | `readyws_nacks_total{direction}` | counter | refusals: `sent` by the server, `received` from clients |
-//! | `readyws_goaways_total{code}` | counter | `goaway`s sent |
+//! | `readyws_held_bytes` | gauge | bytes of `data` held for all users (in-memory store) |
+//! | `readyws_goaways_total{code}` | counter | `goaway`s sent, whether the server or the protocol raised them |
+//! | `readyws_closes_total{code}` | counter | WebSocket close frames sent, by close code |
+//! | `readyws_limit_refusals_total{limit}` | counter | a bound that bit: `connections`, `sessions_per_user`, `sessions_per_user_evicted`, `held_bytes`, `user_id_bytes`, `control_queue`, `publish_body_bytes` |
+//! | `readyws_connections_evicted_total{reason}` | counter | connections closed before their upgrade to make room: `limit` (at `max_connections`), `descriptors` (out of file descriptors) |
+//! | `readyws_deadlines_total{stage}` | counter | connections closed by a deadline: `request_head`, `request_body`, `write` |
+//! | `readyws_copies_withdrawn_total` | counter | unsent session copies withdrawn because the mailbox dropped their record |
 //! | `readyws_store_retries_total{operation}` | counter | Redis operations that failed and were tried again |
 //! | `readyws_store_failures_total{operation}` | counter | Redis operations that failed through every retry, and broken subscriptions |
 
@@ -63,8 +69,9 @@ pub(crate) fn resume(result: &'static str) {
     counter!("readyws_resumes_total", "result" => result).increment(1);
 }
 
-pub(crate) fn mailbox_depth(messages: usize) {
+pub(crate) fn mailbox_depth(messages: usize, bytes: usize) {
     gauge!("readyws_mailbox_messages").set(messages as f64);
+    gauge!("readyws_held_bytes").set(bytes as f64);
 }
 
 pub(crate) fn mailbox_dropped(reason: &'static str, count: usize) {
@@ -89,6 +96,29 @@ pub(crate) fn nack(direction: &'static str) {
 
 pub(crate) fn goaway(code: u16) {
     counter!("readyws_goaways_total", "code" => code.to_string()).increment(1);
+}
+
+pub(crate) fn close_sent(code: u16) {
+    counter!("readyws_closes_total", "code" => code.to_string()).increment(1);
+}
+
+/// A bound bit: something was refused or ended because of it.
+pub(crate) fn limit_refused(limit: &'static str) {
+    counter!("readyws_limit_refusals_total", "limit" => limit).increment(1);
+}
+
+pub(crate) fn connection_evicted(reason: &'static str) {
+    counter!("readyws_connections_evicted_total", "reason" => reason).increment(1);
+}
+
+pub(crate) fn deadline(stage: &'static str) {
+    counter!("readyws_deadlines_total", "stage" => stage).increment(1);
+}
+
+pub(crate) fn copies_withdrawn(count: usize) {
+    if count > 0 {
+        counter!("readyws_copies_withdrawn_total").increment(count as u64);
+    }
 }
 
 /// A Redis operation failed and is tried again.

@@ -60,6 +60,90 @@ impl MailboxLimits {
     }
 }
 
+/// Server-wide bounds: what the whole server, or one user, can make it hold. Each bound that bites
+/// is counted in `readyws_limit_refusals_total{limit}` and refused clearly (HTTP 503 with the JSON
+/// error body before an upgrade, a `goaway` with `retry_after_ms` after it, or a publish error).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerLimits {
+    /// The most TCP connections open at once, HTTP and WebSocket together. At the bound, the
+    /// oldest connection that has not finished its request head (or sits idle between HTTP
+    /// requests) is closed to make room; when there is none, the new one gets `503`. Keep it
+    /// below the process's open-file limit. Default: 10,000.
+    pub max_connections: usize,
+    /// The most sessions one user has at once, live or kept for resume. A new session past it
+    /// ends the user's oldest detached session first; when every one is live, the connection gets
+    /// `goaway` 4003 with `retry_after_ms`. Default: 16.
+    pub max_sessions_per_user: usize,
+    /// The most bytes of `data` held for all users together. A publish past it is refused
+    /// ([`crate::PublishError::ServerFull`], HTTP 503); no other message is dropped to make room.
+    /// Default: 256 MiB.
+    pub max_held_bytes: usize,
+    /// The longest user id, in bytes, that a token may name or a publish may address. A longer
+    /// one is refused: `goaway` 4200 for a connection, HTTP 400 for a publish. Default: 256.
+    pub max_user_id_bytes: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_connections: 10_000,
+            max_sessions_per_user: 16,
+            max_held_bytes: 256 << 20,
+            max_user_id_bytes: 256,
+        }
+    }
+}
+
+/// Deadlines on every wait a peer controls before and around the protocol's own (the `hello`
+/// timeout and the heartbeat are [`ServerConfig`]'s).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Deadlines {
+    /// From the connection's acceptance to its complete request head, and for each further
+    /// request head on a kept-alive HTTP connection (including the idle wait before it); it
+    /// covers the WebSocket upgrade too. Past it the connection is closed
+    /// (`readyws_deadlines_total{stage="request_head"}`). Default: 10 s.
+    pub request_head: Duration,
+    /// How long one write to a WebSocket may stay blocked (a client that stopped reading)
+    /// before the connection is dropped (`readyws_deadlines_total{stage="write"}`). `None`:
+    /// twice the heartbeat interval. Default: `None`.
+    pub write: Option<Duration>,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines {
+            request_head: Duration::from_secs(10),
+            write: None,
+        }
+    }
+}
+
+/// The bounds the hub checks, in one place.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    pub(crate) mailbox: MailboxLimits,
+    pub(crate) max_held_bytes: usize,
+    pub(crate) max_sessions_per_user: usize,
+    pub(crate) max_user_id_bytes: usize,
+}
+
+impl Limits {
+    /// Refuses a user id longer than the bound.
+    pub(crate) fn admit_user(&self, user: &crate::UserId) -> Result<(), crate::PublishError> {
+        let length = user.as_str().len();
+        if length > self.max_user_id_bytes {
+            crate::metrics::limit_refused("user_id_bytes");
+            return Err(crate::PublishError::UserIdTooLong {
+                length,
+                limit: self.max_user_id_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Everything the server can be told. Start from [`ServerOptions::default`].
 #[derive(Clone)]
 #[non_exhaustive]
@@ -88,6 +172,10 @@ pub struct ServerOptions {
     /// instance serves every user). With a [`crate::RedisStore`], every instance that shares it
     /// serves any user, and a session outlives the instance that carried it.
     pub redis: Option<crate::RedisStore>,
+    /// Server-wide bounds. Default: [`ServerLimits::default`].
+    pub limits: ServerLimits,
+    /// Deadlines on waits a peer controls. Default: [`Deadlines::default`].
+    pub deadlines: Deadlines,
 }
 
 impl Default for ServerOptions {
@@ -102,6 +190,8 @@ impl Default for ServerOptions {
             shutdown_grace: Duration::from_secs(5),
             api_key: None,
             redis: None,
+            limits: ServerLimits::default(),
+            deadlines: Deadlines::default(),
         }
     }
 }
@@ -118,6 +208,8 @@ impl fmt::Debug for ServerOptions {
             .field("shutdown_grace", &self.shutdown_grace)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("redis", &self.redis)
+            .field("limits", &self.limits)
+            .field("deadlines", &self.deadlines)
             .finish()
     }
 }
@@ -167,16 +259,49 @@ impl ServerOptions {
         self
     }
 
-    /// The protocol settings with session outboxes large enough for a full mailbox plus the
-    /// messages in flight.
+    /// Sets the server-wide bounds.
+    pub fn limits(mut self, limits: ServerLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Sets the deadlines on waits a peer controls.
+    pub fn deadlines(mut self, deadlines: Deadlines) -> Self {
+        self.deadlines = deadlines;
+        self
+    }
+
+    /// The bounds the hub checks.
+    pub(crate) fn hub_limits(&self) -> Limits {
+        Limits {
+            mailbox: self.mailbox,
+            max_held_bytes: self.limits.max_held_bytes,
+            max_sessions_per_user: self.limits.max_sessions_per_user.max(1),
+            max_user_id_bytes: self.limits.max_user_id_bytes,
+        }
+    }
+
+    /// How long a blocked write may last.
+    pub(crate) fn write_deadline(&self) -> Duration {
+        self.deadlines
+            .write
+            .unwrap_or(self.protocol.heartbeat.saturating_mul(2))
+    }
+
+    /// The protocol settings with session outboxes as large as a full mailbox plus the messages
+    /// in flight: every queued copy is of a record the mailbox holds (a record the mailbox drops
+    /// is withdrawn from the outboxes while unsent), so beyond the mailbox a session holds at
+    /// most the window of transmitted copies whose record was dropped, each no larger than a
+    /// mailbox admits.
     pub(crate) fn effective_protocol(&self) -> ServerConfig {
         let window = usize::try_from(self.protocol.max_inflight).unwrap_or(usize::MAX);
+        let largest = self.protocol.max_frame_bytes.min(self.mailbox.max_bytes);
         self.protocol.clone().outbox(OutboxLimits {
             max_messages: self.mailbox.max_messages.saturating_add(window),
             max_bytes: self
                 .mailbox
                 .max_bytes
-                .saturating_add(window.saturating_mul(self.protocol.max_frame_bytes)),
+                .saturating_add(window.saturating_mul(largest)),
             max_message_bytes: self.protocol.max_frame_bytes,
         })
     }

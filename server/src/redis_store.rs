@@ -43,11 +43,11 @@ use redis::aio::ConnectionManager;
 use redis::{Client, Cmd, RedisError, RetryMethod, Script, Value};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use crate::auth::UserId;
-use crate::hub::{ConnCommand, Copies, fresh_session_credentials, random_token};
+use crate::hub::{ConnCommand, ConnHandle, Copies, fresh_session_credentials, random_token};
 use crate::metrics as m;
 use crate::options::{MailboxLimits, OverflowPolicy};
 use crate::{PublishError, PublishReport, Shared, lock};
@@ -284,7 +284,7 @@ pub(crate) fn custody_ended(user: &UserId, settled: &mut Vec<(u64, Outcome)>) ->
         .filter_map(|(record, outcome)| match outcome {
             Outcome::Acked => Some(record),
             Outcome::Refused { code, .. } => {
-                warn!(%user, held = record, %code, "the client refused a published message for good");
+                warn!(user = ?user.as_str(), held = record, code = ?code, "the client refused a published message for good");
                 m::mailbox_dropped("refused", 1);
                 Some(record)
             }
@@ -337,9 +337,9 @@ pub(crate) enum Saved {
 #[derive(Default)]
 struct Local {
     /// Live sessions carried here: session id → their connection.
-    sessions: HashMap<String, (u64, mpsc::UnboundedSender<ConnCommand>)>,
+    sessions: HashMap<String, (u64, ConnHandle)>,
     /// Live connections per user, to wake when the user's mailbox grows.
-    users: HashMap<UserId, HashMap<u64, mpsc::UnboundedSender<ConnCommand>>>,
+    users: HashMap<UserId, HashMap<u64, ConnHandle>>,
 }
 
 /// A session whose release could not be written; retried until it is.
@@ -433,7 +433,7 @@ impl RedisHub {
             integers::<3>("publish", &reply).map_err(PublishError::Unavailable)?;
         if record < 0 {
             m::mailbox_dropped("rejected", 1);
-            warn!(%user, held = live, "mailbox full: publish refused");
+            warn!(user = ?user.as_str(), held = live, "mailbox full: publish refused");
             return Err(PublishError::MailboxFull {
                 messages: usize::try_from(live).unwrap_or(0),
                 bytes: usize::try_from(third).unwrap_or(0),
@@ -442,10 +442,10 @@ impl RedisHub {
         let dropped = usize::try_from(third).unwrap_or(0);
         if dropped > 0 {
             m::mailbox_dropped("overflow", dropped);
-            warn!(%user, dropped, "mailbox full: dropped the oldest held messages");
+            warn!(user = ?user.as_str(), dropped, "mailbox full: dropped the oldest held messages");
         }
         let live = usize::try_from(live).unwrap_or(0);
-        debug!(%user, held = record, live, "published");
+        debug!(user = ?user.as_str(), held = record, live, "published");
         Ok(PublishReport {
             delivered: live,
             held: live == 0,
@@ -475,7 +475,7 @@ impl RedisHub {
         user: &UserId,
         resume: Option<&Resume>,
         conn: u64,
-        tx: &mpsc::UnboundedSender<ConnCommand>,
+        tx: &ConnHandle,
         now: Time,
     ) -> Result<Option<Attached>, StoreError> {
         self.local()
@@ -593,7 +593,7 @@ impl RedisHub {
         let connection = self.local().sessions.get(session_id).cloned();
         if let Some((_, tx)) = connection {
             let (done, _answered) = oneshot::channel();
-            if tx.send(ConnCommand::Surrender { done }).is_ok() {
+            if tx.command(ConnCommand::Surrender { done }) {
                 return Ok(());
             }
         }
@@ -738,8 +738,8 @@ impl RedisHub {
                 .collect(),
             None => local.users.values().flat_map(|c| c.values()).collect(),
         };
-        for tx in targets {
-            let _ = tx.send(ConnCommand::Wake);
+        for connection in targets {
+            connection.wake();
         }
     }
 

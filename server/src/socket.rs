@@ -6,6 +6,7 @@ use std::future::Future;
 use std::ops::Deref;
 
 use axum::extract::ws::{self as axum_ws, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
@@ -28,15 +29,31 @@ pub(crate) enum Incoming<T> {
     Control,
 }
 
-/// A WebSocket as the connection task drives it.
+/// A WebSocket as the connection task drives it: split into a reading half and a writing half,
+/// so that a write blocked by a peer that stopped reading never stops the reading, the timers
+/// or the commands of its connection.
 pub(crate) trait FrameSocket: Send + 'static {
+    /// The reading half.
+    type Reader: FrameReader;
+    /// The writing half.
+    type Writer: FrameWriter;
+
+    /// The two halves.
+    fn split(self) -> (Self::Reader, Self::Writer);
+}
+
+/// The reading half of a WebSocket.
+pub(crate) trait FrameReader: Send + 'static {
     /// A received text frame, borrowed as `str` without a copy.
     type Text: Deref<Target = str> + Send;
 
     /// The next frame; `None` once the socket has ended, an error when it broke.
     fn recv(&mut self)
     -> impl Future<Output = Option<Result<Incoming<Self::Text>, String>>> + Send;
+}
 
+/// The writing half of a WebSocket.
+pub(crate) trait FrameWriter: Send + 'static {
     /// Queues a text frame without writing it yet.
     fn feed(&mut self, text: String) -> impl Future<Output = Result<(), String>> + Send;
 
@@ -48,10 +65,20 @@ pub(crate) trait FrameSocket: Send + 'static {
 }
 
 impl FrameSocket for WebSocket {
+    type Reader = SplitStream<WebSocket>;
+    type Writer = SplitSink<WebSocket, axum_ws::Message>;
+
+    fn split(self) -> (Self::Reader, Self::Writer) {
+        let (writer, reader) = StreamExt::split(self);
+        (reader, writer)
+    }
+}
+
+impl FrameReader for SplitStream<WebSocket> {
     type Text = axum_ws::Utf8Bytes;
 
     async fn recv(&mut self) -> Option<Result<Incoming<Self::Text>, String>> {
-        let message = WebSocket::recv(self).await?;
+        let message = self.next().await?;
         Some(match message {
             Ok(axum_ws::Message::Text(text)) => Ok(Incoming::Text(text)),
             Ok(axum_ws::Message::Binary(_)) => Ok(Incoming::Binary),
@@ -64,7 +91,9 @@ impl FrameSocket for WebSocket {
             Err(error) => Err(error.to_string()),
         })
     }
+}
 
+impl FrameWriter for SplitSink<WebSocket, axum_ws::Message> {
     async fn feed(&mut self, text: String) -> Result<(), String> {
         SinkExt::feed(self, axum_ws::Message::Text(text.into()))
             .await
@@ -90,6 +119,19 @@ impl<S> FrameSocket for WebSocketStream<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    type Reader = SplitStream<WebSocketStream<S>>;
+    type Writer = SplitSink<WebSocketStream<S>, Message>;
+
+    fn split(self) -> (Self::Reader, Self::Writer) {
+        let (writer, reader) = StreamExt::split(self);
+        (reader, writer)
+    }
+}
+
+impl<S> FrameReader for SplitStream<WebSocketStream<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     type Text = tokio_tungstenite::tungstenite::Utf8Bytes;
 
     async fn recv(&mut self) -> Option<Result<Incoming<Self::Text>, String>> {
@@ -106,7 +148,12 @@ where
             Err(error) => Err(error.to_string()),
         })
     }
+}
 
+impl<S> FrameWriter for SplitSink<WebSocketStream<S>, Message>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     async fn feed(&mut self, text: String) -> Result<(), String> {
         SinkExt::feed(self, Message::Text(text.into()))
             .await
