@@ -14,8 +14,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use readyws_protocol::ServerConfig;
 use readyws_server::{
-    AcceptAll, Echo, InboundHandler, InsecureDevAuth, JwtHs256, MailboxLimits, OverflowPolicy,
-    RedisStore, Server, ServerOptions,
+    AcceptAll, Deadlines, Echo, InboundHandler, InsecureDevAuth, JwtHs256, MailboxLimits,
+    OverflowPolicy, RedisStore, Server, ServerLimits, ServerOptions,
 };
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
@@ -123,7 +123,36 @@ struct ServeArgs {
     /// The prefix of every Redis key and channel; instances of one deployment share it.
     #[arg(long, default_value = "readyws", requires = "redis")]
     redis_prefix: String,
-    /// Log level: error, warn, info, debug or trace.
+    /// The most TCP connections open at once, HTTP and WebSocket together; at the bound the
+    /// oldest connection still in its request head is closed to make room, or the new one gets
+    /// 503. Keep it below the open-file limit (`ulimit -n`).
+    #[arg(long, env = "READYWS_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
+    /// The most sessions one user has at once, live or kept for resume; past it the oldest
+    /// detached one is ended, or the connection gets goaway 4003 when all are live.
+    #[arg(long, env = "READYWS_MAX_SESSIONS_PER_USER", default_value_t = 16)]
+    max_sessions_per_user: usize,
+    /// The most bytes of message data held for all users together; a publish past it gets 503.
+    #[arg(long, env = "READYWS_MAX_HELD_BYTES", default_value_t = 256 << 20)]
+    max_held_bytes: usize,
+    /// The longest user id, in bytes (goaway 4200 for a connection, 400 for a publish).
+    #[arg(long, env = "READYWS_MAX_USER_ID_BYTES", default_value_t = 256)]
+    max_user_id_bytes: usize,
+    /// How long a connection may take to send its complete request head (and a kept-alive HTTP
+    /// connection its next one, and a publish its body).
+    #[arg(
+        long,
+        value_name = "MS",
+        env = "READYWS_REQUEST_HEAD_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    request_head_timeout_ms: u64,
+    /// How long a write to a WebSocket may stay blocked (a client that stopped reading) before
+    /// the connection is dropped. Default: twice --heartbeat-ms.
+    #[arg(long, value_name = "MS", env = "READYWS_WRITE_TIMEOUT_MS")]
+    write_timeout_ms: Option<u64>,
+    /// Log level: error, warn, info, debug or trace. `RUST_LOG`, when set, takes precedence
+    /// (for example `RUST_LOG=readyws_server=debug,info`).
     #[arg(long, default_value = "info")]
     log: tracing::Level,
 }
@@ -166,10 +195,20 @@ fn main() -> ExitCode {
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
     use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.trim().is_empty() => directives
+            .parse::<tracing_subscriber::filter::Targets>()
+            .map_err(|problem| format!("RUST_LOG={directives:?}: {problem}"))?,
+        _ => tracing_subscriber::filter::Targets::new().with_default(args.log),
+    };
     tracing_subscriber::fmt()
-        .with_max_level(args.log)
+        .with_max_level(tracing::Level::TRACE)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        .finish()
+        .with(filter)
         .init();
     let ms = Duration::from_millis;
     let protocol = ServerConfig::default()
@@ -196,7 +235,19 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .wait_for_startup(args.startup_delay > 0)
         .startup_max_wait(ms(args.startup_max_wait_ms), ms(5_000))
         .shutdown(ms(args.shutdown_spread_ms), ms(args.shutdown_grace_ms))
-        .api_key(args.api_key.clone());
+        .api_key(args.api_key.clone())
+        .limits(
+            ServerLimits::default()
+                .max_connections(args.max_connections.max(1))
+                .max_sessions_per_user(args.max_sessions_per_user.max(1))
+                .max_held_bytes(args.max_held_bytes)
+                .max_user_id_bytes(args.max_user_id_bytes.max(1)),
+        )
+        .deadlines(
+            Deadlines::default()
+                .request_head(ms(args.request_head_timeout_ms.max(1)))
+                .write(args.write_timeout_ms.map(|timeout| ms(timeout.max(1)))),
+        );
     if let Some(url) = &args.redis {
         let store = RedisStore::connect(url)
             .await

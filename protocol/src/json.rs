@@ -33,7 +33,21 @@ pub(crate) struct Member<'a> {
 /// Checks that `text` is exactly one JSON value, with optional whitespace around it, and returns
 /// the value's text without that whitespace.
 pub(crate) fn validate(text: &str) -> Result<&str, InvalidJson> {
+    validate_whole(&mut Reader::new(text))
+}
+
+/// Like [`validate`], for a whole frame: a lone surrogate escape (`"\ud800"`) is valid JSON
+/// grammar (RFC 8259 §8.2) and only noted, since which member holds it decides whether the frame
+/// is invalid or one message is [FR-9]. Returns the value's text and whether it holds one.
+pub(crate) fn validate_frame(text: &str) -> Result<(&str, bool), InvalidJson> {
     let mut reader = Reader::new(text);
+    reader.lone_surrogates = LoneSurrogates::Noted(false);
+    let value = validate_whole(&mut reader)?;
+    Ok((value, reader.lone_surrogates == LoneSurrogates::Noted(true)))
+}
+
+fn validate_whole<'a>(reader: &mut Reader<'a>) -> Result<&'a str, InvalidJson> {
+    let text = reader.text;
     reader.whitespace();
     let start = reader.pos;
     reader.skip_value()?;
@@ -50,6 +64,9 @@ pub(crate) fn validate(text: &str) -> Result<&str, InvalidJson> {
 /// Returns `None` when `object` is valid JSON but not an object.
 pub(crate) fn members(object: &str) -> Result<Option<Vec<Member<'_>>>, InvalidJson> {
     let mut reader = Reader::new(object);
+    // Values are skipped as grammar, as [`validate_frame`] checked them; each typed read (a
+    // string, a payload) then checks what it needs.
+    reader.lone_surrogates = LoneSurrogates::Noted(false);
     reader.whitespace();
     if reader.peek() != Some(b'{') {
         return Ok(None);
@@ -122,10 +139,29 @@ pub(crate) fn write_string(out: &mut String, value: &str) {
     out.push('"');
 }
 
+const LEADING_ALONE: &str = "a leading surrogate must be followed by `\\u`";
+const LEADING_UNPAIRED: &str = "a leading surrogate must be followed by a trailing one";
+const TRAILING_ALONE: &str = "a trailing surrogate without a leading one";
+
+/// Whether `error` is an escape that is half a surrogate pair.
+fn is_lone_surrogate(error: &InvalidJson) -> bool {
+    [LEADING_ALONE, LEADING_UNPAIRED, TRAILING_ALONE].contains(&error.problem)
+}
+
+/// What a reader does with an escape that is half a surrogate pair.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LoneSurrogates {
+    /// An error: the string denotes no text.
+    Refused,
+    /// Accepted as grammar, and whether one was seen.
+    Noted(bool),
+}
+
 struct Reader<'a> {
     text: &'a str,
     bytes: &'a [u8],
     pos: usize,
+    lone_surrogates: LoneSurrogates,
 }
 
 impl<'a> Reader<'a> {
@@ -134,6 +170,7 @@ impl<'a> Reader<'a> {
             text,
             bytes: text.as_bytes(),
             pos: 0,
+            lone_surrogates: LoneSurrogates::Refused,
         }
     }
 
@@ -315,9 +352,14 @@ impl<'a> Reader<'a> {
                         Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {}
                         // A lone surrogate denotes no character: such a string cannot be
                         // turned into text by any peer, so the value is invalid [FR-9].
-                        Some(b'u') => {
-                            self.code_point()?;
-                        }
+                        Some(b'u') => match (self.code_point(), self.lone_surrogates) {
+                            (Ok(_), _) => {}
+                            // The escape's hex digits are read: the string goes on after them.
+                            (Err(error), LoneSurrogates::Noted(_)) if is_lone_surrogate(&error) => {
+                                self.lone_surrogates = LoneSurrogates::Noted(true);
+                            }
+                            (Err(error), _) => return Err(error),
+                        },
                         _ => {
                             self.pos -= 1;
                             return Err(self.error("invalid escape in a string"));
@@ -425,18 +467,16 @@ impl<'a> Reader<'a> {
         match first {
             0xd800..=0xdbff => {
                 if self.bytes.get(self.pos..self.pos + 2) != Some(b"\\u".as_slice()) {
-                    return Err(self.error("a leading surrogate must be followed by `\\u`"));
+                    return Err(self.error(LEADING_ALONE));
                 }
                 self.pos += 2;
                 let second = self.hex4()?;
                 if !(0xdc00..=0xdfff).contains(&second) {
-                    return Err(
-                        self.error("a leading surrogate must be followed by a trailing one")
-                    );
+                    return Err(self.error(LEADING_UNPAIRED));
                 }
                 Ok(0x10000 + ((u32::from(first) - 0xd800) << 10) + (u32::from(second) - 0xdc00))
             }
-            0xdc00..=0xdfff => Err(self.error("a trailing surrogate without a leading one")),
+            0xdc00..=0xdfff => Err(self.error(TRAILING_ALONE)),
             other => Ok(u32::from(other)),
         }
     }

@@ -162,6 +162,41 @@ fn a_lone_surrogate_makes_a_payload_invalid() {
 }
 
 #[test]
+fn a_msg_whose_data_holds_a_lone_surrogate_is_one_invalid_message_not_an_invalid_frame() {
+    match decode(
+        r#"{"type":"msg","id":7,"data":["\udc00"]}"#,
+        Role::Client,
+        1 << 20,
+    ) {
+        Err(DecodeError::InvalidFrame { msg_id, .. }) => {
+            assert_eq!(
+                msg_id,
+                Some(7),
+                "the id is readable: a nack, not a goaway [FR-9]"
+            );
+        }
+        other => panic!("expected an invalid msg, got {other:?}"),
+    }
+    // Anywhere else it makes the frame invalid.
+    assert!(matches!(
+        decode(
+            r#"{"type":"hello","token":"\ud800"}"#,
+            Role::Client,
+            1 << 20
+        ),
+        Err(DecodeError::InvalidFrame { msg_id: None, .. } | DecodeError::InvalidJson { .. })
+    ));
+    assert!(
+        decode(
+            r#"{"type":"msg","id":7,"data":"\ud83d\ude00"}"#,
+            Role::Client,
+            1 << 20
+        )
+        .is_ok()
+    );
+}
+
+#[test]
 fn a_payload_is_accepted_exactly_when_serde_json_accepts_it() {
     let mut accepted = 0;
     let corpus = corpus();

@@ -235,6 +235,10 @@ impl Task {
         }
         let close = self.connection.poll_close();
         if let Some((code, _)) = &close {
+            // Every close the protocol queues follows a `goaway` with the same code, whether the
+            // server asked for it or the protocol raised it (hello timeout, silence, a
+            // violation): counted here, once, for both.
+            m::goaway(*code);
             m::close_sent(*code);
         }
         if frames.is_empty() && close.is_none() {
@@ -626,7 +630,6 @@ impl Task {
     }
 
     fn goaway(&mut self, code: u16, reason: &str, retry_after: Option<Duration>) {
-        m::goaway(code);
         self.connection
             .goaway(code, reason, retry_after, self.shared.now());
     }

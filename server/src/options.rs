@@ -95,6 +95,32 @@ impl Default for ServerLimits {
     }
 }
 
+impl ServerLimits {
+    /// Sets [`ServerLimits::max_connections`].
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.max_connections = connections;
+        self
+    }
+
+    /// Sets [`ServerLimits::max_sessions_per_user`].
+    pub fn max_sessions_per_user(mut self, sessions: usize) -> Self {
+        self.max_sessions_per_user = sessions;
+        self
+    }
+
+    /// Sets [`ServerLimits::max_held_bytes`].
+    pub fn max_held_bytes(mut self, bytes: usize) -> Self {
+        self.max_held_bytes = bytes;
+        self
+    }
+
+    /// Sets [`ServerLimits::max_user_id_bytes`].
+    pub fn max_user_id_bytes(mut self, bytes: usize) -> Self {
+        self.max_user_id_bytes = bytes;
+        self
+    }
+}
+
 /// Deadlines on every wait a peer controls before and around the protocol's own (the `hello`
 /// timeout and the heartbeat are [`ServerConfig`]'s).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,6 +143,20 @@ impl Default for Deadlines {
             request_head: Duration::from_secs(10),
             write: None,
         }
+    }
+}
+
+impl Deadlines {
+    /// Sets [`Deadlines::request_head`].
+    pub fn request_head(mut self, deadline: Duration) -> Self {
+        self.request_head = deadline;
+        self
+    }
+
+    /// Sets [`Deadlines::write`].
+    pub fn write(mut self, deadline: Option<Duration>) -> Self {
+        self.write = deadline;
+        self
     }
 }
 

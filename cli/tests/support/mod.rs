@@ -47,3 +47,193 @@ pub(crate) fn serve(extra: &[&str]) -> (Running, String) {
         .expect("the server logs its address");
     (running, address)
 }
+
+/// Starts `readyws serve` (on a free port, with `--insecure-dev-auth`) under `sh -c PREFIX`, for
+/// a prefix such as `ulimit -n 256 &&`, with `env` set, and returns it with its address.
+pub(crate) fn serve_with(prefix: &str, env: &[(&str, &str)], extra: &[&str]) -> (Running, String) {
+    let script = format!("{prefix} exec \"$0\" \"$@\"");
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(script)
+        .arg(env!("CARGO_BIN_EXE_readyws"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--insecure-dev-auth"])
+        .args(extra)
+        .envs(env.iter().copied())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null());
+    spawn_reporting_address(command, None)
+}
+
+/// Like [`serve_with`], and every line the server logs is also sent on `log`.
+pub(crate) fn serve_logging(
+    env: &[(&str, &str)],
+    extra: &[&str],
+    log: std::sync::mpsc::Sender<String>,
+) -> (Running, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_readyws"));
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--insecure-dev-auth"])
+        .args(extra)
+        .envs(env.iter().copied())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null());
+    spawn_reporting_address(command, Some(log))
+}
+
+fn spawn_reporting_address(
+    mut command: Command,
+    log: Option<std::sync::mpsc::Sender<String>>,
+) -> (Running, String) {
+    let mut child = command.spawn().expect("the readyws binary runs");
+    let stderr = child.stderr.take().expect("stderr");
+    let (found, address) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("address=").nth(1) {
+                let _ = found.send(
+                    rest.split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned(),
+                );
+            }
+            if let Some(log) = &log {
+                let _ = log.send(line);
+            }
+        }
+    });
+    let running = Running(child);
+    let address = address
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the server logs its address");
+    (running, address)
+}
+
+impl Running {
+    /// The process's resident memory, in bytes, from `/proc`.
+    pub(crate) fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id()))
+            .expect("the server's /proc status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|number| number.parse().ok())
+            .expect("VmRSS in /proc status");
+        kib * 1024
+    }
+}
+
+/// Sends `request` as it is on a new connection and returns the status code and the body of the
+/// answer (read until the server closes or `content-length` is reached).
+pub(crate) async fn http(address: &str, request: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("the server accepts");
+    stream.write_all(request).await.expect("request written");
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 8192];
+    loop {
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer))
+            .await
+            .expect("an answer in time");
+        match read {
+            Ok(0) | Err(_) => break,
+            Ok(read) => answer.extend_from_slice(&buffer[..read]),
+        }
+        if let Some((status, body)) = complete_response(&answer) {
+            return (status, body);
+        }
+    }
+    complete_response(&answer).unwrap_or((0, String::from_utf8_lossy(&answer).into_owned()))
+}
+
+fn complete_response(answer: &[u8]) -> Option<(u16, String)> {
+    let text = String::from_utf8_lossy(answer);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    let length = head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse::<usize>().ok())?
+    })?;
+    (body.len() >= length).then(|| (status, body[..length].to_owned()))
+}
+
+/// `GET /metrics`.
+pub(crate) async fn metrics(address: &str) -> String {
+    let request = format!("GET /metrics HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\n\r\n");
+    http(address, request.as_bytes()).await.1
+}
+
+/// The value of the sample `name` (with its labels, as Prometheus writes them) in `text`; 0 when
+/// absent.
+pub(crate) fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (key, value) = line.rsplit_once(' ')?;
+            (key == name).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
+/// `POST /api/publish` of `data` to `user` with `key`.
+pub(crate) async fn publish(address: &str, key: &str, user: &str, data: &str) -> (u16, String) {
+    let body = serde_json::json!({"user": user, "data": serde_json::from_str::<serde_json::Value>(data).expect("JSON")}).to_string();
+    let request = format!(
+        "POST /api/publish HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    http(address, request.as_bytes()).await
+}
+
+/// A WebSocket that said `hello` with `token` and got `connection_ready`, returned with the
+/// `connection_ready` frame. Nothing reads it afterwards unless the caller does.
+pub(crate) async fn ready_socket(
+    address: &str,
+    token: &str,
+) -> (
+    tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    serde_json::Value,
+) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{address}/ws")
+        .into_client_request()
+        .expect("request");
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "readyws.v1".parse().expect("header"),
+    );
+    let stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("the server accepts");
+    let (mut socket, _) = tokio_tungstenite::client_async(request, stream)
+        .await
+        .expect("the socket opens");
+    let hello = serde_json::json!({"type": "hello", "token": token});
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a frame in time")
+            .expect("open")
+            .expect("valid");
+        let Message::Text(text) = message else {
+            continue;
+        };
+        let frame: serde_json::Value = serde_json::from_str(text.as_str()).expect("JSON");
+        match frame["type"].as_str() {
+            Some("welcome") => socket
+                .send(Message::text(hello.to_string()))
+                .await
+                .expect("sent"),
+            Some("connection_ready") => return (socket, frame),
+            Some("goaway") => panic!("refused: {frame}"),
+            _ => {}
+        }
+    }
+}
