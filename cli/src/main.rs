@@ -14,7 +14,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use readyws_protocol::ServerConfig;
 use readyws_server::{
-    AcceptAll, Deadlines, Echo, InboundHandler, InsecureDevAuth, JwtHs256, MailboxLimits,
+    AcceptAll, Deadlines, Echo, InboundHandler, InsecureDevAuth, JwksFetch, Jwt, MailboxLimits,
     OverflowPolicy, RedisStore, Server, ServerLimits, ServerOptions,
 };
 use tokio::net::TcpListener;
@@ -39,7 +39,7 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run the reference server: WebSocket endpoint at /ws, publish API at POST /api/publish,
     /// and /healthz, /readyz, /metrics on the same port.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// A client for terminals and scripts: stdin lines become messages, received messages are
     /// printed on stdout as JSON lines; exits non-zero if a message sent was not acknowledged.
     Connect(connect::ConnectArgs),
@@ -63,6 +63,31 @@ struct ServeArgs {
         conflicts_with = "insecure_dev_auth"
     )]
     jwt_secret: Option<String>,
+    /// Verify hello tokens as RS256 (RSA) or ES256 (P-256) JWTs with the public key in this PEM
+    /// file; the key's kind chooses the algorithm.
+    #[arg(long, value_name = "PEM", env = "READYWS_JWT_PUBLIC_KEY", conflicts_with_all = ["insecure_dev_auth", "jwt_secret"])]
+    jwt_public_key: Option<std::path::PathBuf>,
+    /// Verify hello tokens as RS256 or ES256 JWTs with the keys of a JWKS document: a file, or
+    /// an https:// URL fetched again every 5 minutes and when a token names an unknown key.
+    #[arg(long, value_name = "FILE|URL", env = "READYWS_JWT_JWKS", conflicts_with_all = ["insecure_dev_auth", "jwt_secret", "jwt_public_key"])]
+    jwt_jwks: Option<String>,
+    /// Certificates (PEM) trusted for the JWKS URL besides the Web PKI roots.
+    #[arg(long, value_name = "PEM", requires = "jwt_jwks")]
+    jwt_jwks_ca: Option<std::path::PathBuf>,
+    /// Accept only JWTs whose `iss` is this.
+    #[arg(long, env = "READYWS_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    /// Accept only JWTs whose `aud` names one of these (repeat the flag for several).
+    #[arg(long, env = "READYWS_JWT_AUDIENCE", value_delimiter = ',')]
+    jwt_audience: Vec<String>,
+    /// How far clocks may differ when checking `exp` and `nbf`, in seconds.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "READYWS_JWT_LEEWAY",
+        default_value_t = 0
+    )]
+    jwt_leeway: u64,
     /// INSECURE, development only: the hello token is taken as the user id, unchecked.
     #[arg(long)]
     insecure_dev_auth: bool,
@@ -177,7 +202,7 @@ fn main() -> ExitCode {
     // `Ok(false)`: the command ran and its verdict is negative (a lost message, a failed rule),
     // which exits 1; `Err`: it could not run, which exits 1 too, with the reason on stderr.
     let verdict = match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(args)).map(|()| true),
+        Command::Serve(args) => runtime.block_on(serve(*args)).map(|()| true),
         Command::Demo(args) => runtime.block_on(demo::run(args)),
         Command::Connect(args) => runtime.block_on(connect::run(args)),
         Command::Check(args) => runtime.block_on(check::run(args)),
@@ -254,13 +279,14 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             .map_err(|problem| problem.to_string())?;
         options = options.redis(store.with_prefix(args.redis_prefix.clone()));
     }
-    let server = match (&args.jwt_secret, args.insecure_dev_auth) {
-        (Some(secret), false) => build(options, JwtHs256::new(secret.as_bytes()), args.echo),
+    let jwt = jwt_authenticator(&args).await?;
+    let server = match (jwt, args.insecure_dev_auth) {
+        (Some(jwt), false) => build(options, jwt, args.echo),
         (None, true) => {
             warn!("INSECURE DEVELOPMENT AUTHENTICATION: any token is accepted as the user id; never use this in production");
             build(options, InsecureDevAuth, args.echo)
         }
-        _ => return Err("choose an authentication: --jwt-secret SECRET (or READYWS_JWT_SECRET), or --insecure-dev-auth".to_owned()),
+        _ => return Err("choose an authentication: --jwt-secret SECRET (or READYWS_JWT_SECRET), --jwt-public-key PEM, --jwt-jwks FILE|URL, or --insecure-dev-auth".to_owned()),
     };
     let server = match &args.static_dir {
         Some(dir) => {
@@ -292,6 +318,49 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .serve(listener, shutdown_signal())
         .await
         .map_err(|problem| format!("server error: {problem}"))
+}
+
+/// The JWT authenticator the flags ask for, if any.
+async fn jwt_authenticator(args: &ServeArgs) -> Result<Option<Jwt>, String> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|problem| format!("cannot read {}: {problem}", path.display()))
+    };
+    let jwt = if let Some(secret) = &args.jwt_secret {
+        Jwt::hs256(secret.as_bytes())
+    } else if let Some(path) = &args.jwt_public_key {
+        let pem = read(path)?;
+        Jwt::rs256_pem(&pem)
+            .or_else(|_| Jwt::es256_pem(&pem))
+            .map_err(|_| {
+                format!(
+                    "--jwt-public-key {}: neither an RSA nor a P-256 public key in PEM",
+                    path.display()
+                )
+            })?
+    } else if let Some(source) = &args.jwt_jwks {
+        if source.starts_with("https://") {
+            let mut fetch = JwksFetch::default();
+            if let Some(path) = &args.jwt_jwks_ca {
+                fetch = fetch.extra_roots_pem(read(path)?);
+            }
+            Jwt::jwks_url(source, fetch)
+                .await
+                .map_err(|problem| format!("--jwt-jwks {source}: {problem}"))?
+        } else {
+            Jwt::jwks_file(source).map_err(|problem| format!("--jwt-jwks {source}: {problem}"))?
+        }
+    } else {
+        return Ok(None);
+    };
+    let mut jwt = jwt.leeway(Duration::from_secs(args.jwt_leeway));
+    if let Some(issuer) = &args.jwt_issuer {
+        jwt = jwt.issuer(issuer);
+    }
+    if !args.jwt_audience.is_empty() {
+        let audiences: Vec<&str> = args.jwt_audience.iter().map(String::as_str).collect();
+        jwt = jwt.audience(&audiences);
+    }
+    Ok(Some(jwt))
 }
 
 fn build(options: ServerOptions, auth: impl readyws_server::Authenticator, echo: bool) -> Server {

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::{EncodingKey, Header};
 use readyws::{Client, ConnectionState, DisconnectReason, Outcome};
-use readyws_server::{AcceptAll, JwtHs256, ServerOptions};
+use readyws_server::{AcceptAll, Jwt, ServerOptions};
 use serde_json::json;
 use support::{TestServer, eventually};
 use tokio_tungstenite::tungstenite::Message;
@@ -40,7 +40,7 @@ async fn the_token_provider_is_called_again_after_a_41xx_goaway() {
     let server = TestServer::start_on(
         listener,
         ServerOptions::default(),
-        JwtHs256::new(SECRET),
+        Jwt::hs256(SECRET),
         AcceptAll,
     );
     let calls = Arc::new(AtomicUsize::new(0));

@@ -19,7 +19,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::auth::UserId;
+use crate::auth::{AuthError, UserId};
 use crate::hub::{Attach, ConnCommand, ConnHandle, Copies, withdraw_from};
 use crate::metrics as m;
 use crate::redis_store::{Keep, Saved, custody_ended, encode_state};
@@ -28,6 +28,8 @@ use crate::{Decision, Inbound, ServerHandle, Shared};
 
 /// How long a resume waits for the connection that holds the session to let go of it.
 const SURRENDER_TIMEOUT: Duration = Duration::from_secs(2);
+/// The `retry_after_ms` of a `goaway` 4003 sent because the authenticator could not decide.
+const AUTH_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// The `retry_after_ms` of a `goaway` 4003 sent because every session the user may have is live.
 const SESSIONS_FULL_RETRY_AFTER: Duration = Duration::from_secs(5);
 /// The `retry_after_ms` of a `goaway` 4003 sent because the Redis store failed.
@@ -336,10 +338,25 @@ impl Task {
     }
 
     async fn handle_hello(&mut self, token: Option<&str>, resume: Option<Resume>) {
-        match self.shared.authenticator.authenticate(token) {
+        let deadline = self.shared.options.deadlines.authenticate;
+        let verdict = tokio::time::timeout(
+            deadline,
+            self.shared.authenticator.authenticate(token).verdict(),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            m::deadline("authenticate");
+            Err(AuthError::Unavailable(format!(
+                "no verdict within {} ms",
+                deadline.as_millis()
+            )))
+        });
+        match verdict {
             Err(error) => {
-                warn!(%error, "hello refused");
-                self.goaway(error.goaway_code(), &error.to_string(), None);
+                warn!(error = ?error.to_string(), "hello refused");
+                let retry_after =
+                    (error.goaway_code() == code::OVERLOADED).then_some(AUTH_RETRY_AFTER);
+                self.goaway(error.goaway_code(), &error.to_string(), retry_after);
             }
             Ok(user) => {
                 // Escaped: the id comes from the peer's token.

@@ -63,7 +63,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::info;
 
-pub use auth::{AuthError, Authenticator, InsecureDevAuth, JwtHs256, UserId};
+pub use auth::{
+    AuthError, AuthReply, Authenticator, InsecureDevAuth, JwksFetch, Jwt, JwtKeyError, UserId,
+};
 pub use options::{Deadlines, MailboxLimits, OverflowPolicy, ServerLimits, ServerOptions};
 pub use redis_store::{RedisStore, StoreError};
 

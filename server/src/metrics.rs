@@ -19,6 +19,7 @@
 //! | `readyws_limit_refusals_total{limit}` | counter | a bound that bit: `connections`, `sessions_per_user`, `sessions_per_user_evicted`, `held_bytes`, `user_id_bytes`, `control_queue`, `publish_body_bytes` |
 //! | `readyws_connections_evicted_total{reason}` | counter | connections closed before their upgrade to make room: `limit` (at `max_connections`), `descriptors` (out of file descriptors) |
 //! | `readyws_deadlines_total{stage}` | counter | connections closed by a deadline: `request_head`, `request_body`, `write` |
+//! | `readyws_jwks_fetch_failures_total` | counter | JWKS documents that could not be fetched again (the keys there were are kept) |
 //! | `readyws_copies_withdrawn_total` | counter | unsent session copies withdrawn because the mailbox dropped their record |
 //! | `readyws_store_retries_total{operation}` | counter | Redis operations that failed and were tried again |
 //! | `readyws_store_failures_total{operation}` | counter | Redis operations that failed through every retry, and broken subscriptions |
@@ -113,6 +114,10 @@ pub(crate) fn connection_evicted(reason: &'static str) {
 
 pub(crate) fn deadline(stage: &'static str) {
     counter!("readyws_deadlines_total", "stage" => stage).increment(1);
+}
+
+pub(crate) fn jwks_fetch_failed() {
+    counter!("readyws_jwks_fetch_failures_total").increment(1);
 }
 
 pub(crate) fn copies_withdrawn(count: usize) {

@@ -135,6 +135,10 @@ pub struct Deadlines {
     /// before the connection is dropped (`readyws_deadlines_total{stage="write"}`). `None`:
     /// twice the heartbeat interval. Default: `None`.
     pub write: Option<Duration>,
+    /// How long the [`crate::Authenticator`] may take over one `hello` before the connection
+    /// gets `goaway` 4003 with `retry_after_ms` (`readyws_deadlines_total{stage="authenticate"}`).
+    /// Default: 10 s.
+    pub authenticate: Duration,
 }
 
 impl Default for Deadlines {
@@ -142,6 +146,7 @@ impl Default for Deadlines {
         Deadlines {
             request_head: Duration::from_secs(10),
             write: None,
+            authenticate: Duration::from_secs(10),
         }
     }
 }
@@ -150,6 +155,12 @@ impl Deadlines {
     /// Sets [`Deadlines::request_head`].
     pub fn request_head(mut self, deadline: Duration) -> Self {
         self.request_head = deadline;
+        self
+    }
+
+    /// Sets [`Deadlines::authenticate`].
+    pub fn authenticate(mut self, deadline: Duration) -> Self {
+        self.authenticate = deadline;
         self
     }
 

@@ -5,7 +5,7 @@ mod support;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{EncodingKey, Header};
-use readyws_server::{AcceptAll, Authenticator, InsecureDevAuth, JwtHs256, ServerOptions};
+use readyws_server::{AcceptAll, AuthReply, Authenticator, InsecureDevAuth, Jwt, ServerOptions};
 use serde_json::json;
 use support::{Raw, TestServer};
 
@@ -41,7 +41,7 @@ async fn goaway_for(
 #[tokio::test]
 async fn jwt_tokens_are_verified_and_refusals_carry_their_class() {
     let server =
-        TestServer::start_with(ServerOptions::default(), JwtHs256::new(SECRET), AcceptAll).await;
+        TestServer::start_with(ServerOptions::default(), Jwt::hs256(SECRET), AcceptAll).await;
     let (_, ready) = Raw::handshake(&server.url(), &token("alice", 60, SECRET), None).await;
     assert_eq!(ready["type"], "connection_ready");
 
@@ -60,7 +60,7 @@ async fn jwt_tokens_are_verified_and_refusals_carry_their_class() {
 #[tokio::test]
 async fn the_jwt_subject_is_the_user() {
     let server =
-        TestServer::start_with(ServerOptions::default(), JwtHs256::new(SECRET), AcceptAll).await;
+        TestServer::start_with(ServerOptions::default(), Jwt::hs256(SECRET), AcceptAll).await;
     let (mut raw, _) = Raw::handshake(&server.url(), &token("zoe", 60, SECRET), None).await;
     server.publish("zoe", json!("for zoe")).await;
     assert_eq!(raw.recv_type("msg").await["data"], "for zoe");
@@ -70,15 +70,14 @@ async fn the_jwt_subject_is_the_user() {
 /// The insecure development mode takes the token as the user id, and refuses an empty one.
 #[test]
 fn insecure_dev_auth_takes_the_token_as_the_user() {
-    assert_eq!(
-        InsecureDevAuth
-            .authenticate(Some("bob"))
-            .map(|u| u.to_string()),
-        Ok("bob".to_owned())
-    );
-    assert!(InsecureDevAuth.authenticate(Some("")).is_err());
-    assert!(InsecureDevAuth.authenticate(None).is_err());
-    let shown = format!("{:?}", JwtHs256::new(SECRET));
+    let verdict = |token| match InsecureDevAuth.authenticate(token) {
+        AuthReply::Now(verdict) => verdict.map(|user| user.to_string()),
+        AuthReply::Later(_) => panic!("the development authentication decides at once"),
+    };
+    assert_eq!(verdict(Some("bob")), Ok("bob".to_owned()));
+    assert!(verdict(Some("")).is_err());
+    assert!(verdict(None).is_err());
+    let shown = format!("{:?}", Jwt::hs256(SECRET));
     assert!(!shown.contains("test-secret"), "{shown}");
     let _ = Duration::ZERO;
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{EncodingKey, Header};
-use readyws_server::{AcceptAll, JwtHs256, ServerOptions};
+use readyws_server::{AcceptAll, Jwt, ServerOptions};
 use serde_json::json;
 use support::{Raw, TestServer};
 use tracing_subscriber::fmt::MakeWriter;
@@ -47,7 +47,7 @@ async fn tokens_never_appear_in_logs() {
 
     let secret = b"a-secret-long-enough-for-hs256-signing";
     let server =
-        TestServer::start_with(ServerOptions::default(), JwtHs256::new(secret), AcceptAll).await;
+        TestServer::start_with(ServerOptions::default(), Jwt::hs256(secret), AcceptAll).await;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock")
