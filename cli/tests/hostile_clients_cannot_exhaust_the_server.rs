@@ -368,20 +368,27 @@ async fn a_client_that_stops_reading_is_dropped_within_twice_the_heartbeat() {
         ],
     );
     let mut stuck = Vec::new();
-    for n in 0..20 {
+    for n in 0..5 {
         stuck.push(ready_socket(&address, &format!("deaf-{n}")).await.0);
     }
-    // Far more than the sockets' buffers: each connection's writes block.
-    let payload = format!("\"{}\"", "y".repeat(50_000));
-    for n in 0..20 {
-        for _ in 0..300 {
+    // 15 MB each, far more than the sockets' buffers: each connection's writes block.
+    let payload = format!("\"{}\"", "y".repeat(250_000));
+    for n in 0..5 {
+        for _ in 0..60 {
             publish(&address, "k", &format!("deaf-{n}"), &payload).await;
         }
     }
-    let figures = metrics_until(&address, Duration::from_secs(20), |text| {
+    // The writes have been blocked since the first few messages; 2 x heartbeat + 1 s is 3 s,
+    // and the margin is for a loaded machine.
+    let published = Instant::now();
+    let figures = metrics_until(&address, Duration::from_secs(10), |text| {
         sample(text, "readyws_connections_open") == 0.0
     })
     .await;
+    eprintln!(
+        "5 clients that stopped reading: all dropped {:.1} s after the last publish",
+        published.elapsed().as_secs_f64()
+    );
     assert_eq!(
         sample(&figures, "readyws_connections_open"),
         0.0,
@@ -629,3 +636,65 @@ async fn goaways_the_protocol_raises_are_counted_by_code() {
 /// Keeps the compiler from warning about a helper only some builds of this file use.
 #[allow(dead_code)]
 fn _uses(_: &Running) {}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_files_stay_inside_their_folder_and_are_streamed() {
+    let root = std::env::temp_dir().join(format!("readyws-static-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(root.join("sub")).expect("folders");
+    std::fs::write(root.join("index.html"), "<p>home</p>").expect("a page");
+    std::fs::write(root.join("sub/index.html"), "<p>sub</p>").expect("a page");
+    std::fs::write(root.join("big.bin"), vec![7u8; 30 << 20]).expect("a large file");
+    std::os::unix::fs::symlink("/etc", root.join("etclink")).expect("a link out");
+    std::os::unix::fs::symlink("/etc/passwd", root.join("passwd")).expect("a link out");
+    std::os::unix::fs::symlink(root.join("index.html"), root.join("home.html")).expect("a link in");
+    let folder = root.to_str().expect("a UTF-8 path").to_owned();
+    let (server, address) = serve_with("", &[], &["--static", &folder]);
+    let get = |path: &str| {
+        format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").into_bytes()
+    };
+    assert_eq!(http(&address, &get("/etclink/passwd")).await.0, 404);
+    assert_eq!(http(&address, &get("/passwd")).await.0, 404);
+    assert_eq!(
+        http(&address, &get("/etclink/../../etc/passwd")).await.0,
+        404
+    );
+    let (status, body) = http(&address, &get("/home.html")).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "<p>home</p>"),
+        "a link inside is fine"
+    );
+    let mut stream = TcpStream::connect(&address).await.expect("connect");
+    stream.write_all(&get("//sub")).await.expect("request");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(answer.starts_with("http/1.1 308"), "{answer}");
+    assert!(
+        answer.contains("location: /sub/\r\n"),
+        "an absolute path, not //sub/: {answer}"
+    );
+    // Ten requests for a 30 MB file whose answers nobody reads.
+    let before = server.rss_bytes();
+    let mut unread = Vec::new();
+    for _ in 0..10 {
+        let mut stream = TcpStream::connect(&address).await.expect("connect");
+        stream.write_all(&get("/big.bin")).await.expect("request");
+        unread.push(stream);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let grown = server.rss_bytes().saturating_sub(before);
+    assert!(
+        grown < 64 * MIB,
+        "ten unread 30 MB downloads grew the server by {} MiB",
+        grown / MIB
+    );
+    eprintln!(
+        "ten unread 30 MB downloads: +{:.1} MiB",
+        grown as f64 / MIB as f64
+    );
+    drop(unread);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&root);
+}
