@@ -137,6 +137,7 @@ fn has_lone_surrogate(text: &str) -> bool {
     false
 }
 
+/// [FR-10] A string denotes text: half a surrogate pair alone is invalid.
 #[test]
 fn a_lone_surrogate_makes_a_payload_invalid() {
     assert!(
@@ -161,6 +162,8 @@ fn a_lone_surrogate_makes_a_payload_invalid() {
     );
 }
 
+/// [FR-10] In `msg.data` a lone surrogate costs that message a `nack` ([FR-9]); elsewhere the
+/// frame is invalid.
 #[test]
 fn a_msg_whose_data_holds_a_lone_surrogate_is_one_invalid_message_not_an_invalid_frame() {
     match decode(

@@ -338,6 +338,7 @@ impl Authenticator for SlowLookup {
     }
 }
 
+/// [SE-6] Credentials the server cannot check in time get 4003 with `retry_after_ms`.
 #[tokio::test]
 async fn an_authenticator_may_wait_and_its_deadline_turns_silence_into_a_retry() {
     let server = start(SlowLookup {
