@@ -205,6 +205,10 @@ async fn the_publish_api_checks_the_key_before_reading_any_body_and_reads_no_mor
         "50 unauthenticated 2 MB bodies grew the server by {} MiB",
         grown / MIB
     );
+    eprintln!(
+        "50 unauthenticated publishes announcing 2 MB bodies: answered from the head, +{:.1} MiB",
+        grown as f64 / MIB as f64
+    );
     // With the key, a body over the limit (the mailbox's bytes plus the envelope) is refused
     // from its declared length, and a chunked one once it passes the limit.
     let (status, body) = http(

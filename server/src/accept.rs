@@ -224,7 +224,7 @@ async fn route(mut stream: TcpStream, router: Router, shared: Arc<Shared>, guard
         if error.is_timeout() {
             m::deadline("request_head");
         }
-        debug!(%error, "HTTP connection ended with an error");
+        debug!(error = ?error.to_string(), "HTTP connection ended with an error");
     }
     drop(guard);
 }
@@ -303,7 +303,7 @@ async fn websocket_handshake(
             Some(socket)
         }
         Err(error) => {
-            debug!(%error, "WebSocket upgrade refused or failed");
+            debug!(error = ?error.to_string(), "WebSocket upgrade refused or failed");
             None
         }
     }

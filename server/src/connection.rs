@@ -168,7 +168,7 @@ impl Task {
                         WriteOutcome::Written => {}
                         WriteOutcome::Closed => break,
                         WriteOutcome::Failed(error) => {
-                            debug!(%error, "socket write failed");
+                            debug!(error = ?error, "socket write failed");
                             self.connection.handle_closed(None, self.shared.now());
                             break;
                         }
@@ -269,7 +269,7 @@ impl Task {
             // WebSocket-level pings carry no readyws meaning [TR-4].
             Some(Ok(Incoming::Control)) => {}
             Some(Err(error)) => {
-                debug!(%error, "socket error");
+                debug!(error = ?error, "socket error");
                 self.connection.handle_closed(None, now);
                 self.socket_ended = true;
                 return false;

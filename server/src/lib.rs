@@ -419,6 +419,12 @@ impl Server {
     /// `/readyz` and `/metrics`. Must be called inside a tokio runtime: it starts the task that
     /// expires resume windows and held messages (and, with Redis, renews this instance's lease
     /// and listens for other instances).
+    ///
+    /// Mounted in an application's own server, the router still bounds WebSocket connections,
+    /// writes, publish bodies and everything the hub holds, but the deadlines before a request is
+    /// complete and the bound on TCP connections are that server's to set (with hyper: a timer
+    /// and `header_read_timeout`); [`Server::serve`] sets them from [`ServerOptions::deadlines`]
+    /// and [`ServerOptions::limits`].
     pub fn router(&self) -> axum::Router {
         if !self.shared.sweeper_started.swap(true, Ordering::SeqCst) {
             let shared = Arc::downgrade(&self.shared);

@@ -63,6 +63,10 @@ impl MailboxLimits {
 /// Server-wide bounds: what the whole server, or one user, can make it hold. Each bound that bites
 /// is counted in `readyws_limit_refusals_total{limit}` and refused clearly (HTTP 503 with the JSON
 /// error body before an upgrade, a `goaway` with `retry_after_ms` after it, or a publish error).
+///
+/// With the Redis store, `max_connections` and `max_user_id_bytes` apply as they do in memory;
+/// `max_sessions_per_user` and `max_held_bytes` are checked by the in-memory store only (Redis
+/// bounds each user's mailbox, and its own `maxmemory` the whole).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ServerLimits {
