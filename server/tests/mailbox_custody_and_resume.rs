@@ -353,3 +353,58 @@ async fn the_ttl_waits_for_the_sessions_that_hold_a_copy() {
     server.wait_for_depth("gina", 0).await;
     server.stop().await;
 }
+
+/// [CU-5] A message `drop-oldest` drops is taken back from the sessions that had not transmitted
+/// it: a session kept for resume, and one that is live but cannot transmit (its window is full),
+/// come back with the newest messages only, in order.
+#[tokio::test]
+async fn messages_dropped_to_make_room_are_withdrawn_from_every_session_that_had_not_sent_them() {
+    let options = options(Duration::from_secs(60))
+        .protocol(
+            ServerConfig::default()
+                .heartbeat(Duration::from_secs(30))
+                .resume_window(Duration::from_secs(60))
+                .max_inflight(2),
+        )
+        .mailbox(MailboxLimits {
+            max_messages: 5,
+            max_bytes: 1 << 20,
+            ttl: Duration::from_secs(600),
+            overflow: OverflowPolicy::DropOldest,
+        });
+    let server = TestServer::start(options).await;
+    // A live session whose window of 2 fills with messages 1 and 2, never acknowledged.
+    let (mut live, _) = Raw::handshake(&server.url(), "dora", None).await;
+    // A session kept for resume.
+    let (kept, kept_ready) = Raw::handshake(&server.url(), "dora", None).await;
+    drop(kept);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for n in 1..=2 {
+        server.publish("dora", json!(n)).await;
+    }
+    let first = live.recv_msgs(2).await;
+    assert_eq!(
+        datas(&first),
+        vec![json!(1), json!(2)],
+        "transmitted before the drops"
+    );
+    for n in 3..=12 {
+        server.publish("dora", json!(n)).await;
+    }
+    assert_eq!(server.depth("dora").await, 5, "the newest five are held");
+    // Acknowledging them opens the window: what follows are the newest five, not 3 to 7.
+    live.send(json!({"type": "ack", "id": 2})).await;
+    let next = live.recv_msgs(2).await;
+    assert_eq!(datas(&next), vec![json!(8), json!(9)]);
+    // The kept session resumes with the newest five only.
+    let (mut resumed, ready) =
+        Raw::handshake(&server.url(), "dora", Some(resume_of(&kept_ready, 0))).await;
+    assert_eq!(ready["resumed"], true, "{ready}");
+    let held = resumed.recv_msgs(2).await;
+    assert_eq!(
+        datas(&held),
+        vec![json!(8), json!(9)],
+        "oldest first, dropped ones gone"
+    );
+    server.stop().await;
+}
