@@ -8,12 +8,15 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use support::{Running, http, metrics, publish, ready_socket, sample, serve_logging, serve_with};
+use support::{
+    http, metrics, next_frame, next_of_type, open_socket, publish, ready_socket, sample, say_hello,
+    serve_logging, serve_with,
+};
 
 const MIB: u64 = 1 << 20;
 
@@ -305,11 +308,12 @@ async fn a_user_past_the_session_bound_loses_the_oldest_detached_session_first()
 }
 
 async fn hello_answer(address: &str, token: &str) -> serde_json::Value {
-    handshake_frame(
+    say_hello(
         address,
         serde_json::json!({"type": "hello", "token": token}),
     )
     .await
+    .1
 }
 
 async fn resume(address: &str, token: &str, session: &str, secret: &str) -> serde_json::Value {
@@ -318,41 +322,7 @@ async fn resume(address: &str, token: &str, session: &str, secret: &str) -> serd
         "token": token,
         "resume": {"session_id": session, "resume_token": secret, "last_received": 0},
     });
-    handshake_frame(address, hello).await
-}
-
-/// The first frame after `welcome` that answers `hello`.
-async fn handshake_frame(address: &str, hello: serde_json::Value) -> serde_json::Value {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut request = format!("ws://{address}/ws")
-        .into_client_request()
-        .expect("request");
-    request.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        "readyws.v1".parse().expect("header"),
-    );
-    let (mut socket, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .expect("the socket opens");
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
-            .await
-            .expect("a frame in time")
-            .expect("open")
-            .expect("valid");
-        let Message::Text(text) = message else {
-            continue;
-        };
-        let frame: serde_json::Value = serde_json::from_str(text.as_str()).expect("JSON");
-        match frame["type"].as_str() {
-            Some("welcome") => socket
-                .send(Message::text(hello.to_string()))
-                .await
-                .expect("sent"),
-            Some("connection_ready" | "goaway") => return frame,
-            _ => {}
-        }
-    }
+    say_hello(address, hello).await.1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -492,18 +462,7 @@ async fn what_a_peer_sends_never_forges_a_log_line() {
         .await
         .expect("sent");
     // The echo comes back as server message 1: refuse it with a forged code.
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
-            .await
-            .expect("the echo")
-            .expect("open")
-            .expect("valid");
-        if let Message::Text(text) = message {
-            if text.contains(r#""type":"msg""#) {
-                break;
-            }
-        }
-    }
+    next_of_type(&mut socket, "msg").await;
     let nack = serde_json::json!({"type": "nack", "id": 1, "code": format!("bad\n{forged}"), "reason": format!("r\n{forged}")});
     socket
         .send(Message::text(nack.to_string()))
@@ -585,47 +544,20 @@ async fn lone_surrogates_are_invalid_in_messages_and_in_published_data() {
         .send(Message::text(r#"{"type":"msg","id":1,"data":"\ud800"}"#))
         .await
         .expect("sent");
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
-            .await
-            .expect("an answer")
-            .expect("open")
-            .expect("valid");
-        if let Message::Text(text) = message {
-            let frame: serde_json::Value = serde_json::from_str(text.as_str()).expect("JSON");
-            if frame["type"] == "nack" {
-                assert_eq!(frame["id"], 1);
-                assert_eq!(frame["code"], "invalid", "{frame}");
-                break;
-            }
-            assert_ne!(
-                frame["type"], "ack",
-                "a lone surrogate was accepted: {frame}"
-            );
-        }
-    }
+    let answer = next_frame(&mut socket)
+        .await
+        .expect("an answer, not a close");
+    assert_eq!(answer["type"], "nack", "{answer}");
+    assert_eq!(answer["id"], 1);
+    assert_eq!(answer["code"], "invalid", "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn goaways_the_protocol_raises_are_counted_by_code() {
     let (_server, address) = serve_with("", &[], &["--hello-timeout-ms", "300"]);
     // A socket that never says hello gets goaway 4001 from the protocol's own timer.
-    let mut socket = {
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        let mut request = format!("ws://{address}/ws")
-            .into_client_request()
-            .expect("request");
-        request.headers_mut().insert(
-            "Sec-WebSocket-Protocol",
-            "readyws.v1".parse().expect("header"),
-        );
-        tokio_tungstenite::connect_async(request)
-            .await
-            .expect("opens")
-            .0
-    };
-    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(10), socket.next()).await {
-    }
+    let mut socket = open_socket(&address).await;
+    while next_frame(&mut socket).await.is_some() {}
     let figures = metrics(&address).await;
     assert!(
         sample(&figures, r#"readyws_goaways_total{code="4001"}"#) >= 1.0,
@@ -636,10 +568,6 @@ async fn goaways_the_protocol_raises_are_counted_by_code() {
         "{figures}"
     );
 }
-
-/// Keeps the compiler from warning about a helper only some builds of this file use.
-#[allow(dead_code)]
-fn _uses(_: &Running) {}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_files_stay_inside_their_folder_and_are_streamed() {

@@ -18,39 +18,16 @@ impl Drop for Running {
 
 /// Starts the binary on a free port and returns it with the address it reports.
 pub(crate) fn serve(extra: &[&str]) -> (Running, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_readyws"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--insecure-dev-auth"])
-        .args(extra)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("the readyws binary runs");
-    let stderr = child.stderr.take().expect("stderr");
-    let (found, address) = std::sync::mpsc::channel();
-    // Read the log on a thread (draining it for the server's whole life, so that it never blocks
-    // on a full pipe) and hand over the address it reports.
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("address=").nth(1) {
-                let _ = found.send(
-                    rest.split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned(),
-                );
-            }
-        }
-    });
-    let running = Running(child);
-    let address = address
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the server logs its address");
-    (running, address)
+    serve_with("", &[], extra)
 }
 
 /// Starts `readyws serve` (on a free port, with `--insecure-dev-auth`) under `sh -c PREFIX`, for
 /// a prefix such as `ulimit -n 256 &&`, with `env` set, and returns it with its address.
 pub(crate) fn serve_with(prefix: &str, env: &[(&str, &str)], extra: &[&str]) -> (Running, String) {
+    spawn_reporting_address(serve_command(prefix, env, extra), None)
+}
+
+fn serve_command(prefix: &str, env: &[(&str, &str)], extra: &[&str]) -> Command {
     let script = format!("{prefix} exec \"$0\" \"$@\"");
     let mut command = Command::new("sh");
     command
@@ -62,7 +39,7 @@ pub(crate) fn serve_with(prefix: &str, env: &[(&str, &str)], extra: &[&str]) -> 
         .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .stdout(Stdio::null());
-    spawn_reporting_address(command, None)
+    command
 }
 
 /// Like [`serve_with`], and every line the server logs is also sent on `log`.
@@ -71,14 +48,7 @@ pub(crate) fn serve_logging(
     extra: &[&str],
     log: std::sync::mpsc::Sender<String>,
 ) -> (Running, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_readyws"));
-    command
-        .args(["serve", "--listen", "127.0.0.1:0", "--insecure-dev-auth"])
-        .args(extra)
-        .envs(env.iter().copied())
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null());
-    spawn_reporting_address(command, Some(log))
+    spawn_reporting_address(serve_command("", env, extra), Some(log))
 }
 
 fn spawn_reporting_address(
@@ -190,17 +160,11 @@ pub(crate) async fn publish(address: &str, key: &str, user: &str, data: &str) ->
     http(address, request.as_bytes()).await
 }
 
-/// A WebSocket that said `hello` with `token` and got `connection_ready`, returned with the
-/// `connection_ready` frame. Nothing reads it afterwards unless the caller does.
-pub(crate) async fn ready_socket(
-    address: &str,
-    token: &str,
-) -> (
-    tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
-    serde_json::Value,
-) {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
+/// A raw WebSocket to `/ws` that offers the readyws subprotocol.
+pub(crate) type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// Opens a WebSocket to the server's `/ws`, offering `readyws.v1`.
+pub(crate) async fn open_socket(address: &str) -> Socket {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut request = format!("ws://{address}/ws")
         .into_client_request()
@@ -212,28 +176,67 @@ pub(crate) async fn ready_socket(
     let stream = tokio::net::TcpStream::connect(address)
         .await
         .expect("the server accepts");
-    let (mut socket, _) = tokio_tungstenite::client_async(request, stream)
+    tokio_tungstenite::client_async(request, stream)
         .await
-        .expect("the socket opens");
-    let hello = serde_json::json!({"type": "hello", "token": token});
+        .expect("the socket opens")
+        .0
+}
+
+/// The next text frame, as JSON; `None` once the socket has ended.
+pub(crate) async fn next_frame(socket: &mut Socket) -> Option<serde_json::Value> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
     loop {
         let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
             .await
-            .expect("a frame in time")
-            .expect("open")
-            .expect("valid");
-        let Message::Text(text) = message else {
-            continue;
-        };
-        let frame: serde_json::Value = serde_json::from_str(text.as_str()).expect("JSON");
+            .expect("a frame in time")?
+            .ok()?;
+        if let Message::Text(text) = message {
+            return Some(serde_json::from_str(text.as_str()).expect("JSON"));
+        }
+    }
+}
+
+/// The next text frame of type `kind`, skipping others.
+pub(crate) async fn next_of_type(socket: &mut Socket, kind: &str) -> serde_json::Value {
+    loop {
+        let frame = next_frame(socket).await.expect("the socket is open");
+        if frame["type"] == kind {
+            return frame;
+        }
+    }
+}
+
+/// Sends `hello` after `welcome` and returns the socket with the first frame that answers it:
+/// `connection_ready` or `goaway`.
+pub(crate) async fn say_hello(
+    address: &str,
+    hello: serde_json::Value,
+) -> (Socket, serde_json::Value) {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut socket = open_socket(address).await;
+    loop {
+        let frame = next_frame(&mut socket).await.expect("the socket is open");
         match frame["type"].as_str() {
             Some("welcome") => socket
                 .send(Message::text(hello.to_string()))
                 .await
                 .expect("sent"),
-            Some("connection_ready") => return (socket, frame),
-            Some("goaway") => panic!("refused: {frame}"),
+            Some("connection_ready" | "goaway") => return (socket, frame),
             _ => {}
         }
     }
+}
+
+/// A WebSocket that said `hello` with `token` and got `connection_ready`, returned with the
+/// `connection_ready` frame. Nothing reads it afterwards unless the caller does.
+pub(crate) async fn ready_socket(address: &str, token: &str) -> (Socket, serde_json::Value) {
+    let (socket, answer) = say_hello(
+        address,
+        serde_json::json!({"type": "hello", "token": token}),
+    )
+    .await;
+    assert_eq!(answer["type"], "connection_ready", "refused: {answer}");
+    (socket, answer)
 }
