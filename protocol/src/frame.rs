@@ -23,6 +23,17 @@ pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 /// The smallest `max_frame_bytes` a server may announce; handshake frames must always fit.
 pub const MIN_MAX_FRAME_BYTES: u64 = 4096;
 
+/// The bytes of a `msg` frame besides its id's digits and its `data`:
+/// `{"type":"msg","id":,"data":}` as the codec writes it.
+pub const MSG_FRAME_OVERHEAD: usize = r#"{"type":"msg","id":,"data":}"#.len();
+
+/// The largest `data`, in bytes, that a `msg` frame can carry on a connection whose frames are
+/// limited to `max_frame_bytes`, with the shortest id (one digit). A larger payload fits no frame
+/// of that connection, whatever its id [FR-6].
+pub const fn max_msg_data_bytes(max_frame_bytes: usize) -> usize {
+    max_frame_bytes.saturating_sub(MSG_FRAME_OVERHEAD + 1)
+}
+
 /// The size limit a client applies to frames that arrive before `welcome` tells it the real one.
 pub const PRE_WELCOME_MAX_FRAME_BYTES: usize = 16 * 1024;
 

@@ -473,8 +473,7 @@ impl Outbox {
 
 /// The length of `{"type":"msg","id":<id>,"data":<data>}`, as [`crate::codec::encode`] writes it.
 fn msg_frame_len(id: u64, data: &str) -> usize {
-    const FIXED: usize = r#"{"type":"msg","id":,"data":}"#.len();
-    FIXED + decimal_digits(id) + data.len()
+    crate::frame::MSG_FRAME_OVERHEAD + decimal_digits(id) + data.len()
 }
 
 fn decimal_digits(mut value: u64) -> usize {

@@ -178,11 +178,13 @@ async fn publish(State(shared): State<Arc<Shared>>, request: Request) -> Respons
             "mailbox_full",
             problem.to_string(),
         ),
-        Err(problem @ PublishError::TooLarge { .. }) => error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            problem.to_string(),
-        ),
+        Err(problem @ (PublishError::TooLarge { .. } | PublishError::ExceedsFrame { .. })) => {
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                problem.to_string(),
+            )
+        }
         Err(problem @ PublishError::UserIdTooLong { .. }) => {
             error(StatusCode::BAD_REQUEST, "bad_body", problem.to_string())
         }

@@ -220,6 +220,19 @@ pub enum PublishError {
         /// The limit.
         limit: usize,
     },
+    /// The message's `msg` frame would exceed the connections' `max_frame_bytes` whatever its
+    /// id: no session could ever carry it [FR-6].
+    #[error(
+        "a {size}-byte message fits no frame of at most {max_frame_bytes} bytes (data of at most {limit} bytes)"
+    )]
+    ExceedsFrame {
+        /// The message's size.
+        size: usize,
+        /// The largest `data` a frame can carry.
+        limit: usize,
+        /// The connections' frame limit.
+        max_frame_bytes: usize,
+    },
     /// The server holds as many bytes for all users together as
     /// [`ServerLimits::max_held_bytes`] allows.
     #[error("the server holds {held_bytes} bytes for its users, its limit is {limit}")]
@@ -490,14 +503,25 @@ impl std::fmt::Debug for ServerHandle {
 
 impl ServerHandle {
     /// Sends `data` to every session of `user`, holding it in the user's mailbox until one of them
-    /// acknowledges it [CU-1]. Refused only when the mailbox is full under
-    /// [`OverflowPolicy::RejectNew`], the message is larger than the mailbox, the server is
-    /// stopping, or the Redis store failed through its retries — and then nothing was stored.
+    /// acknowledges it [CU-1]. Refused only when the user id is longer than allowed, the message
+    /// fits no frame of the server's connections or is larger than the mailbox, the mailbox is
+    /// full under [`OverflowPolicy::RejectNew`], the server holds as many bytes as
+    /// [`ServerLimits::max_held_bytes`] allows, the server is stopping, or the Redis store failed
+    /// through its retries — and then nothing was stored.
     pub async fn publish(&self, user: &UserId, data: Data) -> Result<PublishReport, PublishError> {
         if self.shared.stopping.load(Ordering::SeqCst) {
             return Err(PublishError::ShuttingDown);
         }
         self.shared.options.hub_limits().admit_user(user)?;
+        let max_frame_bytes = self.shared.protocol.max_frame_bytes;
+        let limit = readyws_protocol::frame::max_msg_data_bytes(max_frame_bytes);
+        if data.len() > limit {
+            return Err(PublishError::ExceedsFrame {
+                size: data.len(),
+                limit,
+                max_frame_bytes,
+            });
+        }
         match &self.shared.store {
             Store::Memory(hub) => lock(hub).publish(user, data, self.shared.now()),
             Store::Redis(hub) => hub.publish(user, data).await,

@@ -115,3 +115,41 @@ async fn health_readiness_and_metrics() {
     }
     server.stop().await;
 }
+
+/// [DL-12] [CU-1] A message no session could carry (its `msg` frame would exceed
+/// `max_frame_bytes` even with id 1) is refused to its publisher at once with the limit, and
+/// nothing is held; one that fits is held and delivered with the next id.
+#[tokio::test]
+async fn a_message_larger_than_any_frame_is_refused_at_publish_time() {
+    let protocol = readyws_protocol::ServerConfig::default().max_frame_bytes(4096);
+    let server = TestServer::start(with_key().protocol(protocol)).await;
+    let (mut raw, _) = Raw::handshake(&server.url(), "frank", None).await;
+    let auth = [("Authorization", "Bearer backend-key")];
+    let big = json!({"user": "frank", "data": "x".repeat(5000)}).to_string();
+    let (status, body) = server.http("POST", "/api/publish", &auth, &big).await;
+    assert_eq!(status, 413, "{body}");
+    let refusal: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(refusal["error"], "too_large", "{body}");
+    assert!(
+        refusal["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("4096")),
+        "the limit is named: {body}"
+    );
+    assert_eq!(server.depth("frank").await, 0, "nothing is held");
+    let (status, _) = server
+        .http(
+            "POST",
+            "/api/publish",
+            &auth,
+            r#"{"user":"frank","data":"small"}"#,
+        )
+        .await;
+    assert_eq!(status, 202);
+    let msg = raw.recv_type("msg").await;
+    assert_eq!(
+        (msg["id"].clone(), msg["data"].clone()),
+        (json!(1), json!("small"))
+    );
+    server.stop().await;
+}
