@@ -39,7 +39,22 @@ const BURST: usize = 256;
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// An attempt to open a socket: the socket, the subprotocol the server selected, and the fresh
 /// token when a provider supplied one.
-type Opened = Result<(Socket, Option<String>, Option<Option<String>>), String>;
+type Opened = Result<(Socket, Option<String>, Option<Option<String>>), OpenFailure>;
+
+/// Why a socket did not open.
+enum OpenFailure {
+    /// The handshake completed without `readyws.v1` selected (tungstenite refuses such a response
+    /// itself): not a readyws server, which is final [TR-2], not a reason to reconnect.
+    NotReadyws,
+    /// Anything else: the reconnect schedule tries again.
+    Failed(String),
+}
+
+impl From<String> for OpenFailure {
+    fn from(detail: String) -> Self {
+        OpenFailure::Failed(detail)
+    }
+}
 type Connecting = Pin<Box<dyn Future<Output = Opened> + Send>>;
 
 pub(crate) fn start(builder: ClientBuilder) -> Client {
@@ -238,7 +253,10 @@ impl Driver {
                             }
                             shared.session.handle_connected(conn, subprotocol.as_deref(), now);
                         }
-                        Err(problem) => {
+                        Err(OpenFailure::NotReadyws) => {
+                            self.core.lock().session.handle_connected(conn, None, now);
+                        }
+                        Err(OpenFailure::Failed(problem)) => {
                             self.core.lock().session.handle_connect_failed(conn, problem, now);
                         }
                     }
@@ -465,7 +483,12 @@ impl Driver {
                 connector,
             )
             .await
-            .map_err(|problem| problem.to_string())?;
+            .map_err(|problem| match problem {
+                tokio_tungstenite::tungstenite::Error::Protocol(
+                    tokio_tungstenite::tungstenite::error::ProtocolError::SecWebSocketSubProtocolError(_),
+                ) => OpenFailure::NotReadyws,
+                other => OpenFailure::Failed(other.to_string()),
+            })?;
             let subprotocol = response
                 .headers()
                 .get("sec-websocket-protocol")

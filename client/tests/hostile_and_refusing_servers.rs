@@ -128,3 +128,50 @@ async fn garbage_from_a_fake_server_is_a_typed_error_and_a_reconnect() {
         assert_eq!(client.stats().queued, 1, "the held message is kept");
     }
 }
+
+/// A WebSocket server that completes the handshake without selecting any subprotocol.
+async fn server_without_subprotocol(accepted: Arc<AtomicUsize>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await {
+                    while let Some(Ok(_)) = ws.next().await {}
+                }
+            });
+        }
+    });
+    format!("ws://{addr}/ws")
+}
+
+/// [TR-2] A server whose `101` selects no `readyws.v1` is not a readyws server: the client ends
+/// with that reason, does not reconnect, and every message it held ends as closed.
+#[tokio::test]
+async fn a_server_that_selects_no_subprotocol_ends_the_client_without_reconnecting() {
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let url = server_without_subprotocol(accepted.clone()).await;
+    let client = Client::builder(url)
+        .token("alice")
+        .backoff(Duration::from_millis(10), Duration::from_millis(50))
+        .connect();
+    let delivery = client
+        .send(support::json(json!("kept")))
+        .await
+        .expect("accepted");
+    let reason = tokio::time::timeout(Duration::from_secs(10), client.ready())
+        .await
+        .expect("an answer in time")
+        .expect_err("never ready");
+    assert!(
+        matches!(reason, readyws::CloseReason::SubprotocolRejected { .. }),
+        "{reason:?}"
+    );
+    assert_eq!(delivery.await, Outcome::Closed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "no reconnect");
+    assert_eq!(client.stats().reconnects, 0);
+}
