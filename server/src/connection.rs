@@ -28,6 +28,8 @@ use crate::{Decision, Inbound, ServerHandle, Shared};
 
 /// How long a resume waits for the connection that holds the session to let go of it.
 const SURRENDER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the answer to a client's close frame may take to write.
+const CLOSE_REPLY_DEADLINE: Duration = Duration::from_secs(1);
 /// The `retry_after_ms` of a `goaway` 4003 sent because the authenticator could not decide.
 const AUTH_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// The `retry_after_ms` of a `goaway` 4003 sent because every session the user may have is live.
@@ -69,6 +71,7 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: impl FrameSocket) {
         waiting_for_startup: None,
         session_ended: false,
         socket_ended: false,
+        peer_closed: false,
         opened,
         span: span.clone(),
     };
@@ -107,6 +110,8 @@ struct Task {
     session_ended: bool,
     /// The peer closed the socket, or it broke: nothing more can be read or written.
     socket_ended: bool,
+    /// The peer sent a close frame, which is answered with one.
+    peer_closed: bool,
     startup_deadline: Instant,
     opened: Instant,
     span: tracing::Span,
@@ -221,6 +226,19 @@ impl Task {
                 }
             }
         }
+        if self.peer_closed {
+            // The close frame tungstenite queued in answer to the client's goes out with the next
+            // flush (RFC 6455 §5.5.1), after a write under way, all within a short deadline.
+            let reply = async {
+                if let Some(write) = writing.as_mut() {
+                    writer = Some(write.await.0);
+                }
+                if let Some(idle) = writer.as_mut() {
+                    let _ = idle.flush().await;
+                }
+            };
+            let _ = tokio::time::timeout(CLOSE_REPLY_DEADLINE, reply).await;
+        }
         self.finish().await;
     }
 
@@ -264,6 +282,7 @@ impl Task {
                     .map(|(code, reason)| (*code, reason.as_str()));
                 self.connection.handle_closed(close, now);
                 self.socket_ended = true;
+                self.peer_closed = true;
                 return false;
             }
             // WebSocket-level pings carry no readyws meaning [TR-4].

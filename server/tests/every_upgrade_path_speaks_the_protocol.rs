@@ -100,3 +100,49 @@ async fn served_directly_the_endpoint_refuses_what_the_router_refuses() {
     assert!(stopping.starts_with("HTTP/1.1 503"), "{stopping}");
     server.stop().await;
 }
+
+/// Closes the handshaken socket with `code` and returns the close frame the server answers with
+/// (RFC 6455 §5.5.1), or what came instead.
+async fn close_answer(url: &str, code: u16) -> Result<Option<u16>, String> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let (mut raw, _) = Raw::handshake(url, "closer", None).await;
+    let frame = CloseFrame {
+        code: code.into(),
+        reason: "bye".into(),
+    };
+    raw.ws
+        .send(Message::Close(Some(frame)))
+        .await
+        .expect("sent");
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), raw.ws.next()).await {
+            Ok(Some(Ok(Message::Close(answer)))) => {
+                return Ok(answer.map(|frame| u16::from(frame.code)));
+            }
+            Ok(Some(Ok(_))) => continue,
+            other => return Err(format!("{other:?}")),
+        }
+    }
+}
+
+/// The server answers the client's close frame with its own (RFC 6455 §5.5.1), echoing the code, on both
+/// ways in: a client's clean close is seen as clean, not as 1006.
+#[tokio::test]
+async fn the_server_answers_a_close_frame_with_one() {
+    let server = TestServer::start(ServerOptions::default()).await;
+    assert_eq!(close_answer(&server.url(), 1000).await, Ok(Some(1000)));
+    assert_eq!(close_answer(&server.url(), 4004).await, Ok(Some(4004)));
+    server.stop().await;
+
+    let mounted = Server::new(ServerOptions::default(), InsecureDevAuth, AcceptAll);
+    let app = axum::Router::new().merge(mounted.router());
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    assert_eq!(
+        close_answer(&format!("ws://{address}/ws"), 1000).await,
+        Ok(Some(1000))
+    );
+}
