@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use readyws::{Client, ConnectionState, Data, Outcome};
+use readyws::{Client, ConnectionState, Data, Outcome, SessionReset};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
@@ -149,6 +149,22 @@ pub(crate) async fn run(args: ConnectArgs) -> Result<bool, String> {
     Ok(failed == 0)
 }
 
+/// What a session reset means for the user of `readyws connect`.
+fn describe_reset(reset: &SessionReset) -> String {
+    let resent = match reset.resent {
+        0 => "no message had to be sent again".to_owned(),
+        1 => "1 message sent but not acknowledged was sent again: it may be delivered twice"
+            .to_owned(),
+        n => format!(
+            "{n} messages sent but not acknowledged were sent again: each may be delivered twice"
+        ),
+    };
+    format!(
+        "readyws: session reset: the server lost session {}; {resent}; messages it sent in that session and this client had not received are not coming",
+        reset.previous_session_id
+    )
+}
+
 /// Reports connection changes on stderr.
 fn report_state(client: &Arc<Client>) {
     let mut states = client.watch_state();
@@ -162,10 +178,16 @@ fn report_state(client: &Arc<Client>) {
                 ConnectionState::Ready {
                     session_id,
                     resumed,
-                } => eprintln!(
-                    "readyws: ready, session {session_id}{}",
-                    if resumed { " (resumed)" } else { "" }
-                ),
+                    reset,
+                } => {
+                    eprintln!(
+                        "readyws: ready, session {session_id}{}",
+                        if resumed { " (resumed)" } else { "" }
+                    );
+                    if let Some(reset) = reset {
+                        eprintln!("{}", describe_reset(&reset));
+                    }
+                }
                 ConnectionState::Reconnecting {
                     attempt,
                     delay,

@@ -437,6 +437,7 @@ fn watch_state(client: &Arc<Client>, display: &Arc<Display>, held: &Arc<Held>) {
                 ConnectionState::Ready {
                     session_id,
                     resumed,
+                    ..
                 } => {
                     let waiting = client.stats().queued;
                     if !held.ready.swap(true, Ordering::SeqCst) {

@@ -103,3 +103,44 @@ fn a_message_published_while_the_user_is_away_reaches_their_next_connect() {
     assert!(!refused.status.success(), "a wrong key is refused");
     assert!(refused.stdout.is_empty());
 }
+
+/// A server that restarts loses the session: `readyws connect` says so on stderr, with what it
+/// means for the messages, instead of only `ready`.
+#[test]
+fn connect_reports_a_session_reset_and_what_it_means() {
+    use std::io::{BufRead, BufReader};
+    let (server, address) = support::serve(&[]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_readyws"))
+        .args(["connect", &format!("ws://{address}/ws"), "--token", "carol"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the readyws binary runs");
+    let (lines, seen) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let wait_for = |needle: &str| -> String {
+        loop {
+            let line = seen
+                .recv_timeout(std::time::Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("no line with {needle:?} in time"));
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    };
+    wait_for("ready, session");
+    drop(server);
+    let (_restarted, _) = support::serve_on(&address, &[]);
+    let reset = wait_for("session reset");
+    assert!(reset.contains("lost session s-"), "{reset}");
+    assert!(reset.contains("sent again"), "{reset}");
+    drop(child.stdin.take());
+    let status = child.wait().expect("it ends");
+    assert!(status.success());
+}

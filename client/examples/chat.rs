@@ -36,6 +36,7 @@ async fn main() {
                 ConnectionState::Ready {
                     session_id,
                     resumed,
+                    ..
                 } => {
                     eprintln!("-- ready (session {session_id}, resumed: {resumed})")
                 }

@@ -106,6 +106,7 @@ pub(crate) fn start(builder: ClientBuilder) -> Client {
         ready_times: ReadyTimes::default(),
         closing: None,
         attempt_started: None,
+        pending_reset: None,
     };
     tokio::spawn(driver.run(command_rx).instrument(span));
     client
@@ -188,6 +189,8 @@ struct Driver {
     ready_times: ReadyTimes,
     closing: Option<Closing>,
     attempt_started: Option<Instant>,
+    /// A session reset the next `Ready` state reports.
+    pending_reset: Option<crate::SessionReset>,
 }
 
 impl Drop for Driver {
@@ -524,6 +527,7 @@ impl Driver {
                 let _ = self.state.send(ConnectionState::Ready {
                     session_id,
                     resumed,
+                    reset: self.pending_reset.take(),
                 });
             }
             ClientEvent::SessionReset {
@@ -532,6 +536,11 @@ impl Driver {
             } => {
                 warn!(previous = %previous_session_id, resent, "the server lost the session; a new one starts");
                 self.count(|s| s.session_resets += 1);
+                // The session's `Ready` follows at once and carries it.
+                self.pending_reset = Some(crate::SessionReset {
+                    previous_session_id,
+                    resent,
+                });
             }
             ClientEvent::Message { data } => {
                 self.count(|s| s.received += 1);

@@ -49,6 +49,18 @@ pub use readyws_protocol::{
 };
 pub use stats::Stats;
 
+/// The server could not resume the client's session and started a new one [RS-5].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionReset {
+    /// The session that was lost.
+    pub previous_session_id: String,
+    /// Messages transmitted in the lost session and not acknowledged, sent again in the new one
+    /// ([`ResetPolicy::Resend`]): each may reach the server's application twice. With
+    /// [`ResetPolicy::Report`] they end as [`Outcome::SessionReset`] instead, and this is 0.
+    pub resent: usize,
+}
+
 /// The connection's state, as [`Client::state`] reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -64,6 +76,9 @@ pub enum ConnectionState {
         session_id: String,
         /// Whether it continues the previous session (`false` after a reset).
         resumed: bool,
+        /// When the server lost the previous session: what that meant for the messages
+        /// [RS-5]. `None` on a first connect or a resume.
+        reset: Option<SessionReset>,
     },
     /// Waiting before the next attempt.
     Reconnecting {

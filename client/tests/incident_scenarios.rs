@@ -311,12 +311,19 @@ async fn a_server_restart_that_loses_the_session_resends_unacked_messages() {
     let ConnectionState::Ready {
         session_id: after,
         resumed,
+        reset,
     } = client.state()
     else {
         unreachable!()
     };
     assert!(!resumed, "the reset is surfaced");
     assert_ne!(before, after);
+    let reset = reset.expect("the state says what the reset meant");
+    assert_eq!(reset.previous_session_id, before);
+    assert_eq!(
+        reset.resent, 3,
+        "the three transmitted messages were sent again"
+    );
     assert_eq!(client.stats().session_resets, 1);
     restarted.stop();
 }

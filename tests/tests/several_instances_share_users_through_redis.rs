@@ -213,6 +213,7 @@ async fn a_killed_instance_loses_nothing_and_its_client_resumes_on_another() {
         ConnectionState::Ready {
             session_id: now,
             resumed,
+            ..
         } => {
             assert!(resumed, "the session went on");
             assert_eq!(now, session_id, "the same session");

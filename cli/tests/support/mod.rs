@@ -27,6 +27,17 @@ pub(crate) fn serve_with(prefix: &str, env: &[(&str, &str)], extra: &[&str]) -> 
     spawn_reporting_address(serve_command(prefix, env, extra), None)
 }
 
+/// Starts `readyws serve` on `address` (a restarted server takes the port of the one it replaces).
+pub(crate) fn serve_on(address: &str, extra: &[&str]) -> (Running, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_readyws"));
+    command
+        .args(["serve", "--listen", address, "--insecure-dev-auth"])
+        .args(extra)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null());
+    spawn_reporting_address(command, None)
+}
+
 fn serve_command(prefix: &str, env: &[(&str, &str)], extra: &[&str]) -> Command {
     let script = format!("{prefix} exec \"$0\" \"$@\"");
     let mut command = Command::new("sh");
