@@ -1,7 +1,8 @@
 //! `readyws connect URL`: a readyws client for terminals and scripts.
 //!
 //! Each line of stdin is sent as one message (a line that is valid JSON as that value, any other
-//! line as a JSON string). Each received message's data is printed on stdout as one compact JSON
+//! line as a JSON string); while the client's outbox is full, stdin is not read (a line is never
+//! discarded). Each received message's data is printed on stdout as one compact JSON
 //! line, and nothing else goes to stdout, so scripts can rely on it; the connection state and
 //! errors go to stderr. At the end of input it waits until every message sent is acknowledged,
 //! or reports the ones that were not.
@@ -11,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use readyws::{Client, ConnectionState, Data, Outcome, SessionReset};
+use readyws::{Client, ConnectionState, Data, Outcome, Overflow, SessionReset};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
@@ -48,7 +49,9 @@ fn compact(data: &Data) -> String {
 
 /// Runs the client; `Ok(true)` when every message sent was acknowledged.
 pub(crate) async fn run(args: ConnectArgs) -> Result<bool, String> {
-    let mut builder = Client::builder(args.url.clone());
+    // A full outbox makes `send` wait, and so the reading of stdin: backpressure, never a line
+    // discarded.
+    let mut builder = Client::builder(args.url.clone()).overflow(Overflow::Wait);
     if let Some(token) = &args.token {
         builder = builder.token(token.clone());
     }

@@ -14,13 +14,16 @@ fn readyws(args: &[&str], stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("the readyws binary runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("input written");
-    child.wait_with_output().expect("it ends")
+    // Written from another thread: a child that writes much to stderr while its input is still
+    // coming would otherwise block on a full pipe while this thread blocks on its stdin.
+    let mut input = child.stdin.take().expect("stdin");
+    let stdin = stdin.to_owned();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(stdin.as_bytes());
+    });
+    let output = child.wait_with_output().expect("it ends");
+    writer.join().expect("the input was written");
+    output
 }
 
 fn stdout_lines(output: &Output) -> Vec<String> {
@@ -143,4 +146,19 @@ fn connect_reports_a_session_reset_and_what_it_means() {
     drop(child.stdin.take());
     let status = child.wait().expect("it ends");
     assert!(status.success());
+}
+
+/// Input faster than the server: `readyws connect` stops reading stdin while its outbox is full
+/// (backpressure), and sends every line; none is discarded.
+#[test]
+fn connect_sends_every_line_of_a_large_input_waiting_for_room() {
+    let (_server, address) = support::serve(&["--max-inflight", "4"]);
+    let input: String = (0..20_000).map(|n| format!("{{\"n\":{n}}}\n")).collect();
+    let output = readyws(
+        &["connect", &format!("ws://{address}/ws"), "--token", "dana"],
+        &input,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("was not sent"), "{stderr}");
+    assert!(output.status.success(), "{stderr}");
 }
