@@ -88,7 +88,7 @@ fn every_rule_passes_against_the_reference_server() {
 /// Relays WebSockets from a new port to `upstream`, rewriting the server's frames.
 // tungstenite's accept callback returns its (large) HTTP error response by value.
 #[allow(clippy::result_large_err)]
-async fn faulty_proxy(upstream: SocketAddr) -> SocketAddr {
+async fn faulty_proxy(upstream: SocketAddr, rewrite: fn(&str) -> Option<String>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
     tokio::spawn(async move {
@@ -159,15 +159,9 @@ fn rewrite(text: &str) -> Option<String> {
     Some(frame.to_string())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_faulty_server_fails_exactly_the_rules_it_breaks() {
-    let (_server, address) = support::serve(&SERVE);
-    let upstream: SocketAddr = address.parse().expect("an address");
-    let proxy = faulty_proxy(upstream).await;
-    // The proxy carries only WebSockets: publishing goes to the server itself.
-    let url = format!("ws://{proxy}/ws");
-    let publish = format!("http://{address}/api/publish");
-    let (output, results) = tokio::task::spawn_blocking(move || {
+/// `readyws check URL` with the publish API at `publish`, run off the async runtime.
+async fn check_through(url: String, publish: String) -> (Output, Vec<Value>) {
+    tokio::task::spawn_blocking(move || {
         let output = Command::new(env!("CARGO_BIN_EXE_readyws"))
             .args([
                 "check",
@@ -187,7 +181,18 @@ async fn a_faulty_server_fails_exactly_the_rules_it_breaks() {
         (output, results)
     })
     .await
-    .expect("the check ran");
+    .expect("the check ran")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_faulty_server_fails_exactly_the_rules_it_breaks() {
+    let (_server, address) = support::serve(&SERVE);
+    let upstream: SocketAddr = address.parse().expect("an address");
+    let proxy = faulty_proxy(upstream, rewrite).await;
+    // The proxy carries only WebSockets: publishing goes to the server itself.
+    let url = format!("ws://{proxy}/ws");
+    let publish = format!("http://{address}/api/publish");
+    let (output, results) = check_through(url, publish).await;
     assert!(!output.status.success(), "a failing rule fails the run");
     assert_eq!(
         with_status(&results, "FAIL"),
@@ -203,5 +208,67 @@ async fn a_faulty_server_fails_exactly_the_rules_it_breaks() {
             .as_str()
             .is_some_and(|detail| detail.contains("not-the-nonce-sent")),
         "a failure says what came back: {pong}"
+    );
+}
+
+#[test]
+fn every_rule_passes_against_the_reference_server_that_echoes() {
+    // Echoes of earlier steps' messages arrive while later steps wait: a message from the server
+    // is no reply from the client and ends no silence [HB-4].
+    let mut serve = SERVE.to_vec();
+    serve.push("--echo");
+    let (_server, address) = support::serve(&serve);
+    let (output, results) = check(&format!("ws://{address}/ws"));
+    assert!(output.status.success(), "{results:#?}");
+    assert!(
+        results.iter().all(|result| result["status"] == "PASS"),
+        "{results:#?}"
+    );
+}
+
+/// The `goaway` reasons of the server, rewritten: cited without brackets, or citing no rule
+/// that exists.
+fn cite_without_brackets(text: &str) -> Option<String> {
+    reason_as(text, "FR-1: frame is not valid JSON")
+}
+
+fn cite_a_rule_that_does_not_exist(text: &str) -> Option<String> {
+    reason_as(text, "[XX-99] not a rule")
+}
+
+fn reason_as(text: &str, reason: &str) -> Option<String> {
+    let mut frame: Value = serde_json::from_str(text).ok()?;
+    if frame["type"] == "goaway" && frame["code"] == 4010 {
+        frame["reason"] = Value::from(reason);
+        return Some(frame.to_string());
+    }
+    Some(text.to_owned())
+}
+
+/// A SHOULD is judged WARN, never FAIL, and a citation counts only when the rule it names
+/// exists, bracketed or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn should_rules_warn_and_citations_must_name_real_rules() {
+    let (_server, address) = support::serve(&SERVE);
+    let upstream: SocketAddr = address.parse().expect("an address");
+    let publish = format!("http://{address}/api/publish");
+
+    let proxy = faulty_proxy(upstream, cite_without_brackets).await;
+    let (output, results) = check_through(format!("ws://{proxy}/ws"), publish.clone()).await;
+    assert!(output.status.success(), "{results:#?}");
+    assert!(with_status(&results, "WARN").is_empty(), "{results:#?}");
+    assert!(with_status(&results, "FAIL").is_empty(), "{results:#?}");
+
+    let proxy = faulty_proxy(upstream, cite_a_rule_that_does_not_exist).await;
+    let (output, results) = check_through(format!("ws://{proxy}/ws"), publish).await;
+    assert!(
+        output.status.success(),
+        "a SHOULD fails no run: {results:#?}"
+    );
+    assert!(with_status(&results, "FAIL").is_empty(), "{results:#?}");
+    assert_eq!(
+        with_status(&results, "WARN"),
+        BTreeSet::from(["FR-8"]),
+        "{results:#?}"
     );
 }
