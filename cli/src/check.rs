@@ -63,8 +63,8 @@ pub(crate) enum Status {
 
 /// The rules `docs/PROTOCOL.md` defines: each prefix with its highest number (the numbers run
 /// from 1). A test reads the spec and keeps this in step.
-pub(crate) const SPEC_RULES: [(&str, u32); 13] = [
-    ("TR", 5),
+pub(crate) const SPEC_RULES: [(&str, u32); 14] = [
+    ("TR", 6),
     ("FR", 10),
     ("HS", 11),
     ("SG", 4),
@@ -77,6 +77,7 @@ pub(crate) const SPEC_RULES: [(&str, u32); 13] = [
     ("GA", 6),
     ("RC", 6),
     ("SE", 6),
+    ("PB", 4),
 ];
 
 /// Whether `id` (such as `FR-8`) is a rule of the spec.

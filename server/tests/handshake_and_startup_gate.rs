@@ -133,7 +133,8 @@ async fn the_server_pings_and_drops_silent_clients() {
     server.stop().await;
 }
 
-/// [TR-1] A client that does not offer `readyws.v1` is refused at the upgrade.
+/// [TR-1] [TR-6] A client that does not offer `readyws.v1` is refused at the upgrade, with 400 and
+/// the JSON error body.
 #[tokio::test]
 async fn the_subprotocol_is_required() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

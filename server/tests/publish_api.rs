@@ -10,7 +10,8 @@ fn with_key() -> ServerOptions {
     ServerOptions::default().api_key(Some("backend-key".into()))
 }
 
-/// Publishing over HTTP: 202 with what happened; clear JSON errors for a bad key or body.
+/// [PB-1] [PB-2] [PB-4] Publishing over HTTP: 202 with what happened; clear JSON errors for a bad
+/// key or body.
 #[tokio::test]
 async fn publish_over_http_reports_delivery_and_errors_clearly() {
     let server = TestServer::start(with_key()).await;
@@ -74,7 +75,7 @@ async fn publish_over_http_reports_delivery_and_errors_clearly() {
     server.stop().await;
 }
 
-/// Without an API key the publish API is off.
+/// [PB-1] Without an API key the publish API is off.
 #[tokio::test]
 async fn the_publish_api_needs_a_key() {
     let server = TestServer::start(ServerOptions::default()).await;
@@ -116,7 +117,7 @@ async fn health_readiness_and_metrics() {
     server.stop().await;
 }
 
-/// [DL-12] [CU-1] A message no session could carry (its `msg` frame would exceed
+/// [PB-3] [DL-12] [CU-1] A message no session could carry (its `msg` frame would exceed
 /// `max_frame_bytes` even with id 1) is refused to its publisher at once with the limit, and
 /// nothing is held; one that fits is held and delivered with the next id.
 #[tokio::test]
@@ -151,5 +152,33 @@ async fn a_message_larger_than_any_frame_is_refused_at_publish_time() {
         (msg["id"].clone(), msg["data"].clone()),
         (json!(1), json!("small"))
     );
+    server.stop().await;
+}
+
+/// [PB-3] [CU-5] A full mailbox refuses over HTTP with 429 and the JSON error body, and stores
+/// nothing.
+#[tokio::test]
+async fn a_full_mailbox_is_refused_with_429() {
+    let options = with_key().mailbox(readyws_server::MailboxLimits {
+        max_messages: 2,
+        ..readyws_server::MailboxLimits::default()
+    });
+    let server = TestServer::start(options).await;
+    let auth = [("Authorization", "Bearer backend-key")];
+    for n in 0..2 {
+        let body = format!(r#"{{"user":"gus","data":{n}}}"#);
+        assert_eq!(
+            server.http("POST", "/api/publish", &auth, &body).await.0,
+            202
+        );
+    }
+    let (status, body) = server
+        .http("POST", "/api/publish", &auth, r#"{"user":"gus","data":3}"#)
+        .await;
+    assert_eq!(status, 429, "{body}");
+    let refusal: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(refusal["error"], "mailbox_full", "{body}");
+    assert!(refusal["detail"].is_string(), "{body}");
+    assert_eq!(server.depth("gus").await, 2);
     server.stop().await;
 }
