@@ -65,7 +65,7 @@ pub(crate) enum Status {
 /// from 1). A test reads the spec and keeps this in step.
 pub(crate) const SPEC_RULES: [(&str, u32); 14] = [
     ("TR", 6),
-    ("FR", 10),
+    ("FR", 11),
     ("HS", 11),
     ("SG", 4),
     ("DL", 12),

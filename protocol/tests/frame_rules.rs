@@ -39,6 +39,26 @@ fn fr_2_unknown_members_are_ignored() {
     assert!(matches!(frame, Ok(Frame::Ack(ack)) if ack.id == 3));
 }
 
+/// [FR-11] `null` for an optional member means the member is absent; for a required one it makes
+/// the frame invalid.
+#[test]
+fn fr_11_null_is_absent_for_optional_members() {
+    let hello = decode(
+        r#"{"type":"hello","token":null,"resume":null}"#,
+        Role::Client,
+        1 << 20,
+    );
+    assert!(
+        matches!(&hello, Ok(Frame::Hello(hello)) if hello.token.is_none() && hello.resume.is_none()),
+        "{hello:?}"
+    );
+    let ack = decode(r#"{"type":"ack","id":null}"#, Role::Client, 1 << 20);
+    assert!(
+        matches!(ack, Err(DecodeError::InvalidFrame { .. })),
+        "{ack:?}"
+    );
+}
+
 /// [FR-3] Unknown frame types after the first frame are skipped by both sides.
 #[test]
 fn fr_3_unknown_types_after_the_first_frame_are_ignored() {
