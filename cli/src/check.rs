@@ -1040,7 +1040,8 @@ mod tests {
         assert!(cited_rules("XFR-1 or FR-1a or utf-8").is_empty());
         assert!(rule_exists("FR-10"));
         assert!(!rule_exists("XX-99"));
-        assert!(!rule_exists("FR-11"));
+        assert!(rule_exists("FR-11"));
+        assert!(!rule_exists("FR-12"));
         assert!(!rule_exists("FR-0"));
     }
 }
