@@ -313,17 +313,9 @@ struct Report {
 }
 
 impl Report {
+    /// A MUST: not following it is a FAIL.
     fn record(&mut self, rule: &'static str, title: &'static str, outcome: Result<(), String>) {
-        let (status, detail) = match outcome {
-            Ok(()) => (Status::Pass, None),
-            Err(detail) => (Status::Fail, Some(detail)),
-        };
-        self.results.push(RuleResult {
-            rule,
-            title,
-            status,
-            detail,
-        });
+        self.judge(rule, title, outcome, Status::Fail);
     }
 
     /// A SHOULD: not following it is a WARN.
@@ -333,9 +325,19 @@ impl Report {
         title: &'static str,
         outcome: Result<(), String>,
     ) {
+        self.judge(rule, title, outcome, Status::Warn);
+    }
+
+    fn judge(
+        &mut self,
+        rule: &'static str,
+        title: &'static str,
+        outcome: Result<(), String>,
+        unmet: Status,
+    ) {
         let (status, detail) = match outcome {
             Ok(()) => (Status::Pass, None),
-            Err(detail) => (Status::Warn, Some(detail)),
+            Err(detail) => (unmet, Some(detail)),
         };
         self.results.push(RuleResult {
             rule,
