@@ -67,21 +67,34 @@ async fn the_token_provider_is_called_again_after_a_41xx_goaway() {
 
 /// A WebSocket server that selects `readyws.v1` and then sends `frames` on every connection.
 async fn fake_server(frames: Vec<String>) -> String {
+    fake_server_selecting(Some("readyws.v1"), frames, Arc::default()).await
+}
+
+/// A WebSocket server that selects `subprotocol` (none: no `Sec-WebSocket-Protocol` in its
+/// `101`), then sends `frames` on every connection; `accepted` counts the connections.
+async fn fake_server_selecting(
+    subprotocol: Option<&'static str>,
+    frames: Vec<String>,
+    accepted: Arc<AtomicUsize>,
+) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("address");
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::SeqCst);
             let frames = frames.clone();
             tokio::spawn(async move {
                 // The error type is tungstenite's; the callback never fails.
                 #[allow(clippy::result_large_err)]
                 let select = |_: &Request, mut response: Response| {
-                    response.headers_mut().insert(
-                        "Sec-WebSocket-Protocol",
-                        "readyws.v1".parse().expect("header"),
-                    );
+                    if let Some(subprotocol) = subprotocol {
+                        response.headers_mut().insert(
+                            "Sec-WebSocket-Protocol",
+                            subprotocol.parse().expect("header"),
+                        );
+                    }
                     Ok(response)
                 };
                 let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, select).await else {
@@ -129,31 +142,12 @@ async fn garbage_from_a_fake_server_is_a_typed_error_and_a_reconnect() {
     }
 }
 
-/// A WebSocket server that completes the handshake without selecting any subprotocol.
-async fn server_without_subprotocol(accepted: Arc<AtomicUsize>) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("address");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            accepted.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                if let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await {
-                    while let Some(Ok(_)) = ws.next().await {}
-                }
-            });
-        }
-    });
-    format!("ws://{addr}/ws")
-}
-
 /// [TR-2] A server whose `101` selects no `readyws.v1` is not a readyws server: the client ends
 /// with that reason, does not reconnect, and every message it held ends as closed.
 #[tokio::test]
 async fn a_server_that_selects_no_subprotocol_ends_the_client_without_reconnecting() {
     let accepted = Arc::new(AtomicUsize::new(0));
-    let url = server_without_subprotocol(accepted.clone()).await;
+    let url = fake_server_selecting(None, Vec::new(), accepted.clone()).await;
     let client = Client::builder(url)
         .token("alice")
         .backoff(Duration::from_millis(10), Duration::from_millis(50))

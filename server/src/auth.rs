@@ -252,26 +252,25 @@ impl Jwt {
 
     /// RS256 tokens, checked with an RSA public key in PEM (`PUBLIC KEY` or `RSA PUBLIC KEY`).
     pub fn rs256_pem(pem: &[u8]) -> Result<Self, JwtKeyError> {
-        let key = DecodingKey::from_rsa_pem(pem).map_err(|error| JwtKeyError::BadPem {
-            algorithm: Algorithm::RS256,
-            detail: format!("{:?}", error.kind()),
-        })?;
-        Ok(Jwt::with_keys(vec![Key {
-            id: None,
-            algorithm: Algorithm::RS256,
-            key,
-        }]))
+        Jwt::one_pem_key(Algorithm::RS256, DecodingKey::from_rsa_pem(pem))
     }
 
     /// ES256 tokens, checked with a P-256 public key in PEM (`PUBLIC KEY`).
     pub fn es256_pem(pem: &[u8]) -> Result<Self, JwtKeyError> {
-        let key = DecodingKey::from_ec_pem(pem).map_err(|error| JwtKeyError::BadPem {
-            algorithm: Algorithm::ES256,
+        Jwt::one_pem_key(Algorithm::ES256, DecodingKey::from_ec_pem(pem))
+    }
+
+    fn one_pem_key(
+        algorithm: Algorithm,
+        key: jsonwebtoken::errors::Result<DecodingKey>,
+    ) -> Result<Self, JwtKeyError> {
+        let key = key.map_err(|error| JwtKeyError::BadPem {
+            algorithm,
             detail: format!("{:?}", error.kind()),
         })?;
         Ok(Jwt::with_keys(vec![Key {
             id: None,
-            algorithm: Algorithm::ES256,
+            algorithm,
             key,
         }]))
     }
