@@ -418,7 +418,11 @@ enum Phase {
     Backoff {
         until: Time,
     },
-    AwaitingCredentials,
+    /// After a 41xx code: waiting for [`ClientSession::set_token`]. `not_before` is when the
+    /// server's `retry_after_ms` ends, which still bounds the next attempt [GA-3].
+    AwaitingCredentials {
+        not_before: Option<Time>,
+    },
     Closed,
 }
 
@@ -502,7 +506,7 @@ impl ClientSession {
                 at: *until,
                 attempt: attempt.saturating_add(1),
             },
-            Phase::AwaitingCredentials => ClientState::AwaitingCredentials,
+            Phase::AwaitingCredentials { .. } => ClientState::AwaitingCredentials,
             Phase::Closed => ClientState::Closed,
         }
     }
@@ -590,12 +594,13 @@ impl ClientSession {
     pub fn set_token(&mut self, token: Option<String>, now: Time) {
         self.now = now;
         self.config.token = token;
-        if matches!(self.phase, Phase::AwaitingCredentials) {
+        if let Phase::AwaitingCredentials { not_before } = self.phase {
+            let retry_after = not_before.map(|at| at.saturating_since(now));
             self.schedule_reconnect(
                 DisconnectReason::ConnectFailed {
                     detail: "waiting for fresh credentials".to_owned(),
                 },
-                None,
+                retry_after,
                 false,
             );
         }
@@ -811,7 +816,7 @@ impl ClientSession {
             | Phase::AwaitingReady { deadline, .. } => Some(*deadline),
             Phase::Backoff { until } => Some(*until),
             Phase::Closed => return None,
-            Phase::Idle | Phase::Ready { .. } | Phase::AwaitingCredentials => None,
+            Phase::Idle | Phase::Ready { .. } | Phase::AwaitingCredentials { .. } => None,
         };
         [
             phase_deadline,
@@ -1082,7 +1087,9 @@ impl ClientSession {
                     } => (*code, reason.clone()),
                     _ => (code::UNAUTHORIZED, String::new()),
                 };
-                self.phase = Phase::AwaitingCredentials;
+                self.phase = Phase::AwaitingCredentials {
+                    not_before: retry_after.map(|wait| self.now + wait),
+                };
                 self.emit(ClientEvent::Disconnected {
                     reason,
                     reconnect_at: None,
