@@ -575,3 +575,17 @@ fn ap_2_queue_full_counts_messages_in_flight() {
         refused.reason
     );
 }
+
+/// [AP-4] A client asks to resume however long it was away: the server decides.
+#[test]
+fn ap_4_a_resume_is_asked_for_after_the_window_too() {
+    let mut client = Client::ready(ClientConfig::default(), json!({"resume_window_ms": 1000}));
+    client
+        .session
+        .handle_disconnected(client.conn, None, client.now);
+    client.at(3_600_000);
+    client.reconnect();
+    client.receive(welcome(json!({})));
+    let hello = client.transmits();
+    assert_eq!(hello[0]["resume"]["session_id"], "s1", "{hello:?}");
+}
