@@ -24,7 +24,8 @@ pub struct MailboxLimits {
     pub max_messages: usize,
     /// The most bytes of `data` held per user. Default: 1 MiB.
     pub max_bytes: usize,
-    /// How long a message may wait while no session holds it before it expires. Default:
+    /// A message's time-to-live, counted from when it was accepted; it expires once that has
+    /// passed and no session holds a copy (a session kept for resume holds one) [CU-5]. Default:
     /// 10 minutes (longer than the default resume window, so a message outlives the session that
     /// last held it by at least a few minutes).
     pub ttl: Duration,
