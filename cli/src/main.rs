@@ -95,11 +95,19 @@ struct ServeArgs {
     #[arg(long, env = "READYWS_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
     /// Simulate a cold start: sockets wait in phase "starting" for this many milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 0)]
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 0,
+        alias = "startup-delay-ms"
+    )]
     startup_delay: u64,
     /// How long a socket waits for start-up before goaway 4002.
     #[arg(long, value_name = "MS", default_value_t = 30_000)]
     startup_max_wait_ms: u64,
+    /// The `retry_after_ms` of that goaway 4002.
+    #[arg(long, value_name = "MS", default_value_t = 5_000)]
+    startup_retry_after_ms: u64,
     /// The server's ping interval.
     #[arg(long, value_name = "MS", default_value_t = 25_000)]
     heartbeat_ms: u64,
@@ -258,7 +266,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .protocol(protocol)
         .mailbox(mailbox)
         .wait_for_startup(args.startup_delay > 0)
-        .startup_max_wait(ms(args.startup_max_wait_ms), ms(5_000))
+        .startup_max_wait(
+            ms(args.startup_max_wait_ms),
+            ms(args.startup_retry_after_ms),
+        )
         .shutdown(ms(args.shutdown_spread_ms), ms(args.shutdown_grace_ms))
         .api_key(args.api_key.clone())
         .limits(

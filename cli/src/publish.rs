@@ -90,13 +90,28 @@ pub(crate) async fn post(
     user: &str,
     data: &str,
 ) -> Result<(bool, String), String> {
-    let target = target(url)?;
     let body = serde_json::json!({
         "user": user,
         "data": serde_json::from_str::<serde_json::Value>(line_to_data(data).as_json())
             .map_err(|e| e.to_string())?,
     })
     .to_string();
+    let (status, body) = exchange(url, api_key, &body).await?;
+    if (200..300).contains(&status) {
+        Ok((true, body))
+    } else {
+        Ok((false, format!("HTTP {status}: {body}")))
+    }
+}
+
+/// POSTs `body` as it is to the publish API at `url` with `api_key`; returns the status and the
+/// body of the answer.
+pub(crate) async fn exchange(
+    url: &str,
+    api_key: &str,
+    body: &str,
+) -> Result<(u16, String), String> {
+    let target = target(url)?;
     let request = format!(
         "POST {} HTTP/1.1\r\nHost: {}:{}\r\nAuthorization: Bearer {api_key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         target.path,
@@ -139,12 +154,7 @@ pub(crate) async fn post(
     } else {
         body.to_owned()
     };
-    let body = body.trim().to_owned();
-    if (200..300).contains(&status) {
-        Ok((true, body))
-    } else {
-        Ok((false, format!("HTTP {status}: {body}")))
-    }
+    Ok((status, body.trim().to_owned()))
 }
 
 fn dechunk(body: &str) -> String {
