@@ -33,7 +33,9 @@ pub(crate) struct CheckArgs {
     /// Credentials for `hello` (the server decides what they mean).
     #[arg(long, env = "READYWS_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// The server's publish API key: with it, publish-and-hold is checked too.
+    /// The server's publish API key: with it, custody (CU-1, CU-4, CU-5) and the publish API
+    /// (PB-1, PB-2, PB-4) are checked too. The mailbox check fills the mailbox of the user
+    /// `USER-readyws-check-mailbox` to its bound; those messages expire by the server's TTL.
     #[arg(long, env = "READYWS_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
     /// The user the token authenticates, for the publish check (default: the token itself, as
