@@ -816,7 +816,7 @@ pub(crate) async fn check(args: &CheckArgs) -> Vec<RuleResult> {
 
 /// [SG-2] and [SG-3], when the first socket finds the server starting.
 async fn startup_gate(args: &CheckArgs, report: &mut Report) {
-    let not_starting = "the server was not starting (start it with a start-up delay, e.g. `readyws serve --startup-delay 3000`)";
+    let not_starting = "the server was not starting (start it with a start-up delay, e.g. `readyws serve --startup-delay-ms 3000`)";
     let Ok((mut conn, _)) = Conn::open(&args.url).await else {
         report.skip("SG-2", SG_2, "the WebSocket did not open");
         report.skip("SG-3", SG_3, "the WebSocket did not open");

@@ -108,6 +108,10 @@ enum Slot {
         /// Records the mailbox dropped that the session may hold copies of: withdrawn at its
         /// next wake.
         dropped: Vec<u64>,
+        /// Records after `cursor` whose custody ended (another session acknowledged them)
+        /// before this session took its copy: it was queued on the session when published, so
+        /// the session still gets it at its next wake [CU-4].
+        owed: Vec<(u64, Data)>,
     },
     Detached {
         session: Box<ServerSession>,
@@ -372,6 +376,7 @@ impl Hub {
                     handle: handle.clone(),
                     cursor: self.next_held - 1,
                     dropped: Vec::new(),
+                    owed: Vec::new(),
                 },
             },
         );
@@ -416,7 +421,7 @@ impl Hub {
         let Some(state) = self.users.get_mut(user) else {
             return Taken::default();
         };
-        let Some((cursor, dropped)) =
+        let Some((cursor, dropped, owed)) =
             state
                 .sessions
                 .values_mut()
@@ -425,18 +430,23 @@ impl Hub {
                         conn: c,
                         cursor,
                         dropped,
+                        owed,
                         ..
-                    } if *c == conn => Some((cursor, dropped)),
+                    } if *c == conn => Some((cursor, dropped, owed)),
                     _ => None,
                 })
         else {
             return Taken::default();
         };
-        let records: Vec<(u64, Data)> = state
+        let mut records: Vec<(u64, Data)> = state
             .held
             .range(*cursor + 1..)
             .map(|(id, held)| (*id, held.data.clone()))
             .collect();
+        if !owed.is_empty() {
+            records.append(owed);
+            records.sort_unstable_by_key(|(id, _)| *id);
+        }
         if let Some((last, _)) = records.last() {
             *cursor = *last;
         }
@@ -462,6 +472,13 @@ impl Hub {
         };
         if ends_custody {
             if let Some(record) = state.held.remove(&held) {
+                for entry in state.sessions.values_mut() {
+                    if let Slot::Live { cursor, owed, .. } = &mut entry.slot {
+                        if *cursor < held {
+                            owed.push((held, record.data.clone()));
+                        }
+                    }
+                }
                 state.bytes -= record.data.len();
                 if record.holders == 0 {
                     self.expiries
@@ -696,4 +713,47 @@ pub(crate) fn fresh_session_credentials() -> (String, ResumeToken) {
 fn new_session(protocol: &ServerConfig) -> ServerSession {
     let (id, token) = fresh_session_credentials();
     ServerSession::new(id, token, protocol)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::MailboxLimits;
+
+    fn hub() -> Hub {
+        let limits = Limits {
+            mailbox: MailboxLimits::default(),
+            max_held_bytes: usize::MAX,
+            max_sessions_per_user: 16,
+            max_user_id_bytes: 256,
+        };
+        Hub::new(ServerConfig::default(), limits)
+    }
+
+    /// [CU-4] A message published while two sessions are live is queued on both: when one
+    /// acknowledges it before the other has taken its copy, the other still gets it, and no
+    /// session attached afterwards does.
+    #[test]
+    fn a_live_sessions_copy_survives_another_sessions_ack() {
+        let mut hub = hub();
+        let alice = UserId::new("alice");
+        let (first, _first_commands, _first_wake) = ConnHandle::new();
+        let (second, _second_commands, _second_wake) = ConnHandle::new();
+        for (conn, handle) in [(1, &first), (2, &second)] {
+            let attached = hub.attach(&alice, None, conn, handle, Time::ZERO);
+            assert!(matches!(attached, Attach::Ready { resumed: false, .. }));
+        }
+        let data = Data::from_json("\"m\"").expect("JSON");
+        hub.publish(&alice, data, Time::ZERO).expect("room");
+        let taken = hub.take_new(&alice, 1);
+        let [(held, _)] = taken.records.as_slice() else {
+            panic!("the first session takes one record");
+        };
+        hub.copy_settled(&alice, *held, &Outcome::Acked);
+        assert_eq!(hub.mailbox_depth(&alice), 0, "custody ended");
+        let late = hub.take_new(&alice, 2);
+        let ids: Vec<u64> = late.records.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, [*held], "the second session still gets its copy");
+        assert!(hub.take_new(&alice, 2).records.is_empty(), "once");
+    }
 }
