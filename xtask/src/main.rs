@@ -36,10 +36,10 @@ const PACKAGE_GZIP_BUDGET: usize = 30_000;
 
 /// The package does not meet [`PACKAGE_GZIP_BUDGET`] yet. This ceiling sits just above its
 /// measured size so that it cannot grow unnoticed; lower it with every reduction. (It last rose
-/// by about 350 bytes, to 48,353, for payloads shared by reference count, which let a server hold
-/// one copy of a message for all of a user's sessions, and for the lone-surrogate check of
-/// [FR-10]; before that by about 1 KB for the outbox's expiry heap.)
-const PACKAGE_GZIP_CEILING: usize = 48_400;
+/// by 84 bytes, to 48,437, for [GA-3]'s `retry_after_ms` bound on the attempt after fresh
+/// credentials; before that by about 350 bytes for payloads shared by reference count and for
+/// the lone-surrogate check of [FR-10], and by about 1 KB for the outbox's expiry heap.)
+const PACKAGE_GZIP_CEILING: usize = 48_480;
 
 /// Crates that must never appear among the protocol crate's normal dependencies: it does no I/O.
 const FORBIDDEN_IN_PROTOCOL: [&str; 5] = ["tokio", "mio", "web-sys", "js-sys", "wasm-bindgen"];
