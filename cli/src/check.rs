@@ -75,7 +75,7 @@ pub(crate) const SPEC_RULES: [(&str, u32); 15] = [
     ("DL", 13),
     ("OB", 3),
     ("FC", 3),
-    ("RS", 8),
+    ("RS", 9),
     ("CU", 5),
     ("HB", 5),
     ("GA", 6),

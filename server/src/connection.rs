@@ -430,6 +430,7 @@ impl Task {
             }
             return;
         }
+        let mut ticket = None;
         for _ in 0..3 {
             let attached = match self.shared.memory() {
                 Some(mut hub) => hub.attach(
@@ -438,6 +439,7 @@ impl Task {
                     self.conn_id,
                     &self.handle,
                     self.shared.now(),
+                    &mut ticket,
                 ),
                 None => return,
             };
@@ -457,6 +459,11 @@ impl Task {
                     } else {
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
+                }
+                Attach::Superseded => {
+                    debug!("a later hello of this client already took the session");
+                    self.session_busy();
+                    return;
                 }
                 Attach::TooManySessions { limit } => {
                     warn!(

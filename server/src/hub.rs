@@ -128,6 +128,9 @@ struct SessionEntry {
     /// connection; until the client presents the new one, the one it is known to hold still
     /// resumes. Every older token resumes nothing [RS-8].
     previous: Option<ResumeToken>,
+    /// The ticket of the `hello` that last claimed the session: an earlier one never gets it
+    /// back [RS-9].
+    claimed_by: u64,
     slot: Slot,
 }
 
@@ -149,6 +152,9 @@ pub(crate) enum Attach {
     },
     /// The session is live on another connection; ask it to surrender, then attach again.
     TakeOver { handle: ConnHandle },
+    /// A later `hello` claimed the session this one asks to resume: its client has moved on
+    /// [RS-9].
+    Superseded,
     /// The user has as many sessions as allowed, every one of them live.
     TooManySessions { limit: usize },
 }
@@ -169,6 +175,8 @@ pub(crate) struct Hub {
     /// Session id → its user, for resume lookups.
     owners: HashMap<String, UserId>,
     next_held: u64,
+    /// The ticket the next `hello` gets, in the order their attaches began [RS-9].
+    next_hello: u64,
     held_total: usize,
     held_bytes: usize,
     /// Detached sessions by the end of their resume window.
@@ -185,6 +193,7 @@ impl Hub {
             users: HashMap::new(),
             owners: HashMap::new(),
             next_held: 1,
+            next_hello: 1,
             held_total: 0,
             held_bytes: 0,
             lapses: BTreeSet::new(),
@@ -294,7 +303,9 @@ impl Hub {
 
     /// Attaches a connection of `user` to a session: the one `resume` names if it is this user's
     /// and its secret matches [RS-3, SE-3], otherwise a new one. The session is registered as
-    /// live before this returns, so a publish from now on reaches it [HS-4].
+    /// live before this returns, so a publish from now on reaches it [HS-4]. `ticket` orders the
+    /// `hello`s: the first attach of one gives it the next ticket, its retries keep it, and a
+    /// session claimed for a later ticket is never attached for an earlier one [RS-9].
     pub(crate) fn attach(
         &mut self,
         user: &UserId,
@@ -302,16 +313,26 @@ impl Hub {
         conn: u64,
         handle: &ConnHandle,
         now: Time,
+        ticket: &mut Option<u64>,
     ) -> Attach {
+        let ticket = *ticket.get_or_insert_with(|| {
+            self.next_hello += 1;
+            self.next_hello - 1
+        });
         let state = self.users.entry(user.clone()).or_default();
         let mut found = None;
         if let Some(resume) = resume {
             let owned_by_user = self.owners.get(&resume.session_id) == Some(user);
-            let entry = state.sessions.get(&resume.session_id);
+            let entry = state.sessions.get_mut(&resume.session_id);
             let presented = &resume.resume_token;
-            let known =
-                |e: &&SessionEntry| e.token == *presented || e.previous.as_ref() == Some(presented);
+            let known = |e: &&mut SessionEntry| {
+                e.token == *presented || e.previous.as_ref() == Some(presented)
+            };
             if let Some(entry) = entry.filter(|e| owned_by_user && known(e)) {
+                if entry.claimed_by > ticket {
+                    return Attach::Superseded;
+                }
+                entry.claimed_by = ticket;
                 if let Slot::Live { handle, .. } = &entry.slot {
                     return Attach::TakeOver {
                         handle: handle.clone(),
@@ -371,6 +392,7 @@ impl Hub {
             SessionEntry {
                 token,
                 previous,
+                claimed_by: ticket,
                 slot: Slot::Live {
                     conn,
                     handle: handle.clone(),
@@ -740,7 +762,7 @@ mod tests {
         let (first, _first_commands, _first_wake) = ConnHandle::new();
         let (second, _second_commands, _second_wake) = ConnHandle::new();
         for (conn, handle) in [(1, &first), (2, &second)] {
-            let attached = hub.attach(&alice, None, conn, handle, Time::ZERO);
+            let attached = hub.attach(&alice, None, conn, handle, Time::ZERO, &mut None);
             assert!(matches!(attached, Attach::Ready { resumed: false, .. }));
         }
         let data = Data::from_json("\"m\"").expect("JSON");
@@ -755,5 +777,39 @@ mod tests {
         let ids: Vec<u64> = late.records.iter().map(|(id, _)| *id).collect();
         assert_eq!(ids, [*held], "the second session still gets its copy");
         assert!(hub.take_new(&alice, 2).records.is_empty(), "once");
+    }
+
+    /// [RS-9] Two `hello`s resume one live session at once: the later one gets it, and the
+    /// earlier one never does, even when it retries first once the session is free.
+    #[test]
+    fn a_later_hello_wins_the_session() {
+        let mut hub = hub();
+        let alice = UserId::new("alice");
+        let (first, _first_commands, _first_wake) = ConnHandle::new();
+        let (earlier, _earlier_commands, _earlier_wake) = ConnHandle::new();
+        let (later, _later_commands, _later_wake) = ConnHandle::new();
+        let Attach::Ready {
+            session, copies, ..
+        } = hub.attach(&alice, None, 1, &first, Time::ZERO, &mut None)
+        else {
+            panic!("a new session");
+        };
+        let resume = Resume {
+            session_id: session.id().to_owned(),
+            resume_token: session.resume_token().clone(),
+            last_received: 0,
+        };
+        let (mut earlier_ticket, mut later_ticket) = (None, None);
+        let now = Time::from_millis(10);
+        let asked = hub.attach(&alice, Some(&resume), 2, &earlier, now, &mut earlier_ticket);
+        assert!(matches!(asked, Attach::TakeOver { .. }));
+        let asked = hub.attach(&alice, Some(&resume), 3, &later, now, &mut later_ticket);
+        assert!(matches!(asked, Attach::TakeOver { .. }));
+        // The first connection surrenders: the session is kept for resume.
+        hub.detach(&alice, 1, *session, copies, false, now);
+        let retried = hub.attach(&alice, Some(&resume), 2, &earlier, now, &mut earlier_ticket);
+        assert!(matches!(retried, Attach::Superseded));
+        let retried = hub.attach(&alice, Some(&resume), 3, &later, now, &mut later_ticket);
+        assert!(matches!(retried, Attach::Ready { resumed: true, .. }));
     }
 }
