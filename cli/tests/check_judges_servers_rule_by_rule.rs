@@ -166,9 +166,16 @@ struct Seen {
     count: u32,
 }
 
-/// Turns one message into what the proxy passes on (`None`: dropped). `latest` is shared by
-/// every connection of one proxy, for faults that remember across connections.
-type Fault = fn(Way, &mut Seen, &Mutex<String>, Message) -> Option<Message>;
+/// Where a message is going, and what the fault may know and remember.
+struct Hop<'a> {
+    way: Way,
+    seen: &'a mut Seen,
+    /// Shared by every connection of one proxy, for faults that remember across connections.
+    latest: &'a Mutex<String>,
+}
+
+/// Turns one message into what the proxy passes on (`None`: dropped).
+type Fault = fn(&mut Hop<'_>, Message) -> Option<Message>;
 
 fn json(message: &Message) -> Option<Value> {
     match message {
@@ -225,7 +232,12 @@ async fn faulty_proxy(upstream: SocketAddr, fault: Fault) -> SocketAddr {
                             }
                         }
                     }
-                    fault(way, &mut seen, &latest, message)
+                    let mut hop = Hop {
+                        way,
+                        seen: &mut seen,
+                        latest: &latest,
+                    };
+                    fault(&mut hop, message)
                 };
                 let up = async {
                     while let Some(Ok(message)) = from_client.next().await {
@@ -329,14 +341,13 @@ fn honest_http(_: &str, status: u16, body: String) -> (u16, String) {
 
 /// Rewrites a frame of `kind` coming `way` on connections tagged `tag` (any tag when empty).
 fn edit(
-    way: Way,
-    seen: &Seen,
+    hop: &Hop<'_>,
     message: Message,
     want: (Way, &str, &str),
     change: impl FnOnce(&mut Value) -> bool,
 ) -> Option<Message> {
     let (want_way, tag, kind) = want;
-    let targeted = way == want_way && (tag.is_empty() || seen.tag == tag);
+    let targeted = hop.way == want_way && (tag.is_empty() || hop.seen.tag == tag);
     match json(&message) {
         Some(mut frame) if targeted && frame["type"] == kind => {
             if change(&mut frame) {
@@ -351,24 +362,19 @@ fn edit(
 
 // One fault per rule. Each returns `None` to drop a message.
 
-fn wrong_pong_nonce(way: Way, seen: &mut Seen, _: &Mutex<String>, m: Message) -> Option<Message> {
-    edit(way, seen, m, (Way::Down, "", "pong"), |f| {
+fn wrong_pong_nonce(hop: &mut Hop<'_>, m: Message) -> Option<Message> {
+    edit(hop, m, (Way::Down, "", "pong"), |f| {
         f["nonce"] = Value::from("not-the-nonce-sent");
         true
     })
 }
 
-fn no_pings(way: Way, seen: &mut Seen, _: &Mutex<String>, m: Message) -> Option<Message> {
-    edit(way, seen, m, (Way::Down, "", "ping"), |_| false)
+fn no_pings(hop: &mut Hop<'_>, m: Message) -> Option<Message> {
+    edit(hop, m, (Way::Down, "", "ping"), |_| false)
 }
 
-fn too_large_said_invalid(
-    way: Way,
-    seen: &mut Seen,
-    _: &Mutex<String>,
-    m: Message,
-) -> Option<Message> {
-    edit(way, seen, m, (Way::Down, "", "nack"), |f| {
+fn too_large_said_invalid(hop: &mut Hop<'_>, m: Message) -> Option<Message> {
+    edit(hop, m, (Way::Down, "", "nack"), |f| {
         if f["code"] == "too_large" {
             f["code"] = Value::from("invalid");
         }
@@ -376,69 +382,52 @@ fn too_large_said_invalid(
     })
 }
 
-fn never_acks(way: Way, seen: &mut Seen, _: &Mutex<String>, m: Message) -> Option<Message> {
-    edit(way, seen, m, (Way::Up, "DL-7", "msg"), |_| false)
+fn never_acks(hop: &mut Hop<'_>, m: Message) -> Option<Message> {
+    edit(hop, m, (Way::Up, "DL-7", "msg"), |_| false)
 }
 
-fn ignores_duplicates(way: Way, seen: &mut Seen, _: &Mutex<String>, m: Message) -> Option<Message> {
-    let duplicate =
-        way == Way::Up && seen.tag == "DL-4" && json(&m).is_some_and(|f| f["type"] == "msg") && {
-            seen.count += 1;
-            seen.count > 1
+fn ignores_duplicates(hop: &mut Hop<'_>, m: Message) -> Option<Message> {
+    let duplicate = hop.way == Way::Up
+        && hop.seen.tag == "DL-4"
+        && json(&m).is_some_and(|f| f["type"] == "msg")
+        && {
+            hop.seen.count += 1;
+            hop.seen.count > 1
         };
     (!duplicate).then_some(m)
 }
 
-fn accepts_gaps(way: Way, seen: &mut Seen, _: &Mutex<String>, m: Message) -> Option<Message> {
-    edit(way, seen, m, (Way::Up, "DL-3", "msg"), |f| {
+fn accepts_gaps(hop: &mut Hop<'_>, m: Message) -> Option<Message> {
+    edit(hop, m, (Way::Up, "DL-3", "msg"), |f| {
         f["id"] = Value::from(1);
         true
     })
 }
 
-fn ignores_wild_acks(way: Way, seen: &mut Seen, _: &Mutex<String>, m: Message) -> Option<Message> {
-    edit(way, seen, m, (Way::Up, "DL-5", "ack"), |_| false)
+fn ignores_wild_acks(hop: &mut Hop<'_>, m: Message) -> Option<Message> {
+    edit(hop, m, (Way::Up, "DL-5", "ack"), |_| false)
 }
 
-fn refuses_unknown_types(
-    way: Way,
-    seen: &mut Seen,
-    _: &Mutex<String>,
-    m: Message,
-) -> Option<Message> {
-    edit(
-        way,
-        seen,
-        m,
-        (Way::Up, "FR-3", "x-readyws-check-later"),
-        |f| {
-            *f = serde_json::json!({"type": "hello"});
-            true
-        },
-    )
+fn refuses_unknown_types(hop: &mut Hop<'_>, m: Message) -> Option<Message> {
+    edit(hop, m, (Way::Up, "FR-3", "x-readyws-check-later"), |f| {
+        *f = serde_json::json!({"type": "hello"});
+        true
+    })
 }
 
-fn accepts_wrong_direction(
-    way: Way,
-    seen: &mut Seen,
-    _: &Mutex<String>,
-    m: Message,
-) -> Option<Message> {
-    edit(way, seen, m, (Way::Up, "FR-4", "welcome"), |f| {
+fn accepts_wrong_direction(hop: &mut Hop<'_>, m: Message) -> Option<Message> {
+    edit(hop, m, (Way::Up, "FR-4", "welcome"), |f| {
         *f = serde_json::json!({"type": "x-later"});
         true
     })
 }
 
-fn accepts_invalid_json(
-    way: Way,
-    seen: &mut Seen,
-    _: &Mutex<String>,
-    m: Message,
-) -> Option<Message> {
+fn accepts_invalid_json(hop: &mut Hop<'_>, m: Message) -> Option<Message> {
     match &m {
         Message::Text(t)
-            if way == Way::Up && t.as_str() == "{not json" && seen.tag.starts_with("FR-8") =>
+            if hop.way == Way::Up
+                && t.as_str() == "{not json"
+                && hop.seen.tag.starts_with("FR-8") =>
         {
             Some(Message::text(r#"{"type":"ping"}"#))
         }
@@ -446,41 +435,29 @@ fn accepts_invalid_json(
     }
 }
 
-fn accepts_binary(way: Way, _: &mut Seen, _: &Mutex<String>, m: Message) -> Option<Message> {
+fn accepts_binary(hop: &mut Hop<'_>, m: Message) -> Option<Message> {
     match m {
-        Message::Binary(_) if way == Way::Up => Some(Message::text(r#"{"type":"ping"}"#)),
+        Message::Binary(_) if hop.way == Way::Up => Some(Message::text(r#"{"type":"ping"}"#)),
         other => Some(other),
     }
 }
 
-fn accepts_second_hello(
-    way: Way,
-    seen: &mut Seen,
-    _: &Mutex<String>,
-    m: Message,
-) -> Option<Message> {
-    let second = way == Way::Up && json(&m).is_some_and(|f| f["type"] == "hello") && {
-        seen.count += 1;
-        seen.count > 1
+fn accepts_second_hello(hop: &mut Hop<'_>, m: Message) -> Option<Message> {
+    let second = hop.way == Way::Up && json(&m).is_some_and(|f| f["type"] == "hello") && {
+        hop.seen.count += 1;
+        hop.seen.count > 1
     };
     (!second).then_some(m)
 }
 
-fn ignores_early_msg(way: Way, seen: &mut Seen, _: &Mutex<String>, m: Message) -> Option<Message> {
-    let early = way == Way::Up
+fn ignores_early_msg(hop: &mut Hop<'_>, m: Message) -> Option<Message> {
+    let early = hop.way == Way::Up
         && json(&m).is_some_and(|f| f["type"] == "msg" && f["data"]["check"] == "HS-6");
-    (!(early && seen.tag.is_empty())).then_some(m)
+    (!(early && hop.seen.tag.is_empty())).then_some(m)
 }
 
-fn no_goaway_before_close(
-    way: Way,
-    seen: &mut Seen,
-    _: &Mutex<String>,
-    m: Message,
-) -> Option<Message> {
-    edit(way, seen, m, (Way::Down, "", "goaway"), |f| {
-        f["code"] != 4010
-    })
+fn no_goaway_before_close(hop: &mut Hop<'_>, m: Message) -> Option<Message> {
+    edit(hop, m, (Way::Down, "", "goaway"), |f| f["code"] != 4010)
 }
 
 fn goaway_code(way: Way, m: Message, from: u64, to: u64) -> Option<Message> {
@@ -493,26 +470,16 @@ fn goaway_code(way: Way, m: Message, from: u64, to: u64) -> Option<Message> {
     }
 }
 
-fn wrong_hello_timeout_code(
-    way: Way,
-    _: &mut Seen,
-    _: &Mutex<String>,
-    m: Message,
-) -> Option<Message> {
-    goaway_code(way, m, 4001, 4000)
+fn wrong_hello_timeout_code(hop: &mut Hop<'_>, m: Message) -> Option<Message> {
+    goaway_code(hop.way, m, 4001, 4000)
 }
 
-fn wrong_heartbeat_code(way: Way, _: &mut Seen, _: &Mutex<String>, m: Message) -> Option<Message> {
-    goaway_code(way, m, 4004, 4000)
+fn wrong_heartbeat_code(hop: &mut Hop<'_>, m: Message) -> Option<Message> {
+    goaway_code(hop.way, m, 4004, 4000)
 }
 
-fn resumes_with_a_wrong_token(
-    way: Way,
-    seen: &mut Seen,
-    _: &Mutex<String>,
-    m: Message,
-) -> Option<Message> {
-    edit(way, seen, m, (Way::Up, "RS-3-wrong", "hello"), |f| {
+fn resumes_with_a_wrong_token(hop: &mut Hop<'_>, m: Message) -> Option<Message> {
+    edit(hop, m, (Way::Up, "RS-3-wrong", "hello"), |f| {
         let token = f["resume"]["resume_token"]
             .as_str()
             .unwrap_or("")
@@ -522,23 +489,17 @@ fn resumes_with_a_wrong_token(
     })
 }
 
-fn resumes_for_another_user(
-    way: Way,
-    seen: &mut Seen,
-    _: &Mutex<String>,
-    m: Message,
-) -> Option<Message> {
-    edit(way, seen, m, (Way::Up, "SE-3", "hello"), |f| {
+fn resumes_for_another_user(hop: &mut Hop<'_>, m: Message) -> Option<Message> {
+    edit(hop, m, (Way::Up, "SE-3", "hello"), |f| {
         let token = f["token"].as_str().unwrap_or("").to_owned();
         f["token"] = Value::from(token.trim_end_matches("-other-user"));
         true
     })
 }
 
-fn never_resumes(way: Way, seen: &mut Seen, _: &Mutex<String>, m: Message) -> Option<Message> {
+fn never_resumes(hop: &mut Hop<'_>, m: Message) -> Option<Message> {
     edit(
-        way,
-        seen,
+        hop,
         m,
         (Way::Down, "RS-3-resume", "connection_ready"),
         |f| {
@@ -550,70 +511,57 @@ fn never_resumes(way: Way, seen: &mut Seen, _: &Mutex<String>, m: Message) -> Op
     )
 }
 
-fn accepts_impossible_positions(
-    way: Way,
-    seen: &mut Seen,
-    _: &Mutex<String>,
-    m: Message,
-) -> Option<Message> {
-    edit(way, seen, m, (Way::Up, "RS-4", "hello"), |f| {
+fn accepts_impossible_positions(hop: &mut Hop<'_>, m: Message) -> Option<Message> {
+    edit(hop, m, (Way::Up, "RS-4", "hello"), |f| {
         f["resume"]["last_received"] = Value::from(0);
         true
     })
 }
 
-fn no_takeover_goaway(way: Way, seen: &mut Seen, _: &Mutex<String>, m: Message) -> Option<Message> {
-    edit(way, seen, m, (Way::Down, "", "goaway"), |f| {
-        f["code"] != 4203
-    })
+fn no_takeover_goaway(hop: &mut Hop<'_>, m: Message) -> Option<Message> {
+    edit(hop, m, (Way::Down, "", "goaway"), |f| f["code"] != 4203)
 }
 
-fn old_tokens_resume(
-    way: Way,
-    seen: &mut Seen,
-    latest: &Mutex<String>,
-    m: Message,
-) -> Option<Message> {
+fn old_tokens_resume(hop: &mut Hop<'_>, m: Message) -> Option<Message> {
     let Some(mut frame) = json(&m) else {
         return Some(m);
     };
-    if way == Way::Down && frame["type"] == "connection_ready" && seen.tag.starts_with("RS-8") {
-        *latest.lock().expect("not poisoned") =
+    if hop.way == Way::Down
+        && frame["type"] == "connection_ready"
+        && hop.seen.tag.starts_with("RS-8")
+    {
+        *hop.latest.lock().expect("not poisoned") =
             frame["resume_token"].as_str().unwrap_or("").to_owned();
     }
-    if way == Way::Up && frame["type"] == "hello" && seen.tag == "RS-8-old" {
+    if hop.way == Way::Up && frame["type"] == "hello" && hop.seen.tag == "RS-8-old" {
         // As if the server still took the old token: present the one it knows.
-        frame["resume"]["resume_token"] = Value::from(latest.lock().expect("not poisoned").clone());
+        frame["resume"]["resume_token"] =
+            Value::from(hop.latest.lock().expect("not poisoned").clone());
         return text(&frame);
     }
     Some(m)
 }
 
-fn no_nack_replay(way: Way, seen: &mut Seen, _: &Mutex<String>, m: Message) -> Option<Message> {
-    edit(way, seen, m, (Way::Down, "DL-8", "nack"), |_| false)
+fn no_nack_replay(hop: &mut Hop<'_>, m: Message) -> Option<Message> {
+    edit(hop, m, (Way::Down, "DL-8", "nack"), |_| false)
 }
 
-fn loses_held_messages(
-    way: Way,
-    seen: &mut Seen,
-    _: &Mutex<String>,
-    m: Message,
-) -> Option<Message> {
-    edit(way, seen, m, (Way::Down, "CU-1", "msg"), |_| false)
+fn loses_held_messages(hop: &mut Hop<'_>, m: Message) -> Option<Message> {
+    edit(hop, m, (Way::Down, "CU-1", "msg"), |_| false)
 }
 
-fn one_session_only(way: Way, seen: &mut Seen, _: &Mutex<String>, m: Message) -> Option<Message> {
-    edit(way, seen, m, (Way::Down, "CU-4-second", "msg"), |_| false)
+fn one_session_only(hop: &mut Hop<'_>, m: Message) -> Option<Message> {
+    edit(hop, m, (Way::Down, "CU-4-second", "msg"), |_| false)
 }
 
-fn resumes_unasked(way: Way, seen: &mut Seen, _: &Mutex<String>, m: Message) -> Option<Message> {
-    edit(way, seen, m, (Way::Down, "HS-4", "connection_ready"), |f| {
+fn resumes_unasked(hop: &mut Hop<'_>, m: Message) -> Option<Message> {
+    edit(hop, m, (Way::Down, "HS-4", "connection_ready"), |f| {
         f["resumed"] = Value::from(true);
         true
     })
 }
 
-fn honest(_: Way, _: &mut Seen, _: &Mutex<String>, m: Message) -> Option<Message> {
+fn honest(_: &mut Hop<'_>, m: Message) -> Option<Message> {
     Some(m)
 }
 
@@ -765,13 +713,8 @@ async fn a_refused_hello_names_the_goaway_code_and_the_missing_token() {
 
 /// The `goaway` reasons of the server, rewritten: cited without brackets, or citing no rule
 /// that exists.
-fn cite_without_brackets(
-    way: Way,
-    seen: &mut Seen,
-    _: &Mutex<String>,
-    m: Message,
-) -> Option<Message> {
-    edit(way, seen, m, (Way::Down, "", "goaway"), |f| {
+fn cite_without_brackets(hop: &mut Hop<'_>, m: Message) -> Option<Message> {
+    edit(hop, m, (Way::Down, "", "goaway"), |f| {
         if f["code"] == 4010 {
             f["reason"] = Value::from("FR-1: frame is not valid JSON");
         }
@@ -779,13 +722,8 @@ fn cite_without_brackets(
     })
 }
 
-fn cite_a_rule_that_does_not_exist(
-    way: Way,
-    seen: &mut Seen,
-    _: &Mutex<String>,
-    m: Message,
-) -> Option<Message> {
-    edit(way, seen, m, (Way::Down, "", "goaway"), |f| {
+fn cite_a_rule_that_does_not_exist(hop: &mut Hop<'_>, m: Message) -> Option<Message> {
+    edit(hop, m, (Way::Down, "", "goaway"), |f| {
         if f["code"] == 4010 {
             f["reason"] = Value::from("[XX-99] not a rule");
         }

@@ -16,7 +16,6 @@ use support::{PATIENCE, TestServer};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -87,14 +86,7 @@ async fn read_into(mut stream: SplitStream<Socket>, sender: mpsc::Sender<Value>)
 }
 
 async fn open(server: &TestServer) -> Conn {
-    let mut request = server.url().into_client_request().expect("request");
-    request.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        "readyws.v1".parse().expect("header"),
-    );
-    let (socket, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .expect("the socket opens");
+    let socket = support::Raw::connect(&server.url()).await.ws;
     let (sink, stream) = socket.split();
     let (sender, received) = mpsc::channel(1024);
     let reader = tokio::spawn(read_into(stream, sender));
