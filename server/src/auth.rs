@@ -18,27 +18,7 @@ use tracing::{info, warn};
 
 use crate::metrics as m;
 
-/// The authenticated identity a session belongs to [SE-3].
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct UserId(String);
-
-impl UserId {
-    /// Wraps a user id.
-    pub fn new(id: impl Into<String>) -> Self {
-        UserId(id.into())
-    }
-
-    /// The id's text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for UserId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+pub use readyws_hub::UserId;
 
 /// Why a token was refused. Each maps to the `goaway` code the client acts on [GA-2].
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
@@ -403,7 +383,7 @@ impl Jwt {
         validation.algorithms = vec![key.algorithm];
         Some(
             match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
-                Ok(data) if !data.claims.sub.is_empty() => Ok(UserId(data.claims.sub)),
+                Ok(data) if !data.claims.sub.is_empty() => Ok(UserId::new(data.claims.sub)),
                 Ok(_) => Err(AuthError::Invalid("empty `sub` claim".to_owned())),
                 Err(error) => match error.kind() {
                     jsonwebtoken::errors::ErrorKind::ExpiredSignature => Err(AuthError::Expired),
@@ -626,7 +606,7 @@ pub struct InsecureDevAuth;
 impl Authenticator for InsecureDevAuth {
     fn authenticate<'a>(&'a self, token: Option<&'a str>) -> AuthReply<'a> {
         AuthReply::Now(match token {
-            Some(user) if !user.is_empty() => Ok(UserId(user.to_owned())),
+            Some(user) if !user.is_empty() => Ok(UserId::new(user)),
             _ => Err(AuthError::Missing),
         })
     }

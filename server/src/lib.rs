@@ -72,12 +72,6 @@ pub use redis_store::{RedisStore, StoreError};
 use hub::{ConnCommand, ConnHandle, Hub};
 use redis_store::RedisHub;
 
-impl From<&str> for UserId {
-    fn from(id: &str) -> Self {
-        UserId::new(id)
-    }
-}
-
 /// A client message, as the [`InboundHandler`] sees it.
 #[derive(Debug)]
 pub struct Inbound<'a> {
@@ -188,17 +182,7 @@ impl InboundHandler for Echo {
     }
 }
 
-/// What a publish did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct PublishReport {
-    /// Live sessions of the user the message was handed to.
-    pub delivered: usize,
-    /// Whether no live session was reached: the message waits in the mailbox for the user's next
-    /// session (it stays in the mailbox until acknowledged either way).
-    pub held: bool,
-    /// Older held messages dropped to make room ([`OverflowPolicy::DropOldest`]).
-    pub dropped_oldest: usize,
-}
+pub use readyws_hub::PublishReport;
 
 /// Why a publish was refused. Nothing was stored.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
@@ -256,6 +240,22 @@ pub enum PublishError {
     /// The shared store (Redis) failed through every retry; nothing was stored.
     #[error("the message store is unavailable: {0}")]
     Unavailable(StoreError),
+}
+
+impl From<readyws_hub::Refusal> for PublishError {
+    fn from(refusal: readyws_hub::Refusal) -> Self {
+        match refusal {
+            readyws_hub::Refusal::MailboxFull { messages, bytes } => {
+                PublishError::MailboxFull { messages, bytes }
+            }
+            readyws_hub::Refusal::TooLarge { size, limit } => {
+                PublishError::TooLarge { size, limit }
+            }
+            readyws_hub::Refusal::ServerFull { held_bytes, limit } => {
+                PublishError::ServerFull { held_bytes, limit }
+            }
+        }
+    }
 }
 
 /// The lifecycle phase `/readyz` reports.

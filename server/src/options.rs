@@ -5,61 +5,7 @@ use std::time::Duration;
 
 use readyws_protocol::{OutboxLimits, ServerConfig};
 
-/// What happens when a publish finds the user's mailbox full.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OverflowPolicy {
-    /// Refuse the new message: the publisher gets [`crate::PublishError::MailboxFull`] at once
-    /// (HTTP 429). Nothing already accepted is lost. The default.
-    RejectNew,
-    /// Accept the new message and drop the oldest held ones to make room; each drop is counted
-    /// (`readyws_mailbox_dropped_total{reason="overflow"}`) and logged.
-    DropOldest,
-}
-
-/// Bounds of each user's mailbox: the messages the server holds for a user until a session of
-/// that user acknowledges them [CU-1, CU-5].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MailboxLimits {
-    /// The most messages held per user. Default: 1,000.
-    pub max_messages: usize,
-    /// The most bytes of `data` held per user. Default: 1 MiB.
-    pub max_bytes: usize,
-    /// A message's time-to-live, counted from when it was accepted; it expires once that has
-    /// passed and no session holds a copy (a session kept for resume holds one) [CU-5]. Default:
-    /// 10 minutes (longer than the default resume window, so a message outlives the session that
-    /// last held it by at least a few minutes).
-    pub ttl: Duration,
-    /// What a full mailbox does. Default: [`OverflowPolicy::RejectNew`].
-    pub overflow: OverflowPolicy,
-}
-
-impl Default for MailboxLimits {
-    fn default() -> Self {
-        MailboxLimits {
-            max_messages: 1000,
-            max_bytes: 1 << 20,
-            ttl: Duration::from_secs(600),
-            overflow: OverflowPolicy::RejectNew,
-        }
-    }
-}
-
-impl MailboxLimits {
-    /// The size of `data`, if a mailbox can hold it at all.
-    pub(crate) fn admit(
-        &self,
-        data: &readyws_protocol::Data,
-    ) -> Result<usize, crate::PublishError> {
-        let size = data.len();
-        if size > self.max_bytes {
-            return Err(crate::PublishError::TooLarge {
-                size,
-                limit: self.max_bytes,
-            });
-        }
-        Ok(size)
-    }
-}
+pub use readyws_hub::{MailboxLimits, OverflowPolicy};
 
 /// Server-wide bounds: what the whole server, or one user, can make it hold. Each bound that bites
 /// is counted in `readyws_limit_refusals_total{limit}` and refused clearly (HTTP 503 with the JSON

@@ -41,8 +41,21 @@ const PACKAGE_GZIP_BUDGET: usize = 30_000;
 /// the lone-surrogate check of [FR-10], and by about 1 KB for the outbox's expiry heap.)
 const PACKAGE_GZIP_CEILING: usize = 48_480;
 
-/// Crates that must never appear among the protocol crate's normal dependencies: it does no I/O.
-const FORBIDDEN_IN_PROTOCOL: [&str; 5] = ["tokio", "mio", "web-sys", "js-sys", "wasm-bindgen"];
+/// The sans-IO crates: the protocol's state machines, and the server's rules across connections.
+const SANS_IO_CRATES: [&str; 2] = ["readyws-protocol", "readyws-hub"];
+
+/// Crates that must never appear among a sans-IO crate's normal dependencies: they do no I/O and
+/// read no clock or random generator.
+const FORBIDDEN_IN_SANS_IO: [&str; 8] = [
+    "tokio",
+    "mio",
+    "web-sys",
+    "js-sys",
+    "wasm-bindgen",
+    "getrandom",
+    "redis",
+    "hyper",
+];
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -109,7 +122,7 @@ fn test() -> Result<(), String> {
         )
     })?;
     step(
-        "protocol crate depends on no I/O crate",
+        "sans-IO crates depend on no I/O crate",
         check_protocol_is_sans_io,
     )?;
     step("cargo clippy for the browser client (wasm32)", || {
@@ -344,34 +357,28 @@ pub(crate) fn ensure_wasm_target() -> Result<(), String> {
 
 fn check_protocol_is_sans_io() -> Result<(), String> {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let tree = output(
-        &cargo,
-        &[
-            "tree",
-            "-p",
-            "readyws-protocol",
-            "-e",
-            "normal",
-            "--prefix",
-            "none",
-            "--target",
-            "all",
-        ],
-    )?;
-    let found: Vec<&str> = tree
-        .lines()
-        .filter_map(|line| line.split_whitespace().next())
-        .filter(|name| FORBIDDEN_IN_PROTOCOL.contains(name))
-        .collect();
-    if found.is_empty() {
-        println!(
-            "    no {} in the dependency tree",
-            FORBIDDEN_IN_PROTOCOL.join(", ")
-        );
-        Ok(())
-    } else {
-        Err(format!("readyws-protocol depends on {}", found.join(", ")))
+    for krate in SANS_IO_CRATES {
+        let tree = output(
+            &cargo,
+            &[
+                "tree", "-p", krate, "-e", "normal", "--prefix", "none", "--target", "all",
+            ],
+        )?;
+        let found: Vec<&str> = tree
+            .lines()
+            .filter_map(|line| line.split_whitespace().next())
+            .filter(|name| FORBIDDEN_IN_SANS_IO.contains(name))
+            .collect();
+        if !found.is_empty() {
+            return Err(format!("{krate} depends on {}", found.join(", ")));
+        }
     }
+    println!(
+        "    no {} in the dependency trees of {}",
+        FORBIDDEN_IN_SANS_IO.join(", "),
+        SANS_IO_CRATES.join(", ")
+    );
+    Ok(())
 }
 
 pub(crate) fn write(path: &Path, text: &str) -> Result<(), String> {
