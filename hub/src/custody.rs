@@ -231,6 +231,13 @@ impl Hub {
         self.users.get(user).map_or(0, |u| u.held.len())
     }
 
+    /// The records held for `user` (in custody: acknowledged by no session yet), oldest first.
+    pub fn held_ids(&self, user: &UserId) -> Vec<u64> {
+        self.users
+            .get(user)
+            .map_or_else(Vec::new, |u| u.held.keys().copied().collect())
+    }
+
     /// Accepts a message for `user`: recorded in the mailbox, queued on every detached session of
     /// the user, and every live one woken to take it [CU-4].
     pub fn publish(

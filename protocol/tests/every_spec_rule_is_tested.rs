@@ -13,9 +13,9 @@ const NOT_TESTABLE_HERE: [(&str, &str); 2] = [
     ("TR-5", "deployment advice: wss:// in production"),
 ];
 
-/// The test folders whose citations count: this crate's, and the reference server's (which owns
-/// the custody rules, §9).
-const TEST_FOLDERS: [&str; 2] = ["tests", "../server/tests"];
+/// The test folders whose citations count: this crate's, the hub's (which owns the custody rules,
+/// §9) and the reference server's.
+const TEST_FOLDERS: [&str; 3] = ["tests", "../hub/tests", "../server/tests"];
 
 /// Sources whose `#[cfg(test)]` module holds unit tests that count too: rules whose interleavings
 /// only a test of the state itself can set up.
