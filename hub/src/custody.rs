@@ -8,13 +8,14 @@
 //! payload ([`Data`] is reference-counted), so a user with N sessions costs N references, not N
 //! payloads.
 //!
-//! A live session is not sent its copies: it is woken, and takes every record after its cursor
-//! from the mailbox under the hub's lock. A connection that stops reading therefore holds
-//! nothing the mailbox does not hold already, and publishing never waits for it.
+//! A live session is not sent its copies: it is woken ([`HubEvent::Wake`]), and takes every
+//! record after its cursor from the mailbox ([`Hub::take_new`]). A connection that stops reading
+//! therefore holds nothing the mailbox does not hold already, and publishing never waits for it.
 //!
-//! Every bound is checked here, once: the mailbox's (per user), the held bytes of the whole
-//! server, sessions per user and the length of a user id. Expiry is driven by two ordered
-//! queues, so a sweep costs what is due, not a walk over every user.
+//! Every bound across connections is checked here, once: the mailbox's (per user), the held
+//! bytes of the whole server, and sessions per user. (The length of a user id is the driver's:
+//! it is refused before it reaches the hub.) Expiry is driven by two ordered queues, so a sweep
+//! costs what is due, not a walk over every user.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
