@@ -13,13 +13,13 @@
 #![deny(missing_docs)]
 
 mod custody;
+mod record;
 
 use std::fmt;
 use std::time::Duration;
 
-pub use custody::{
-    Attach, ConnId, Copies, FreshCredentials, Hub, HubEvent, HubLimits, Taken, withdraw_from,
-};
+pub use custody::{Attach, ConnId, Copies, FreshCredentials, Hub, HubEvent, HubLimits, Taken};
+pub use record::{Digest, Holder, Kept, Rules, Saved, TokenDigest, UserRecord, withdraw_from};
 
 /// The authenticated identity a session belongs to [SE-3].
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -69,7 +69,8 @@ pub struct MailboxLimits {
     /// The most bytes of `data` held per user. Default: 1 MiB.
     pub max_bytes: usize,
     /// A message's time-to-live, counted from when it was accepted; it expires once that has
-    /// passed and no session holds a copy (a session kept for resume holds one) [CU-5]. Default:
+    /// passed while its user has no session, live or kept for resume (each holds a copy of
+    /// every held message) [CU-5]. Default:
     /// 10 minutes (longer than the default resume window, so a message outlives the session that
     /// last held it by at least a few minutes).
     pub ttl: Duration,

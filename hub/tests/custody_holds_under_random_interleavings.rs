@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use readyws_hub::{
     Attach, Copies, FreshCredentials, Hub, HubEvent, HubLimits, MailboxLimits, OverflowPolicy,
-    UserId,
+    Rules, UserId,
 };
 use readyws_protocol::frame::Resume;
 use readyws_protocol::{Data, Outcome, ResumeToken, ServerConfig, ServerSession, Time};
@@ -37,10 +37,20 @@ struct Remembered {
     owed: BTreeSet<u64>,
 }
 
+/// Not a cryptographic hash: the test needs only that distinct short tokens differ.
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    let mut digest = [0u8; 32];
+    for (i, byte) in bytes.iter().enumerate() {
+        digest[i % 32] ^= byte.wrapping_add((i / 32) as u8);
+    }
+    digest
+}
+
 #[derive(Default)]
 struct Books {
     accepted: usize,
-    custody_ended: BTreeSet<u64>,
+    /// Per user: record ids count per user.
+    custody_ended: BTreeSet<(UserId, u64)>,
     dropped: usize,
 }
 
@@ -72,7 +82,11 @@ impl World {
         };
         let protocol = ServerConfig::default().resume_window(Duration::from_millis(300));
         World {
-            hub: Hub::new(protocol, limits),
+            hub: Hub::new(Rules {
+                protocol,
+                limits,
+                digest,
+            }),
             rng: fastrand::Rng::with_seed(seed),
             now: Time::ZERO,
             next_conn: 1,
@@ -113,8 +127,8 @@ impl World {
                 HubEvent::MailboxDropped { reason, count } if reason != "rejected" => {
                     self.books.dropped += count;
                 }
-                HubEvent::Wake(conn) => {
-                    self.woken.insert(conn);
+                HubEvent::Wake(holder) => {
+                    self.woken.insert(holder.conn);
                 }
                 _ => {}
             }
@@ -226,7 +240,7 @@ impl World {
         );
         if was_held {
             assert!(
-                self.books.custody_ended.insert(held),
+                self.books.custody_ended.insert((user.clone(), held)),
                 "custody of {held} ended twice"
             );
         }
@@ -342,7 +356,11 @@ impl World {
             }
             for id in carried.copies.values() {
                 assert!(
-                    held.contains(id) || self.books.custody_ended.contains(id),
+                    held.contains(id)
+                        || self
+                            .books
+                            .custody_ended
+                            .contains(&(carried.user.clone(), *id)),
                     "seed {seed}, step {step}: record {id} expired under a live session's copy"
                 );
             }
@@ -425,8 +443,8 @@ fn a_publish_wakes_every_live_session_of_its_user_and_no_other() {
         .expect("room");
     let mut woken = HashMap::new();
     while let Some(event) = world.hub.poll_event() {
-        if let HubEvent::Wake(conn) = event {
-            *woken.entry(conn).or_insert(0) += 1;
+        if let HubEvent::Wake(holder) = event {
+            *woken.entry(holder.conn).or_insert(0) += 1;
         }
     }
     assert_eq!(woken.keys().copied().collect::<BTreeSet<_>>(), ana_conns);

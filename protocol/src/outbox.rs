@@ -164,6 +164,14 @@ impl Outbox {
             .map(|e| (e.id, &e.data))
     }
 
+    /// The messages queued and never transmitted in this session, in queue order.
+    pub(crate) fn untransmitted_entries(&self) -> impl Iterator<Item = (MessageId, &Data)> {
+        self.entries
+            .iter()
+            .filter(|e| e.wire.is_none())
+            .map(|e| (e.id, &e.data))
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }

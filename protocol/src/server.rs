@@ -203,6 +203,12 @@ impl ServerSession {
         (state, ids)
     }
 
+    /// The messages queued and never transmitted, in order: what [`state`](Self::state) leaves
+    /// out, for a server that must still deliver some of them after a resume elsewhere.
+    pub fn untransmitted(&self) -> impl Iterator<Item = (MessageId, &Data)> {
+        self.outbox.untransmitted_entries()
+    }
+
     /// Where the session stands: when this changes, so does [`state`](Self::state).
     pub fn progress(&self) -> SessionProgress {
         SessionProgress {

@@ -10,7 +10,20 @@ use core::time::Duration;
 /// from a `std::time::Instant` taken at start-up, a browser driver from `performance.now()`, and
 /// a test from zero. Milliseconds are the protocol's own unit (`heartbeat_ms`, `retry_after_ms`),
 /// so nothing finer is needed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct Time(u64);
 
 impl Time {

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use readyws_hub::{FreshCredentials, HubEvent, HubLimits};
+use readyws_hub::{FreshCredentials, HubEvent, HubLimits, Rules};
 use readyws_protocol::frame::Resume;
 use readyws_protocol::{Data, Outcome, ResumeToken, ServerConfig, ServerSession, Time};
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -105,7 +105,11 @@ impl Hub {
             max_sessions_per_user: limits.max_sessions_per_user,
         };
         Hub {
-            core: readyws_hub::Hub::new(protocol, limits),
+            core: readyws_hub::Hub::new(Rules {
+                protocol,
+                limits,
+                digest: sha256,
+            }),
             handles: HashMap::new(),
         }
     }
@@ -114,8 +118,8 @@ impl Hub {
     fn drain(&mut self) {
         while let Some(event) = self.core.poll_event() {
             match event {
-                HubEvent::Wake(conn) => {
-                    if let Some(handle) = self.handles.get(&conn) {
+                HubEvent::Wake(holder) => {
+                    if let Some(handle) = self.handles.get(&holder.conn) {
                         handle.wake();
                     }
                 }
@@ -175,7 +179,7 @@ impl Hub {
                     resumed,
                 }
             }
-            readyws_hub::Attach::TakeOver { holder } => match self.handles.get(&holder) {
+            readyws_hub::Attach::TakeOver { holder } => match self.handles.get(&holder.conn) {
                 Some(handle) => Attach::TakeOver {
                     handle: handle.clone(),
                 },
@@ -219,6 +223,14 @@ impl Hub {
 /// Withdraws the unsent copies of `dropped` records from `session` (counted).
 pub(crate) fn withdraw_from(session: &mut ServerSession, copies: &mut Copies, dropped: &[u64]) {
     m::copies_withdrawn(readyws_hub::withdraw_from(session, copies, dropped));
+}
+
+/// SHA-256, the digest of resume secrets that stores keep instead of the secrets [SE-2].
+pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
 }
 
 /// A 128-bit secret [SE-1].
