@@ -31,6 +31,20 @@ pub struct HubLimits {
     pub max_sessions_per_user: usize,
 }
 
+impl HubLimits {
+    /// Whether a message of `size` bytes fits beside the `held_bytes` held for all users: past
+    /// the bound a publish is refused, and no other message is dropped for it [CU-5].
+    pub fn admit_server_wide(&self, held_bytes: usize, size: usize) -> Result<(), Refusal> {
+        if held_bytes.saturating_add(size) > self.max_held_bytes {
+            return Err(Refusal::ServerFull {
+                held_bytes,
+                limit: self.max_held_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// A new session's id and resume secret, and a secret to rotate a resumed session to [RS-8]:
 /// made by the driver, which owns the random generator [SE-1].
 #[derive(Clone, Debug)]
@@ -219,14 +233,14 @@ impl Hub {
         data: Data,
         now: Time,
     ) -> Result<PublishReport, Refusal> {
-        let size = data.len();
-        if self.held_bytes.saturating_add(size) > self.rules.limits.max_held_bytes {
+        if let Err(refusal) = self
+            .rules
+            .limits
+            .admit_server_wide(self.held_bytes, data.len())
+        {
             self.events.push_back(HubEvent::LimitRefused("held_bytes"));
             warn!(user = ?user.as_str(), held_bytes = self.held_bytes, "server-wide held bytes full: publish refused");
-            return Err(Refusal::ServerFull {
-                held_bytes: self.held_bytes,
-                limit: self.rules.limits.max_held_bytes,
-            });
+            return Err(refusal);
         }
         self.with_user(user, |record, rules, events| {
             record.publish(rules, user, data, now, events)

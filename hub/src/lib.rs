@@ -22,7 +22,10 @@ pub use custody::{Attach, ConnId, Copies, FreshCredentials, Hub, HubEvent, HubLi
 pub use record::{Digest, Holder, Kept, Rules, Saved, TokenDigest, UserRecord, withdraw_from};
 
 /// The authenticated identity a session belongs to [SE-3].
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct UserId(String);
 
 impl UserId {

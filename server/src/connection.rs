@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 
+use readyws_hub::Kept;
 use readyws_protocol::close::code;
 use readyws_protocol::frame::Resume;
 use readyws_protocol::{
@@ -20,21 +21,23 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::auth::{AuthError, UserId};
-use crate::hub::{Attach, ConnCommand, ConnHandle, Copies, withdraw_from};
+use crate::hub::{Attach, Carrier, ConnCommand, ConnHandle, Copies, Detach, LEASE, withdraw_from};
 use crate::metrics as m;
-use crate::redis_store::{Keep, Saved, custody_ended, encode_state};
 use crate::socket::{FrameReader, FrameSocket, FrameWriter, Incoming};
 use crate::{Decision, Inbound, ServerHandle, Shared};
 
-/// How long a resume waits for the connection that holds the session to let go of it.
-const SURRENDER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a resume waits for the connection that holds the session to let go of it: long
+/// enough for a live holder to answer, and for the lease of a dead one to run out.
+const TAKEOVER_DEADLINE: Duration = Duration::from_secs(LEASE.as_secs() + 2);
+/// How long a resume waits between asking a holder on another instance and looking again.
+const REMOTE_TAKEOVER_POLL: Duration = Duration::from_millis(50);
 /// How long the answer to a client's close frame may take to write.
 const CLOSE_REPLY_DEADLINE: Duration = Duration::from_secs(1);
 /// The `retry_after_ms` of a `goaway` 4003 sent because the authenticator could not decide.
 const AUTH_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// The `retry_after_ms` of a `goaway` 4003 sent because every session the user may have is live.
 const SESSIONS_FULL_RETRY_AFTER: Duration = Duration::from_secs(5);
-/// The `retry_after_ms` of a `goaway` 4003 sent because the Redis store failed.
+/// The `retry_after_ms` of a `goaway` 4003 sent because the store failed.
 const STORE_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 pub(crate) async fn run(shared: Arc<Shared>, socket: impl FrameSocket) {
@@ -63,10 +66,9 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: impl FrameSocket) {
         user: None,
         copies: Copies::new(),
         settled: Vec::new(),
-        custody_ended: Vec::new(),
         saved: SessionProgress::default(),
         fenced: false,
-        cursor: 0,
+        woken: false,
         outgoing: Vec::new(),
         waiting_for_startup: None,
         session_ended: false,
@@ -91,18 +93,16 @@ struct Task {
     user: Option<UserId>,
     /// The session's outbox entries that are copies of mailbox records.
     copies: Copies,
-    /// Copies that ended since the store was last told, with how.
+    /// Copies that ended since the store was last told, with how: kept until a commit takes
+    /// them, since a state that counts them settled while they stay in the mailbox would send
+    /// them again after a resume.
     settled: Vec<(u64, Outcome)>,
-    /// Records whose custody ended that the Redis store has not taken yet: kept until a write
-    /// succeeds, since a state that counts them settled while they stay in the mailbox would
-    /// send them again after a resume.
-    custody_ended: Vec<u64>,
-    /// Where the session stood when the Redis store last took its state.
+    /// Where the session stood when the store last took its state.
     saved: SessionProgress,
-    /// The Redis store says another connection carries the session now: write nothing more of it.
+    /// The store says another connection carries the session now: write nothing more of it.
     fenced: bool,
-    /// The newest mailbox record this session has seen (Redis store).
-    cursor: u64,
+    /// The session was woken: its mailbox gained records, or dropped some.
+    woken: bool,
     /// Frames taken from the connection, written once the store has what they depend on.
     outgoing: Vec<String>,
     /// A `hello` accepted by the authenticator while start-up is still running [SG-2].
@@ -207,7 +207,10 @@ impl Task {
                         self.handle_command(command).await;
                     }
                 }
-                () = wake.notified() => self.fetch().await,
+                () = wake.notified() => {
+                    self.woken = true;
+                    self.turn().await;
+                }
                 () = &mut timer, if armed_for.is_some() => {
                     armed_for = None;
                     self.connection.handle_timeout(self.shared.now());
@@ -249,7 +252,7 @@ impl Task {
         frames.extend(std::iter::from_fn(|| self.connection.poll_transmit()));
         // The frames tell the client ids and positions: the store learns them first, or they do
         // not leave (the `goaway` that the failure queued does).
-        if !self.persist().await {
+        if !self.turn().await {
             frames.clear();
             frames.extend(std::iter::from_fn(|| self.connection.poll_transmit()));
         }
@@ -406,66 +409,45 @@ impl Task {
         }
     }
 
-    /// Registers the connection with a session, then makes it ready [HS-4].
+    /// Registers the connection with a session, then makes it ready [HS-4]. A session live on
+    /// another connection is asked to surrender, and the attach tried again until
+    /// [`TAKEOVER_DEADLINE`] [RS-7].
     async fn attach(&mut self, resume: Option<Resume>) {
         let Some(user) = self.user.clone() else {
             return;
         };
-        if let Some(hub) = self.shared.redis() {
-            let now = self.shared.now();
-            match hub
-                .attach(&user, resume.as_ref(), self.conn_id, &self.handle, now)
-                .await
-            {
-                Ok(Some(attached)) => {
-                    self.cursor = attached.cursor;
-                    self.saved = attached.session.progress();
-                    self.ready(attached.session, attached.copies, attached.resumed);
-                }
-                Ok(None) => self.session_busy(),
-                Err(error) => {
-                    warn!(%error, "could not attach a session in the Redis store");
-                    self.store_failed();
-                }
-            }
-            return;
-        }
         let mut ticket = None;
-        for _ in 0..3 {
-            let attached = match self.shared.memory() {
-                Some(mut hub) => hub.attach(
+        let deadline = Instant::now() + TAKEOVER_DEADLINE;
+        loop {
+            let attached = self
+                .shared
+                .custody
+                .attach(
                     &user,
                     resume.as_ref(),
                     self.conn_id,
                     &self.handle,
                     self.shared.now(),
                     &mut ticket,
-                ),
-                None => return,
-            };
-            match attached {
-                Attach::Ready {
+                )
+                .await;
+            let carrier = match attached {
+                Ok(Attach::Ready {
                     session,
                     copies,
                     resumed,
-                } => {
+                }) => {
+                    self.saved = session.progress();
                     self.ready(session, copies, resumed);
                     return;
                 }
-                Attach::TakeOver { handle } => {
-                    let (done, answered) = oneshot::channel();
-                    if handle.command(ConnCommand::Surrender { done }) {
-                        let _ = tokio::time::timeout(SURRENDER_TIMEOUT, answered).await;
-                    } else {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                }
-                Attach::Superseded => {
+                Ok(Attach::TakeOver(carrier)) => carrier,
+                Ok(Attach::Superseded) => {
                     debug!("a later hello of this client already took the session");
                     self.session_busy();
                     return;
                 }
-                Attach::TooManySessions { limit } => {
+                Ok(Attach::TooManySessions { limit }) => {
                     warn!(
                         limit,
                         "hello refused: every session this user may have is live"
@@ -477,6 +459,27 @@ impl Task {
                     );
                     return;
                 }
+                Err(error) => {
+                    warn!(%error, "could not attach a session in the store");
+                    self.store_failed();
+                    return;
+                }
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            match carrier {
+                Carrier::Local(handle) => {
+                    let (done, answered) = oneshot::channel();
+                    if handle.command(ConnCommand::Surrender { done }) {
+                        let _ = tokio::time::timeout(deadline - now, answered).await;
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+                Carrier::Ending => tokio::time::sleep(Duration::from_millis(10)).await,
+                Carrier::Remote => tokio::time::sleep(REMOTE_TAKEOVER_POLL).await,
             }
         }
         self.session_busy();
@@ -509,14 +512,11 @@ impl Task {
         );
     }
 
-    /// Tells the store what the next frames depend on. `false`: it could not be told, and a
-    /// `goaway` is queued instead.
-    async fn persist(&mut self) -> bool {
+    /// One turn with the store: the copies that ended, the session's state where the store
+    /// outlives this instance (the next frames depend on it [RS-4]), and what the mailbox gained,
+    /// in one commit. `false`: the store could not be told, and a `goaway` is queued instead.
+    async fn turn(&mut self) -> bool {
         let Some(user) = self.user.clone() else {
-            return true;
-        };
-        let Some(hub) = self.shared.redis() else {
-            self.settle_in_memory(&user);
             return true;
         };
         if self.fenced {
@@ -526,30 +526,35 @@ impl Task {
             return true;
         };
         let progress = session.progress();
-        self.custody_ended
-            .extend(custody_ended(&user, &mut self.settled));
-        if progress == self.saved && self.custody_ended.is_empty() {
+        let save = self.shared.custody.outlives_instance() && progress != self.saved;
+        if !self.woken && self.settled.is_empty() && !save {
             return true;
         }
-        let state = (progress != self.saved).then(|| encode_state(session, &self.copies));
-        match hub
-            .save(
-                &user,
-                Some(self.conn_id),
-                session.id(),
-                state,
-                &self.custody_ended,
-                Keep::Live,
-            )
-            .await
-        {
-            Ok(Saved::Done) => {
+        let kept = save.then(|| Kept::of(session, &self.copies));
+        let session_id = session.id().to_owned();
+        self.woken = false;
+        let turned = self
+            .shared
+            .custody
+            .turn(&user, self.conn_id, &session_id, kept, &self.settled)
+            .await;
+        match turned {
+            Ok(Some(taken)) => {
+                self.settled.clear();
                 self.saved = progress;
-                self.custody_ended.clear();
+                if let Some(session) = self.connection.session_mut() {
+                    withdraw_from(session, &mut self.copies, &taken.dropped);
+                }
+                let now = self.shared.now();
+                for (held, data) in taken.records {
+                    // A copy the session cannot take stays in the mailbox for the next one.
+                    if !self.queue_copy(held, data, now) {
+                        self.settled.push((held, Outcome::Closed));
+                    }
+                }
                 true
             }
-            Ok(Saved::Fenced) => {
-                self.custody_ended.clear();
+            Ok(None) => {
                 // Another connection claimed the session (this instance was thought dead, or a
                 // newer hello won it). If this client is the one still using this connection it
                 // must come back and resume, so the `goaway` invites a retry rather than 4203,
@@ -564,54 +569,10 @@ impl Task {
                 false
             }
             Err(error) => {
-                warn!(%error, "could not save the session in the Redis store");
+                self.woken = true;
+                warn!(%error, "could not reach the store");
                 self.store_failed();
                 false
-            }
-        }
-    }
-
-    /// Takes what the user's mailbox gained since this session last looked, and withdraws the
-    /// unsent copies of records it dropped.
-    async fn fetch(&mut self) {
-        let Some(user) = self.user.clone() else {
-            return;
-        };
-        if self.connection.session().is_none() {
-            return;
-        }
-        let Some(hub) = self.shared.redis() else {
-            let taken = match self.shared.memory() {
-                Some(mut hub) => hub.take_new(&user, self.conn_id),
-                None => return,
-            };
-            if let Some(session) = self.connection.session_mut() {
-                withdraw_from(session, &mut self.copies, &taken.dropped);
-            }
-            let now = self.shared.now();
-            for (held, data) in taken.records {
-                if !self.queue_copy(held, data, now) {
-                    self.settled.push((held, Outcome::Closed));
-                }
-            }
-            return;
-        };
-        // Before readiness the attach reads the whole mailbox.
-        if self.connection.session().is_none() || self.fenced {
-            return;
-        }
-        match hub.fetch(&user, self.cursor).await {
-            Ok(records) => {
-                let now = self.shared.now();
-                for (record, data) in records {
-                    self.cursor = self.cursor.max(record);
-                    // A copy the session cannot take stays in the mailbox for the next one.
-                    self.queue_copy(record, data, now);
-                }
-            }
-            Err(error) => {
-                warn!(%error, "could not read the mailbox in the Redis store");
-                self.store_failed();
             }
         }
     }
@@ -660,18 +621,6 @@ impl Task {
         }
     }
 
-    /// Tells the in-memory store how the copies that ended did.
-    fn settle_in_memory(&mut self, user: &UserId) {
-        if self.settled.is_empty() {
-            return;
-        }
-        if let Some(mut hub) = self.shared.memory() {
-            for (held, outcome) in self.settled.drain(..) {
-                hub.copy_settled(user, held, &outcome);
-            }
-        }
-    }
-
     fn goaway(&mut self, code: u16, reason: &str, retry_after: Option<Duration>) {
         self.connection
             .goaway(code, reason, retry_after, self.shared.now());
@@ -699,48 +648,22 @@ impl Task {
         let Some(user) = self.user.clone() else {
             return;
         };
-        if let Some(hub) = self.shared.redis() {
-            let Some(session) = self.connection.take_session() else {
-                return;
-            };
-            self.custody_ended
-                .extend(custody_ended(&user, &mut self.settled));
-            let settled = std::mem::take(&mut self.custody_ended);
-            if self.fenced {
-                // Custody still ends for what the client acknowledged here; if Redis cannot be
-                // told, the connection that carries the session now settles them again.
-                if !settled.is_empty() {
-                    let _ = hub
-                        .save(
-                            &user,
-                            Some(self.conn_id),
-                            session.id(),
-                            None,
-                            &settled,
-                            Keep::Live,
-                        )
-                        .await;
-                }
-                return;
-            }
-            let state = encode_state(&session, &self.copies);
-            let keep = if ended { Keep::Ended } else { Keep::ForResume };
-            hub.release(&user, self.conn_id, session.id(), state, settled, keep)
-                .await;
-            self.copies.clear();
-            return;
-        }
-        self.settle_in_memory(&user);
-        let now = self.shared.now();
         let Some(session) = self.connection.take_session() else {
             return;
         };
         let copies = std::mem::take(&mut self.copies);
-        if let Some(mut hub) = self.shared.memory() {
-            // The hub queues on the session, under its lock, whatever it woke this task for and
-            // the task had not taken yet, so that nothing arrives between the two [CU-3].
-            hub.detach(&user, self.conn_id, session, copies, ended, now);
-        }
+        let settled = std::mem::take(&mut self.settled);
+        // A fenced session is another connection's: the detach finds it is not this one's and
+        // only settles what the client acknowledged here.
+        let detach = Detach {
+            user,
+            conn: self.conn_id,
+            session,
+            copies,
+            settled,
+            ended,
+        };
+        self.shared.custody.detach(detach, self.shared.now()).await;
     }
 
     async fn finish(&mut self) {
@@ -749,12 +672,6 @@ impl Task {
             self.handle_session_event(event).await;
         }
         self.detach(self.session_ended).await;
-        if let Some(user) = self.user.clone() {
-            self.settle_in_memory(&user);
-            if let Some(hub) = self.shared.redis() {
-                hub.forget(&user, self.conn_id);
-            }
-        }
         debug!(
             lifetime_ms = self.opened.elapsed().as_millis() as u64,
             "connection task ended"

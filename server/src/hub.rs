@@ -1,23 +1,44 @@
-//! The in-memory store: [`readyws_hub::Hub`], which holds every rule that spans connections
-//! (custody, resume checks, takeover, the per-user bounds), driven under one lock. This module
-//! only carries out what the hub asks — wake a connection task, count a bound that bit — and
-//! hands it the fresh credentials it cannot make itself.
+//! The driver of the rules across connections: it runs the records' methods
+//! ([`readyws_hub::UserRecord`]) inside [`Store::update`], and carries out what they ask —
+//! wake a connection task here or on another instance, ask a connection to hand its session
+//! over, count a bound that bit. It decides nothing, and never asks which store it drives.
+//! It owns what a sans-IO core cannot: the random generator for fresh credentials, the clock,
+//! the lease of this instance, and the tasks of the connections it carries.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use readyws_hub::{FreshCredentials, HubEvent, HubLimits, Rules};
+use futures_util::StreamExt;
+use readyws_hub::{FreshCredentials, Holder, HubEvent, HubLimits, Kept, Rules, Saved, UserRecord};
 use readyws_protocol::frame::Resume;
 use readyws_protocol::{Data, Outcome, ResumeToken, ServerConfig, ServerSession, Time};
 use tokio::sync::{Notify, mpsc, oneshot};
+use tracing::{debug, info, warn};
 
 use crate::auth::UserId;
 use crate::metrics as m;
 use crate::options::Limits;
-use crate::{PublishError, PublishReport};
+use crate::store::{Due, Notice, Store, StoreError};
+use crate::{PublishError, PublishReport, Shared, lock};
 
 pub(crate) use readyws_hub::{Copies, Taken};
+
+/// An instance's lease: renewed every [`HEARTBEAT`], so an instance that stopped renewing it for
+/// this long is gone, and its sessions can be resumed elsewhere.
+pub(crate) const LEASE: Duration = Duration::from_secs(3);
+/// How often an instance whose store outlives it renews its lease and sweeps.
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How often an instance whose store dies with it sweeps.
+const LOCAL_SWEEP: Duration = Duration::from_millis(100);
+/// How long a due record stays claimed by the instance sweeping it: if that instance dies
+/// meanwhile, the record comes due again then.
+const SWEEP_CLAIM: Duration = Duration::from_secs(5);
+/// The most due records one sweep takes at a time.
+const SWEEP_BATCH: usize = 256;
+/// The most detaches kept for a retry while the store fails; past it a session stays marked
+/// live on this instance until the instance's lease runs out or its client resumes it.
+pub(crate) const MAX_PENDING_DETACHES: usize = 10_000;
 
 /// How many commands may wait for one connection task. Commands are rare (a takeover, a
 /// shutdown `goaway`); deliveries do not travel this way.
@@ -74,7 +95,18 @@ impl ConnHandle {
     }
 }
 
-/// The outcome of [`Hub::attach`], with the holder of a live session as the handle to ask.
+/// Who carries the session an attach asked for.
+#[derive(Debug)]
+pub(crate) enum Carrier {
+    /// A connection of this instance.
+    Local(ConnHandle),
+    /// A connection of another instance, asked by a notice.
+    Remote,
+    /// A connection that is ending: it gives the session back by itself.
+    Ending,
+}
+
+/// The outcome of [`Custody::attach`].
 pub(crate) enum Attach {
     /// The connection may become ready with this session, whose outbox already holds copies of
     /// every mailbox record it lacked, oldest first.
@@ -83,45 +115,126 @@ pub(crate) enum Attach {
         copies: Copies,
         resumed: bool,
     },
-    /// The session is live on another connection; ask it to surrender, then attach again.
-    TakeOver { handle: ConnHandle },
+    /// The session is live on another connection, asked to hand it over: attach again.
+    TakeOver(Carrier),
     /// A later `hello` claimed the session [RS-9].
     Superseded,
     /// The user has as many sessions as allowed, every one of them live.
     TooManySessions { limit: usize },
 }
 
-/// The hub, and the tasks of the connections whose sessions are live in it.
-pub(crate) struct Hub {
-    core: readyws_hub::Hub,
-    handles: HashMap<u64, ConnHandle>,
+/// A session given back by its connection: kept for resume, or ended ([`Custody::detach`]).
+pub(crate) struct Detach {
+    pub(crate) user: UserId,
+    pub(crate) conn: u64,
+    pub(crate) session: ServerSession,
+    pub(crate) copies: Copies,
+    /// Copies that ended since the store was last told.
+    pub(crate) settled: Vec<(u64, Outcome)>,
+    /// The client ended the session [RS-6].
+    pub(crate) ended: bool,
 }
 
-impl Hub {
-    pub(crate) fn new(protocol: ServerConfig, limits: Limits) -> Self {
+#[derive(Default)]
+struct Local {
+    /// The live sessions' connection tasks, by connection.
+    handles: HashMap<u64, (UserId, ConnHandle)>,
+    /// The same connections by user, for a notice that names a user.
+    by_user: HashMap<UserId, BTreeSet<u64>>,
+    /// Users whose sessions the store was told this instance carries.
+    announced: BTreeSet<UserId>,
+    /// Other instances' leases as last read.
+    leases: Option<BTreeMap<String, Time>>,
+    pending: Vec<Detach>,
+}
+
+/// The rules across connections, over a [`Store`].
+pub(crate) struct Custody {
+    store: Arc<dyn Store>,
+    rules: Rules,
+    instance: String,
+    local: Mutex<Local>,
+}
+
+impl Custody {
+    pub(crate) fn new(store: Arc<dyn Store>, protocol: ServerConfig, limits: Limits) -> Self {
         let limits = HubLimits {
             mailbox: limits.mailbox,
             max_held_bytes: limits.max_held_bytes,
             max_sessions_per_user: limits.max_sessions_per_user,
         };
-        Hub {
-            core: readyws_hub::Hub::new(Rules {
+        Custody {
+            store,
+            rules: Rules {
                 protocol,
                 limits,
                 digest: sha256,
-            }),
-            handles: HashMap::new(),
+            },
+            // Unique among the instances sharing a store.
+            instance: format!("i-{}", &random_token().expose()[..16]),
+            local: Mutex::new(Local::default()),
         }
     }
 
-    /// Carries out what the last call asked for.
-    fn drain(&mut self) {
-        while let Some(event) = self.core.poll_event() {
+    pub(crate) fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    pub(crate) fn outlives_instance(&self) -> bool {
+        self.store.outlives_instance()
+    }
+
+    fn holder(&self, conn: u64) -> Holder {
+        Holder::new(self.instance.clone(), conn)
+    }
+
+    /// Whether `instance` runs: this one does; another does while its lease lasts (and while
+    /// no lease has been read yet, to be safe).
+    fn alive_check(&self, now: Time) -> impl Fn(&str) -> bool + Send + Sync + 'static {
+        let me = self.instance.clone();
+        let leases = lock(&self.local).leases.clone();
+        move |instance: &str| {
+            instance == me
+                || leases
+                    .as_ref()
+                    .is_none_or(|leases| leases.get(instance).is_some_and(|until| *until > now))
+        }
+    }
+
+    /// Runs `change` on the record of `user` in the store, then carries out its events.
+    async fn change<R: Send>(
+        &self,
+        user: &UserId,
+        mut change: impl FnMut(&mut UserRecord, &Rules, &mut VecDeque<HubEvent>) -> R + Send,
+    ) -> Result<R, StoreError> {
+        let mut events = VecDeque::new();
+        let mut result = None;
+        let rules = &self.rules;
+        let mut run = |record: &mut UserRecord| {
+            events.clear();
+            result = Some(change(record, rules, &mut events));
+            true
+        };
+        self.store.update(user, &mut run).await?;
+        self.carry_out(user, events).await;
+        if let Some((messages, bytes)) = self.store.held_totals() {
+            m::mailbox_depth(messages, bytes);
+        }
+        // `update` ran `change` at least once, or failed.
+        Ok(result.expect("the change ran"))
+    }
+
+    async fn carry_out(&self, user: &UserId, events: VecDeque<HubEvent>) {
+        let mut remote = BTreeSet::new();
+        for event in events {
             match event {
-                HubEvent::Wake(holder) => {
-                    if let Some(handle) = self.handles.get(&holder.conn) {
+                HubEvent::Wake(holder) if holder.instance == self.instance => {
+                    if let Some((_, handle)) = lock(&self.local).handles.get(&holder.conn) {
                         handle.wake();
                     }
+                }
+                HubEvent::Wake(holder) => {
+                    remote.insert(holder.instance);
                 }
                 HubEvent::LimitRefused(limit) => m::limit_refused(limit),
                 HubEvent::MailboxDropped { reason, count } => m::mailbox_dropped(reason, count),
@@ -130,93 +243,440 @@ impl Hub {
                 HubEvent::CopiesWithdrawn(count) => m::copies_withdrawn(count),
             }
         }
+        for instance in remote {
+            let notice = Notice::Wake { user: user.clone() };
+            if let Err(error) = self.store.notify(&instance, &notice).await {
+                // The record holds the message: that instance's connection gets it at its next
+                // wake-up, or when it subscribes again.
+                warn!(%error, "could not wake a connection on another instance");
+            }
+        }
     }
 
-    pub(crate) fn mailbox_depth(&self, user: &UserId) -> usize {
-        self.core.mailbox_depth(user)
+    pub(crate) async fn mailbox_depth(&self, user: &UserId) -> Result<usize, StoreError> {
+        Ok(self.store.load(user).await?.record.held_len())
     }
 
-    pub(crate) fn publish(
-        &mut self,
+    /// Accepts a message for `user` [CU-1, CU-4], within the held bytes of the whole store
+    /// where it counts them [CU-5].
+    pub(crate) async fn publish(
+        &self,
         user: &UserId,
         data: Data,
         now: Time,
     ) -> Result<PublishReport, PublishError> {
-        let published = self.core.publish(user, data, now);
-        self.drain();
+        if let Some((_, held_bytes)) = self.store.held_totals() {
+            if let Err(refusal) = self.rules.limits.admit_server_wide(held_bytes, data.len()) {
+                m::limit_refused("held_bytes");
+                warn!(user = ?user.as_str(), held_bytes, "server-wide held bytes full: publish refused");
+                return Err(refusal.into());
+            }
+        }
+        let published = self
+            .change(user, |record, rules, events| {
+                record.publish(rules, user, data.clone(), now, events)
+            })
+            .await
+            .map_err(PublishError::Unavailable)?;
         Ok(published?)
     }
 
-    /// See [`readyws_hub::Hub::attach`]; `handle` reaches the connection's task while its
-    /// session is live.
-    pub(crate) fn attach(
-        &mut self,
+    /// Attaches connection `conn` of `user` ([`UserRecord::attach`]); `handle` reaches its task
+    /// while its session is live here.
+    pub(crate) async fn attach(
+        &self,
         user: &UserId,
         resume: Option<&Resume>,
         conn: u64,
         handle: &ConnHandle,
         now: Time,
         ticket: &mut Option<u64>,
-    ) -> Attach {
+    ) -> Result<Attach, StoreError> {
+        self.announce(user, now).await?;
+        // Registered before the record says so, so that no wake-up for it is missed.
+        self.register(user, conn, handle);
         let (session_id, token) = fresh_session_credentials();
         let fresh = FreshCredentials {
             session_id,
             token,
             rotated: random_token(),
         };
-        let attached = self.core.attach(user, resume, conn, fresh, now, ticket);
-        self.drain();
-        match attached {
+        let holder = self.holder(conn);
+        let alive = self.alive_check(now);
+        let mut claimed = *ticket;
+        let attached = self
+            .change(user, |record, rules, events| {
+                // A retry after a conflict starts from the ticket the call came with.
+                let mut attempt_ticket = *ticket;
+                let attached = record.attach(
+                    rules,
+                    user,
+                    resume,
+                    holder.clone(),
+                    fresh.clone(),
+                    now,
+                    &mut attempt_ticket,
+                    &alive,
+                    events,
+                );
+                claimed = attempt_ticket;
+                attached
+            })
+            .await;
+        *ticket = claimed;
+        let attached = match attached {
+            Ok(attached) => attached,
+            Err(error) => {
+                self.unregister(conn);
+                return Err(error);
+            }
+        };
+        Ok(match attached {
             readyws_hub::Attach::Ready {
                 session,
                 copies,
                 resumed,
-            } => {
-                self.handles.insert(conn, handle.clone());
-                Attach::Ready {
-                    session,
-                    copies,
-                    resumed,
+            } => Attach::Ready {
+                session,
+                copies,
+                resumed,
+            },
+            other => {
+                self.unregister(conn);
+                match other {
+                    readyws_hub::Attach::TakeOver { holder } => {
+                        Attach::TakeOver(self.ask_to_surrender(holder).await)
+                    }
+                    readyws_hub::Attach::TooManySessions { limit } => {
+                        Attach::TooManySessions { limit }
+                    }
+                    _ => Attach::Superseded,
                 }
             }
-            readyws_hub::Attach::TakeOver { holder } => match self.handles.get(&holder.conn) {
-                Some(handle) => Attach::TakeOver {
-                    handle: handle.clone(),
-                },
-                // The holder's task is between its end and its detach: try again shortly.
-                None => Attach::Superseded,
-            },
-            readyws_hub::Attach::Superseded => Attach::Superseded,
-            readyws_hub::Attach::TooManySessions { limit } => Attach::TooManySessions { limit },
+        })
+    }
+
+    async fn ask_to_surrender(&self, holder: Holder) -> Carrier {
+        if holder.instance == self.instance {
+            return match lock(&self.local).handles.get(&holder.conn) {
+                Some((_, handle)) => Carrier::Local(handle.clone()),
+                None => Carrier::Ending,
+            };
+        }
+        let notice = Notice::Surrender { conn: holder.conn };
+        if let Err(error) = self.store.notify(&holder.instance, &notice).await {
+            warn!(%error, "could not ask another instance to hand a session over");
+        }
+        Carrier::Remote
+    }
+
+    /// Tells the store once that this instance carries sessions of `user`, so that they are
+    /// found should it die.
+    async fn announce(&self, user: &UserId, now: Time) -> Result<(), StoreError> {
+        if !self.store.outlives_instance() || lock(&self.local).announced.contains(user) {
+            return Ok(());
+        }
+        self.store
+            .renew_lease(&self.instance, now + LEASE, std::slice::from_ref(user))
+            .await?;
+        lock(&self.local).announced.insert(user.clone());
+        Ok(())
+    }
+
+    fn register(&self, user: &UserId, conn: u64, handle: &ConnHandle) {
+        let mut local = lock(&self.local);
+        local.handles.insert(conn, (user.clone(), handle.clone()));
+        local.by_user.entry(user.clone()).or_default().insert(conn);
+    }
+
+    fn unregister(&self, conn: u64) {
+        let mut local = lock(&self.local);
+        if let Some((user, _)) = local.handles.remove(&conn) {
+            if let Some(conns) = local.by_user.get_mut(&user) {
+                conns.remove(&conn);
+                if conns.is_empty() {
+                    local.by_user.remove(&user);
+                }
+            }
         }
     }
 
-    pub(crate) fn take_new(&mut self, user: &UserId, conn: u64) -> Taken {
-        self.core.take_new(user, conn)
-    }
-
-    pub(crate) fn copy_settled(&mut self, user: &UserId, held: u64, outcome: &Outcome) {
-        self.core.copy_settled(user, held, outcome);
-        self.drain();
-    }
-
-    pub(crate) fn detach(
-        &mut self,
+    /// One turn of a live session: the copies that ended since the last one, the session's
+    /// state when the store outlives this instance (`kept`), and what its mailbox gained, in one
+    /// commit. `None`: the session is no longer this connection's.
+    pub(crate) async fn turn(
+        &self,
         user: &UserId,
         conn: u64,
-        session: ServerSession,
-        copies: Copies,
-        ended: bool,
-        now: Time,
-    ) {
-        self.core.detach(user, conn, session, copies, ended, now);
-        self.handles.remove(&conn);
-        self.drain();
+        session_id: &str,
+        kept: Option<Kept>,
+        settled: &[(u64, Outcome)],
+    ) -> Result<Option<Taken>, StoreError> {
+        let holder = self.holder(conn);
+        self.change(user, |record, rules, events| {
+            for (held, outcome) in settled {
+                record.copy_settled(rules, user, *held, outcome, events);
+            }
+            if let Some(kept) = &kept {
+                if record.save(&holder, session_id, kept.clone()) == Saved::Fenced {
+                    return None;
+                }
+            } else if !record.carries(&holder, session_id) {
+                return None;
+            }
+            Some(record.take_new(&holder))
+        })
+        .await
     }
 
-    pub(crate) fn sweep(&mut self, now: Time) {
-        self.core.sweep(now);
-        self.drain();
+    /// A connection's session given back ([`UserRecord::detach`]), after the copies that ended
+    /// on it. Kept for a retry at the next heartbeat if the store fails.
+    pub(crate) async fn detach(&self, pending: Detach, now: Time) {
+        self.unregister(pending.conn);
+        if let Err((error, pending)) = self.try_detach(pending, now).await {
+            warn!(%error, "could not give a session back to the store; retrying at the next heartbeat");
+            let mut local = lock(&self.local);
+            if local.pending.len() < MAX_PENDING_DETACHES {
+                local.pending.push(pending);
+            } else {
+                m::limit_refused("pending_detaches");
+            }
+        }
+    }
+
+    async fn try_detach(&self, pending: Detach, now: Time) -> Result<(), (StoreError, Detach)> {
+        let Detach {
+            user,
+            conn,
+            mut session,
+            mut copies,
+            settled,
+            ended,
+        } = pending;
+        let holder = self.holder(conn);
+        let result = self
+            .change(&user, |record, rules, events| {
+                for (held, outcome) in &settled {
+                    record.copy_settled(rules, &user, *held, outcome, events);
+                }
+                record.detach(
+                    rules,
+                    &user,
+                    &holder,
+                    &mut session,
+                    &mut copies,
+                    ended,
+                    now,
+                    events,
+                );
+            })
+            .await;
+        result.map_err(|error| {
+            (
+                error,
+                Detach {
+                    user,
+                    conn,
+                    session,
+                    copies,
+                    settled,
+                    ended,
+                },
+            )
+        })
+    }
+
+    /// Ends lapsed resume windows and expires held messages of users with no session, taking
+    /// only what the store's index says is due [CU-5]; releases the sessions of instances whose
+    /// lease ran out [RS-1].
+    pub(crate) async fn sweep(&self, now: Time) -> Result<(), StoreError> {
+        let alive = self.alive_check(now);
+        loop {
+            let due = self
+                .store
+                .take_due(now, now + SWEEP_CLAIM, SWEEP_BATCH)
+                .await?;
+            let batch = due.len();
+            for due in due {
+                self.sweep_user(&due, now, &alive).await?;
+            }
+            if batch < SWEEP_BATCH {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn sweep_user(
+        &self,
+        due: &Due,
+        now: Time,
+        alive: &(impl Fn(&str) -> bool + Sync),
+    ) -> Result<(), StoreError> {
+        let deadline = self
+            .change(&due.user, |record, rules, events| {
+                record.sweep(rules, &due.user, now, alive, events);
+                record.deadline()
+            })
+            .await?;
+        self.store.settle_due(due, deadline).await
+    }
+
+    /// Renews this instance's lease, reads the others', gives back the sessions of instances
+    /// whose lease ran out, and retries the detaches the store did not take.
+    pub(crate) async fn heartbeat(&self, now: Time) -> Result<(), StoreError> {
+        self.store
+            .renew_lease(&self.instance, now + LEASE, &[])
+            .await?;
+        let leases = self.store.leases().await?;
+        lock(&self.local).leases = Some(leases.clone());
+        let alive = self.alive_check(now);
+        for (instance, _) in leases.iter().filter(|(_, until)| **until <= now) {
+            let users = self.store.carried(instance).await?;
+            info!(instance = ?instance, users = users.len(), "an instance stopped renewing its lease: keeping its sessions for resume");
+            for user in users {
+                self.change(&user, |record, rules, events| {
+                    record.sweep(rules, &user, now, &alive, events);
+                })
+                .await?;
+            }
+            self.store.forget_instance(instance).await?;
+        }
+        let pending = std::mem::take(&mut lock(&self.local).pending);
+        let mut failed = Vec::new();
+        for detach in pending {
+            // Once the store fails, the rest wait for the next beat.
+            if failed.is_empty() {
+                match self.try_detach(detach, now).await {
+                    Ok(()) => continue,
+                    Err((_, detach)) => failed.push(detach),
+                }
+            } else {
+                failed.push(detach);
+            }
+        }
+        lock(&self.local).pending.extend(failed);
+        Ok(())
+    }
+
+    /// Carries out one notice from another instance.
+    fn on_notice(&self, notice: Notice) {
+        let local = lock(&self.local);
+        match notice {
+            Notice::Wake { user } => {
+                for conn in local.by_user.get(&user).into_iter().flatten() {
+                    if let Some((_, handle)) = local.handles.get(conn) {
+                        handle.wake();
+                    }
+                }
+            }
+            Notice::Surrender { conn } => {
+                if let Some((_, handle)) = local.handles.get(&conn) {
+                    let (done, _) = oneshot::channel();
+                    handle.command(ConnCommand::Surrender { done });
+                }
+            }
+        }
+    }
+
+    /// Wakes every live session here: notices may have been missed.
+    fn wake_all(&self) {
+        for (_, handle) in lock(&self.local).handles.values() {
+            handle.wake();
+        }
+    }
+}
+
+/// Runs the instance's duties until the server is dropped: sweeps, and where the store outlives
+/// the instance, the lease and the notices of other instances.
+pub(crate) async fn run_background(shared: Weak<Shared>) {
+    let outlives = shared
+        .upgrade()
+        .is_some_and(|shared| shared.custody.outlives_instance());
+    if outlives {
+        tokio::join!(heartbeat_loop(shared.clone()), notice_loop(shared));
+    } else {
+        sweep_loop(shared).await;
+    }
+}
+
+async fn sweep_loop(shared: Weak<Shared>) {
+    let mut tick = tokio::time::interval(LOCAL_SWEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if let Err(error) = shared.custody.sweep(shared.now()).await {
+            warn!(%error, "the sweep failed");
+        }
+    }
+}
+
+async fn heartbeat_loop(shared: Weak<Shared>) {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let now = shared.now();
+        if let Err(error) = shared.custody.heartbeat(now).await {
+            warn!(%error, "the instance's heartbeat in the store failed");
+        }
+        if let Err(error) = shared.custody.sweep(now).await {
+            warn!(%error, "the sweep failed");
+        }
+    }
+}
+
+async fn notice_loop(shared: Weak<Shared>) {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let Some(strong) = shared.upgrade() else {
+            return;
+        };
+        let subscribed = strong
+            .custody
+            .store
+            .subscribe(strong.custody.instance())
+            .await;
+        drop(strong);
+        match subscribed {
+            Ok(mut notices) => {
+                delay = Duration::from_millis(50);
+                // Whatever was published while this instance was not subscribed is in the
+                // records: every connection looks.
+                if let Some(shared) = shared.upgrade() {
+                    shared.custody.wake_all();
+                }
+                loop {
+                    // Wakes up now and then to notice a server that was dropped.
+                    let next = tokio::time::timeout(HEARTBEAT, notices.next()).await;
+                    let Some(shared) = shared.upgrade() else {
+                        return;
+                    };
+                    match next {
+                        Err(_) => continue,
+                        Ok(None) => break,
+                        Ok(Some(notice)) => {
+                            debug!(?notice, "notice from another instance");
+                            shared.custody.on_notice(notice);
+                        }
+                    }
+                }
+                m::store_failure("subscribe");
+                warn!("the store's notices ended; subscribing again");
+            }
+            Err(error) => {
+                m::store_failure("subscribe");
+                warn!(%error, "could not subscribe to the store's notices; retrying");
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
     }
 }
 

@@ -49,12 +49,13 @@ mod options;
 mod prepared;
 mod redis_store;
 mod socket;
+mod store;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use readyws_protocol::{Data, ServerConfig, Time};
@@ -67,10 +68,11 @@ pub use auth::{
     AuthError, AuthReply, Authenticator, InsecureDevAuth, JwksFetch, Jwt, JwtKeyError, UserId,
 };
 pub use options::{Deadlines, MailboxLimits, OverflowPolicy, ServerLimits, ServerOptions};
-pub use redis_store::{RedisStore, StoreError};
+pub use readyws_hub::UserRecord;
+pub use redis_store::{DEADLINE_SHARDS, RedisStore};
+pub use store::{Commit, Due, MemoryStore, Notice, Store, StoreError, UPDATE_ATTEMPTS, Versioned};
 
-use hub::{ConnCommand, ConnHandle, Hub};
-use redis_store::RedisHub;
+use hub::{ConnCommand, ConnHandle, Custody};
 
 /// A client message, as the [`InboundHandler`] sees it.
 #[derive(Debug)]
@@ -279,25 +281,18 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Where users, sessions and mailboxes live.
-// One per server, so the size of the larger variant costs nothing.
-#[allow(clippy::large_enum_variant)]
-pub(crate) enum Store {
-    /// In this process: the default, for a single instance.
-    Memory(Mutex<Hub>),
-    /// In Redis, shared by every instance.
-    Redis(RedisHub),
-}
-
 pub(crate) struct Shared {
     options: ServerOptions,
     protocol: ServerConfig,
-    store: Store,
+    custody: Custody,
     authenticator: Box<dyn Authenticator>,
     handler: Box<dyn InboundHandler>,
     started: watch::Sender<bool>,
     stopping: AtomicBool,
     epoch: std::time::Instant,
+    /// Unix milliseconds at `epoch`: times in a shared store must mean the same on every
+    /// instance.
+    epoch_unix_ms: u64,
     next_connection: AtomicU64,
     connections: Mutex<HashMap<u64, ConnHandle>>,
     sweeper_started: AtomicBool,
@@ -306,23 +301,7 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn now(&self) -> Time {
         let millis = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        Time::from_millis(millis)
-    }
-
-    /// The in-memory store, when the server uses it.
-    pub(crate) fn memory(&self) -> Option<MutexGuard<'_, Hub>> {
-        match &self.store {
-            Store::Memory(hub) => Some(lock(hub)),
-            Store::Redis(_) => None,
-        }
-    }
-
-    /// The Redis store, when the server uses it.
-    pub(crate) fn redis(&self) -> Option<&RedisHub> {
-        match &self.store {
-            Store::Redis(hub) => Some(hub),
-            Store::Memory(_) => None,
-        }
+        Time::from_millis(self.epoch_unix_ms.saturating_add(millis))
     }
 
     pub(crate) fn is_started(&self) -> bool {
@@ -388,17 +367,19 @@ impl Server {
         // Installed before anything is recorded, so that `/metrics` misses nothing.
         metrics::prometheus();
         let (started, _) = watch::channel(!options.wait_for_startup);
-        let store = match &options.redis {
-            Some(redis) => Store::Redis(RedisHub::new(
-                redis.clone(),
-                protocol.clone(),
-                options.mailbox,
-            )),
-            None => Store::Memory(Mutex::new(Hub::new(protocol.clone(), options.hub_limits()))),
-        };
+        let store = options
+            .store
+            .clone()
+            .unwrap_or_else(|| Arc::new(MemoryStore::new()));
+        let custody = Custody::new(store, protocol.clone(), options.hub_limits());
+        let epoch_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| {
+                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+            });
         Server {
             shared: Arc::new(Shared {
-                store,
+                custody,
                 protocol,
                 options,
                 authenticator: Box::new(authenticator),
@@ -406,6 +387,7 @@ impl Server {
                 started,
                 stopping: AtomicBool::new(false),
                 epoch: std::time::Instant::now(),
+                epoch_unix_ms,
                 next_connection: AtomicU64::new(1),
                 connections: Mutex::new(HashMap::new()),
                 sweeper_started: AtomicBool::new(false),
@@ -441,13 +423,13 @@ impl Server {
     pub fn router(&self) -> axum::Router {
         if !self.shared.sweeper_started.swap(true, Ordering::SeqCst) {
             let shared = Arc::downgrade(&self.shared);
-            match &self.shared.store {
-                Store::Memory(_) => tokio::spawn(sweep(shared)),
-                Store::Redis(hub) => {
-                    info!(instance = hub.instance(), "using the Redis store");
-                    tokio::spawn(redis_store::run_background(shared))
-                }
-            };
+            if self.shared.custody.outlives_instance() {
+                info!(
+                    instance = self.shared.custody.instance(),
+                    "using a store shared with other instances"
+                );
+            }
+            tokio::spawn(hub::run_background(shared));
         }
         let router = http::router(self.shared.clone());
         match &self.fallback {
@@ -522,10 +504,10 @@ impl ServerHandle {
                 max_frame_bytes,
             });
         }
-        match &self.shared.store {
-            Store::Memory(hub) => lock(hub).publish(user, data, self.shared.now()),
-            Store::Redis(hub) => hub.publish(user, data).await,
-        }
+        self.shared
+            .custody
+            .publish(user, data, self.shared.now())
+            .await
     }
 
     /// Marks start-up complete: waiting sockets get `connection_ready` [SG-2].
@@ -546,10 +528,7 @@ impl ServerHandle {
 
     /// Messages held for `user` and not yet acknowledged.
     pub async fn mailbox_depth(&self, user: &UserId) -> Result<usize, StoreError> {
-        match &self.shared.store {
-            Store::Memory(hub) => Ok(lock(hub).mailbox_depth(user)),
-            Store::Redis(hub) => hub.mailbox_depth(user).await,
-        }
+        self.shared.custody.mailbox_depth(user).await
     }
 
     /// WebSocket connections open now.
@@ -580,27 +559,11 @@ impl ServerHandle {
 }
 
 /// A uniformly random number in `[0, bound)` (0 when `bound` is 0).
-fn random_below(bound: u64) -> u64 {
+pub(crate) fn random_below(bound: u64) -> u64 {
     if bound == 0 {
         return 0;
     }
     let mut bytes = [0u8; 8];
     getrandom::getrandom(&mut bytes).expect("the OS random number generator is available");
     u64::from_le_bytes(bytes) % bound
-}
-
-/// Ends lapsed resume windows and expires held messages, until the server is dropped.
-async fn sweep(shared: Weak<Shared>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        let now = shared.now();
-        if let Some(mut hub) = shared.memory() {
-            hub.sweep(now);
-        }
-    }
 }

@@ -22,6 +22,7 @@
 //! | `readyws_jwks_fetch_failures_total` | counter | JWKS documents that could not be fetched again (the keys there were are kept) |
 //! | `readyws_copies_withdrawn_total` | counter | unsent session copies withdrawn because the mailbox dropped their record |
 //! | `readyws_store_retries_total{operation}` | counter | Redis operations that failed and were tried again |
+//! | `readyws_store_conflicts_total` | counter | commits refused because another instance changed the record first (each is loaded again and retried) |
 //! | `readyws_store_failures_total{operation}` | counter | Redis operations that failed through every retry, and broken subscriptions |
 
 use std::sync::OnceLock;
@@ -132,6 +133,10 @@ pub(crate) fn store_retry(operation: &'static str) {
 }
 
 /// A Redis operation failed for good (after its retries), or the subscription broke.
+pub(crate) fn store_conflict() {
+    counter!("readyws_store_conflicts_total").increment(1);
+}
+
 pub(crate) fn store_failure(operation: &'static str) {
     counter!("readyws_store_failures_total", "operation" => operation).increment(1);
 }

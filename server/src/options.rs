@@ -170,10 +170,11 @@ pub struct ServerOptions {
     pub shutdown_grace: Duration,
     /// The bearer key of the HTTP publish API; without one the API answers 403. Default: none.
     pub api_key: Option<String>,
-    /// Where users, sessions and mailboxes live. Default: none, in this process's memory (one
-    /// instance serves every user). With a [`crate::RedisStore`], every instance that shares it
-    /// serves any user, and a session outlives the instance that carried it.
-    pub redis: Option<crate::RedisStore>,
+    /// Where users, sessions and mailboxes live. Default: none, a [`crate::MemoryStore`] in
+    /// this process (one instance serves every user). With a store that outlives the instance
+    /// ([`crate::RedisStore`]), every instance that shares it serves any user, and a session
+    /// outlives the instance that carried it.
+    pub store: Option<std::sync::Arc<dyn crate::Store>>,
     /// Server-wide bounds. Default: [`ServerLimits::default`].
     pub limits: ServerLimits,
     /// Deadlines on waits a peer controls. Default: [`Deadlines::default`].
@@ -191,7 +192,7 @@ impl Default for ServerOptions {
             shutdown_spread: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
             api_key: None,
-            redis: None,
+            store: None,
             limits: ServerLimits::default(),
             deadlines: Deadlines::default(),
         }
@@ -209,7 +210,7 @@ impl fmt::Debug for ServerOptions {
             .field("shutdown_spread", &self.shutdown_spread)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
-            .field("redis", &self.redis)
+            .field("store", &self.store.as_ref().map(|_| "<custom>"))
             .field("limits", &self.limits)
             .field("deadlines", &self.deadlines)
             .finish()
@@ -256,8 +257,14 @@ impl ServerOptions {
     }
 
     /// Keeps users, sessions and mailboxes in `store`, shared with other instances.
-    pub fn redis(mut self, store: crate::RedisStore) -> Self {
-        self.redis = Some(store);
+    pub fn redis(self, store: crate::RedisStore) -> Self {
+        self.store(store)
+    }
+
+    /// Keeps users, sessions and mailboxes in `store` (`docs/ARCHITECTURE.md`, "Writing a
+    /// store").
+    pub fn store(mut self, store: impl crate::Store) -> Self {
+        self.store = Some(std::sync::Arc::new(store));
         self
     }
 

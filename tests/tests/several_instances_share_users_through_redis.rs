@@ -383,9 +383,10 @@ async fn a_redis_that_is_down_is_reported_to_the_publisher_and_counted() {
     else {
         panic!("expected the store to be unavailable, got {refused:?}");
     };
-    assert_eq!((*operation, *attempts), ("publish", 5));
+    // A publish loads the user's record first: that is the store operation that failed.
+    assert_eq!((*operation, *attempts), ("load", 5));
     assert!(
-        refused.clone().unwrap_err().to_string().contains("publish"),
+        refused.clone().unwrap_err().to_string().contains("load"),
         "the reason names what failed"
     );
 
@@ -403,7 +404,7 @@ async fn a_redis_that_is_down_is_reported_to_the_publisher_and_counted() {
         .await
         .expect("response read");
     assert!(
-        page.contains(r#"readyws_store_failures_total{operation="publish"}"#),
+        page.contains(r#"readyws_store_failures_total{operation="load"}"#),
         "{page}"
     );
     server.stop().await;

@@ -1,0 +1,398 @@
+//! One contract, every store: the same tests run against [`MemoryStore`] and [`RedisStore`]
+//! (a `redis-server` of the suite's own on a loopback port). A store written for another
+//! backend runs them by adding one line to [`every_store`] (`docs/ARCHITECTURE.md`, "Writing a
+//! store"). What a store promises: a commit names the version it was based on and is refused
+//! when that is outdated; an empty record goes; the deadline index may say a record is due
+//! early, never late, and a claimed entry comes due again if its claimer never settles it;
+//! leases and what an instance carries are kept until forgotten; a notice reaches the instance
+//! it names and no other; and a store that cannot be reached says so.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use readyws_hub::{HubLimits, MailboxLimits, Rules, UserRecord};
+use readyws_protocol::{Data, ServerConfig, Time};
+use readyws_server::{
+    Commit, MemoryStore, Notice, RedisStore, Store, StoreError, UserId, Versioned,
+};
+use readyws_tests::cluster::RedisProcess;
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (i, byte) in bytes.iter().enumerate() {
+        out[i % 32] ^= *byte;
+    }
+    out
+}
+
+fn rules() -> Rules {
+    Rules {
+        protocol: ServerConfig::default(),
+        limits: HubLimits {
+            mailbox: MailboxLimits::default(),
+            max_held_bytes: usize::MAX,
+            max_sessions_per_user: 8,
+        },
+        digest,
+    }
+}
+
+/// `record` with one more message held, accepted at `now`.
+fn with_message(mut record: UserRecord, user: &UserId, n: u64, now: Time) -> UserRecord {
+    let data = Data::from_json(n.to_string()).expect("JSON");
+    record
+        .publish(&rules(), user, data, now, &mut VecDeque::new())
+        .expect("room");
+    record
+}
+
+fn at(millis: u64) -> Time {
+    Time::from_millis(millis)
+}
+
+/// The stores under test, each with what keeps it alive.
+async fn every_store() -> Vec<(&'static str, Arc<dyn Store>, Option<RedisProcess>)> {
+    let redis = RedisProcess::start().expect("redis-server");
+    let store = RedisStore::connect(&redis.url())
+        .await
+        .expect("the suite's redis-server answers");
+    vec![
+        (
+            "memory",
+            Arc::new(MemoryStore::new()) as Arc<dyn Store>,
+            None,
+        ),
+        ("redis", Arc::new(store) as Arc<dyn Store>, Some(redis)),
+    ]
+}
+
+/// A commit names the version it read: based on the current one it is written and the record
+/// reads back with a new version; based on an outdated one it is refused and nothing changes.
+#[tokio::test]
+async fn a_commit_on_an_outdated_version_is_refused() {
+    for (name, store, _redis) in every_store().await {
+        let alice = UserId::new("alice");
+        let fresh = store.load(&alice).await.expect("load");
+        assert_eq!(fresh.version, 0, "{name}: an unknown user has version 0");
+        assert!(fresh.record.is_empty(), "{name}: and an empty record");
+
+        let one = with_message(fresh.record.clone(), &alice, 1, at(0));
+        let Commit::Done(first) = store.commit(&alice, 0, &one, None).await.expect("commit") else {
+            panic!("{name}: the first commit is written");
+        };
+        assert_ne!(first, 0, "{name}: a written record has a version");
+        let read = store.load(&alice).await.expect("load");
+        assert_eq!(read.version, first, "{name}: the version reads back");
+        assert_eq!(
+            read.record.held_ids(),
+            one.held_ids(),
+            "{name}: so does the record"
+        );
+
+        let two = with_message(read.record.clone(), &alice, 2, at(0));
+        let stale = with_message(one.clone(), &alice, 3, at(0));
+        assert!(matches!(
+            store
+                .commit(&alice, first, &two, None)
+                .await
+                .expect("commit"),
+            Commit::Done(_)
+        ));
+        assert_eq!(
+            store
+                .commit(&alice, first, &stale, None)
+                .await
+                .expect("commit"),
+            Commit::Conflict,
+            "{name}: a commit based on the first version is refused once a second is written"
+        );
+        assert_eq!(
+            store.load(&alice).await.expect("load").record.held_len(),
+            2,
+            "{name}: the refused commit changed nothing"
+        );
+        assert_eq!(
+            store.commit(&alice, 0, &stale, None).await.expect("commit"),
+            Commit::Conflict,
+            "{name}: version 0 means no record, and there is one"
+        );
+    }
+}
+
+/// A record left empty is removed: the user reads as unknown again.
+#[tokio::test]
+async fn an_empty_record_is_removed() {
+    for (name, store, _redis) in every_store().await {
+        let bo = UserId::new("bo");
+        let one = with_message(UserRecord::default(), &bo, 1, at(0));
+        let Commit::Done(version) = store.commit(&bo, 0, &one, None).await.expect("commit") else {
+            panic!("{name}: written");
+        };
+        let Versioned { mut record, .. } = store.load(&bo).await.expect("load");
+        let mut events = VecDeque::new();
+        let id = record.held_ids()[0];
+        record.copy_settled(
+            &rules(),
+            &bo,
+            id,
+            &readyws_protocol::Outcome::Acked,
+            &mut events,
+        );
+        assert!(record.is_empty());
+        assert!(matches!(
+            store
+                .commit(&bo, version, &record, None)
+                .await
+                .expect("commit"),
+            Commit::Done(_)
+        ));
+        let after = store.load(&bo).await.expect("load");
+        assert_eq!(after.version, 0, "{name}: an empty record is not kept");
+    }
+}
+
+/// Changes from many tasks at once to one user all land: each conflict is loaded again and
+/// retried, none is lost and none applied twice.
+#[tokio::test]
+async fn concurrent_updates_of_one_user_all_land_once() {
+    for (name, store, _redis) in every_store().await {
+        let cy = UserId::new("cy");
+        let mut tasks = Vec::new();
+        for n in 0..24u64 {
+            let store = store.clone();
+            let cy = cy.clone();
+            tasks.push(tokio::spawn(async move {
+                let rules = rules();
+                let mut change = |record: &mut UserRecord| {
+                    let data = Data::from_json(n.to_string()).expect("JSON");
+                    record
+                        .publish(&rules, &cy, data, at(0), &mut VecDeque::new())
+                        .expect("room");
+                    true
+                };
+                store.update(&cy, &mut change).await
+            }));
+        }
+        for task in tasks {
+            task.await.expect("task").expect("update");
+        }
+        let record = store.load(&cy).await.expect("load").record;
+        assert_eq!(record.held_len(), 24, "{name}: every change landed once");
+    }
+}
+
+/// The deadline index says when a record is due, may say it early but never late, hands a due
+/// record out claimed, and hands it out again if the claim is never settled.
+#[tokio::test]
+async fn the_deadline_index_is_never_late_and_claims_run_out() {
+    for (name, store, _redis) in every_store().await {
+        let dee = UserId::new("dee");
+        let one = with_message(UserRecord::default(), &dee, 1, at(0));
+        let Commit::Done(v1) = store
+            .commit(&dee, 0, &one, Some(at(1_000)))
+            .await
+            .expect("commit")
+        else {
+            panic!("{name}: written");
+        };
+        assert!(
+            store
+                .take_due(at(999), at(5_000), 10)
+                .await
+                .expect("due")
+                .is_empty(),
+            "{name}: not due before its deadline"
+        );
+        // A later deadline never hides the earlier one.
+        let two = with_message(one.clone(), &dee, 2, at(0));
+        let Commit::Done(_) = store
+            .commit(&dee, v1, &two, Some(at(3_000)))
+            .await
+            .expect("commit")
+        else {
+            panic!("{name}: written");
+        };
+        let due = store.take_due(at(1_000), at(5_000), 10).await.expect("due");
+        assert_eq!(due.len(), 1, "{name}: due at the earlier deadline");
+        assert_eq!(due[0].user, dee);
+        assert!(
+            store
+                .take_due(at(4_999), at(9_000), 10)
+                .await
+                .expect("due")
+                .is_empty(),
+            "{name}: claimed until 5 s"
+        );
+        let again = store.take_due(at(5_000), at(9_000), 10).await.expect("due");
+        assert_eq!(again.len(), 1, "{name}: a claim never settled runs out");
+        store
+            .settle_due(&again[0], Some(at(20_000)))
+            .await
+            .expect("settle");
+        assert!(
+            store
+                .take_due(at(19_999), at(30_000), 10)
+                .await
+                .expect("due")
+                .is_empty(),
+            "{name}: settled to its next deadline"
+        );
+        assert_eq!(
+            store
+                .take_due(at(20_000), at(30_000), 10)
+                .await
+                .expect("due")
+                .len(),
+            1,
+            "{name}: due then"
+        );
+    }
+}
+
+/// A commit that moves a claimed entry earlier wins over the claimer's settle: the index keeps
+/// the earlier of the two, and an entry settled with no deadline is gone.
+#[tokio::test]
+async fn a_settle_never_hides_an_earlier_deadline() {
+    for (name, store, _redis) in every_store().await {
+        let eve = UserId::new("eve");
+        let one = with_message(UserRecord::default(), &eve, 1, at(0));
+        let Commit::Done(v1) = store
+            .commit(&eve, 0, &one, Some(at(100)))
+            .await
+            .expect("commit")
+        else {
+            panic!("{name}: written");
+        };
+        let due = store.take_due(at(100), at(10_000), 10).await.expect("due");
+        assert_eq!(due.len(), 1);
+        // Meanwhile another instance commits with an earlier deadline than the settle's.
+        let two = with_message(one, &eve, 2, at(0));
+        let Commit::Done(_) = store
+            .commit(&eve, v1, &two, Some(at(500)))
+            .await
+            .expect("commit")
+        else {
+            panic!("{name}: written");
+        };
+        store
+            .settle_due(&due[0], Some(at(8_000)))
+            .await
+            .expect("settle");
+        assert_eq!(
+            store
+                .take_due(at(500), at(10_000), 10)
+                .await
+                .expect("due")
+                .len(),
+            1,
+            "{name}: the earlier deadline stands"
+        );
+        let due = store
+            .take_due(at(10_000), at(20_000), 10)
+            .await
+            .expect("due");
+        assert_eq!(due.len(), 1);
+        store.settle_due(&due[0], None).await.expect("settle");
+        assert!(
+            store
+                .take_due(at(u64::MAX / 2), at(u64::MAX / 2), 10)
+                .await
+                .expect("due")
+                .is_empty(),
+            "{name}: settled with no deadline, the entry is gone"
+        );
+    }
+}
+
+/// Leases and what an instance carries are kept until the instance is forgotten.
+#[tokio::test]
+async fn leases_and_what_an_instance_carries_are_kept_until_forgotten() {
+    for (name, store, _redis) in every_store().await {
+        let users = [UserId::new("fay"), UserId::new("gus")];
+        store
+            .renew_lease("i-a", at(3_000), &users)
+            .await
+            .expect("lease");
+        store
+            .renew_lease("i-b", at(4_000), &[])
+            .await
+            .expect("lease");
+        store
+            .renew_lease("i-a", at(5_000), &[])
+            .await
+            .expect("lease");
+        let leases = store.leases().await.expect("leases");
+        assert_eq!(leases.get("i-a"), Some(&at(5_000)), "{name}: renewed");
+        assert_eq!(leases.get("i-b"), Some(&at(4_000)), "{name}");
+        let mut carried = store.carried("i-a").await.expect("carried");
+        carried.sort();
+        assert_eq!(
+            carried, users,
+            "{name}: what it carries is kept across renewals"
+        );
+        store.forget_instance("i-a").await.expect("forget");
+        assert!(
+            !store.leases().await.expect("leases").contains_key("i-a"),
+            "{name}"
+        );
+        assert!(
+            store.carried("i-a").await.expect("carried").is_empty(),
+            "{name}"
+        );
+    }
+}
+
+/// A notice reaches the instance it names, and no other.
+#[tokio::test]
+async fn a_notice_reaches_the_instance_it_names_and_no_other() {
+    for (name, store, _redis) in every_store().await {
+        let mut a = store.subscribe("i-a").await.expect("subscribe");
+        let mut b = store.subscribe("i-b").await.expect("subscribe");
+        let wake = Notice::Wake {
+            user: UserId::new("hal"),
+        };
+        store.notify("i-a", &wake).await.expect("notify");
+        store
+            .notify("i-b", &Notice::Surrender { conn: 7 })
+            .await
+            .expect("notify");
+        let got = tokio::time::timeout(Duration::from_secs(5), a.next()).await;
+        assert_eq!(got.ok().flatten(), Some(wake), "{name}: a got its notice");
+        let got = tokio::time::timeout(Duration::from_secs(5), b.next()).await;
+        assert_eq!(
+            got.ok().flatten(),
+            Some(Notice::Surrender { conn: 7 }),
+            "{name}: b got its own, not a's"
+        );
+    }
+}
+
+/// A store that cannot be reached says so, typed, after its retries; nothing is written.
+#[tokio::test]
+async fn a_store_that_is_down_says_so() {
+    let mut redis = RedisProcess::start().expect("redis-server");
+    let store = RedisStore::connect(&redis.url())
+        .await
+        .expect("the suite's redis-server answers");
+    redis.kill();
+    let user = UserId::new("ivy");
+    let error = store.load(&user).await.expect_err("Redis is down");
+    assert!(
+        matches!(
+            error,
+            StoreError::Unavailable {
+                operation: "load",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    let record = with_message(UserRecord::default(), &user, 1, at(0));
+    let error = store
+        .commit(&user, 0, &record, None)
+        .await
+        .expect_err("Redis is down");
+    assert!(matches!(error, StoreError::Unavailable { .. }), "{error:?}");
+}
