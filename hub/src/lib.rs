@@ -1,11 +1,14 @@
-//! The rules of a readyws server that span connections, as a sans-IO state machine: users,
-//! their sessions (live or kept for resume), and the messages held for them
-//! (`docs/PROTOCOL.md` §8–§9).
+//! The rules of a readyws server that span connections, sans-IO: users, their sessions (live
+//! or kept for resume), and the messages held for them (`docs/PROTOCOL.md` §8–§9).
 //!
-//! No sockets, no async, no clock or random reads: time comes in as [`Time`], fresh session
-//! credentials as [`FreshCredentials`], and what the driver must do comes out as [`HubEvent`]s
-//! (wake a connection, count a bound that bit). The reference server's in-memory store drives
-//! [`Hub`] under one lock; it decides nothing itself.
+//! One user's state is one [`UserRecord`], plain data that a store keeps whole; its methods are
+//! the rules — custody and its end, what a new or resumed session lacks, expiry, resume checks
+//! and token rotation, takeover (of a live session, or of one whose instance is gone), the later
+//! `hello`'s claim, the per-user bounds. No sockets, no async, no clock or random reads: time
+//! comes in as [`Time`], fresh session credentials as [`FreshCredentials`], whether another
+//! instance runs as a function, and what the driver must do comes out as [`HubEvent`]s (wake a
+//! connection here or elsewhere, count a bound that bit). A driver loads a record, calls one
+//! method, and commits the result if nobody changed the record meanwhile; it decides nothing.
 //!
 //! [`Time`]: readyws_protocol::Time
 
@@ -18,7 +21,7 @@ mod record;
 use std::fmt;
 use std::time::Duration;
 
-pub use custody::{Attach, ConnId, Copies, FreshCredentials, Hub, HubEvent, HubLimits, Taken};
+pub use custody::{Attach, ConnId, Copies, FreshCredentials, HubEvent, HubLimits, Taken};
 pub use record::{Digest, Holder, Kept, Rules, Saved, TokenDigest, UserRecord, withdraw_from};
 
 /// The authenticated identity a session belongs to [SE-3].

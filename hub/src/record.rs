@@ -13,12 +13,10 @@
 //! acknowledged it) before a session took its copy is *owed* to that session, so the copy
 //! queued on it stays [CU-4]. Hence a record expires only while its user has no session [CU-5].
 //!
-//! A [`UserRecord`] is plain data (it serializes with `serde`): the in-memory [`Hub`] keeps one
-//! per user, a shared store keeps them for several instances, and both change them only through
-//! these methods. Everything a rule needs from outside — the time, fresh credentials, whether an
+//! A [`UserRecord`] is plain data (it serializes with `serde`): a store keeps one per user, in
+//! memory for one instance or shared by several, and every driver changes it only through these
+//! methods. Everything a rule needs from outside — the time, fresh credentials, whether an
 //! instance is alive — is an argument.
-//!
-//! [`Hub`]: crate::Hub
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
@@ -737,4 +735,327 @@ pub fn withdraw_from(session: &mut ServerSession, copies: &mut Copies, dropped: 
         }
     }
     withdrawn
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{HubLimits, MailboxLimits};
+
+    /// Not a cryptographic hash: the tests need only that distinct short tokens differ.
+    fn digest(bytes: &[u8]) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for (i, byte) in bytes.iter().enumerate() {
+            out[i % 32] ^= byte.wrapping_add((i / 32) as u8);
+        }
+        out
+    }
+
+    fn rules() -> Rules {
+        Rules {
+            protocol: ServerConfig::default(),
+            limits: HubLimits {
+                mailbox: MailboxLimits::default(),
+                max_held_bytes: usize::MAX,
+                max_sessions_per_user: 16,
+            },
+            digest,
+        }
+    }
+
+    /// Credentials numbered by `n`, as a driver's random generator would make them.
+    fn fresh(n: u8) -> FreshCredentials {
+        let token = |b: u8| ResumeToken::from_random_bytes(&[b; 16]).expect("16 bytes");
+        FreshCredentials {
+            session_id: format!("s-{n}"),
+            token: token(n),
+            rotated: token(n.wrapping_add(100)),
+        }
+    }
+
+    fn holder(instance: &str, conn: u64) -> Holder {
+        Holder::new(instance, conn)
+    }
+
+    fn attach(
+        record: &mut UserRecord,
+        resume: Option<&Resume>,
+        at: Holder,
+        n: u8,
+        now: Time,
+        ticket: &mut Option<u64>,
+        alive: &dyn Fn(&str) -> bool,
+    ) -> Attach {
+        let user = UserId::new("alice");
+        let mut events = VecDeque::new();
+        record.attach(
+            &rules(),
+            &user,
+            resume,
+            at,
+            fresh(n),
+            now,
+            ticket,
+            alive,
+            &mut events,
+        )
+    }
+
+    fn publish(record: &mut UserRecord, text: &str, now: Time) -> VecDeque<HubEvent> {
+        let mut events = VecDeque::new();
+        let data = Data::from_json(format!("\"{text}\"")).expect("JSON");
+        record
+            .publish(&rules(), &UserId::new("alice"), data, now, &mut events)
+            .expect("room");
+        events
+    }
+
+    fn resume_of(session: &ServerSession) -> Resume {
+        Resume {
+            session_id: session.id().to_owned(),
+            resume_token: session.resume_token().clone(),
+            last_received: 0,
+        }
+    }
+
+    const ALL_ALIVE: &dyn Fn(&str) -> bool = &|_| true;
+
+    /// [CU-4] A message published while two sessions are live is queued on both: when one
+    /// acknowledges it before the other has taken its copy, the other still gets it, once.
+    #[test]
+    fn a_live_sessions_copy_survives_another_sessions_ack() {
+        let mut record = UserRecord::default();
+        for conn in [1, 2] {
+            let attached = attach(
+                &mut record,
+                None,
+                holder("i", conn),
+                conn as u8,
+                Time::ZERO,
+                &mut None,
+                ALL_ALIVE,
+            );
+            assert!(matches!(attached, Attach::Ready { resumed: false, .. }));
+        }
+        let woken: Vec<HubEvent> = publish(&mut record, "m", Time::ZERO)
+            .into_iter()
+            .filter(|event| matches!(event, HubEvent::Wake(_)))
+            .collect();
+        assert_eq!(woken.len(), 2, "both live sessions are woken: {woken:?}");
+        let taken = record.take_new(&holder("i", 1));
+        let [(held, _)] = taken.records.as_slice() else {
+            panic!("the first session takes one record");
+        };
+        let mut events = VecDeque::new();
+        let user = UserId::new("alice");
+        record.copy_settled(&rules(), &user, *held, &Outcome::Acked, &mut events);
+        assert_eq!(record.held_len(), 0, "custody ended");
+        let late = record.take_new(&holder("i", 2));
+        let ids: Vec<u64> = late.records.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, [*held], "the second session still gets its copy");
+        assert!(record.take_new(&holder("i", 2)).records.is_empty(), "once");
+    }
+
+    /// [RS-9] Two `hello`s resume one live session at once: the later one gets it, and the
+    /// earlier one never does, even when it retries first once the session is free.
+    #[test]
+    fn a_later_hello_wins_the_session() {
+        let mut record = UserRecord::default();
+        let first = holder("i", 1);
+        let Attach::Ready {
+            mut session,
+            mut copies,
+            ..
+        } = attach(
+            &mut record,
+            None,
+            first.clone(),
+            1,
+            Time::ZERO,
+            &mut None,
+            ALL_ALIVE,
+        )
+        else {
+            panic!("a new session");
+        };
+        let resume = resume_of(&session);
+        let (mut earlier, mut later) = (None, None);
+        let now = Time::from_millis(10);
+        let asked = attach(
+            &mut record,
+            Some(&resume),
+            holder("i", 2),
+            2,
+            now,
+            &mut earlier,
+            ALL_ALIVE,
+        );
+        assert!(matches!(asked, Attach::TakeOver { holder } if holder == first));
+        let asked = attach(
+            &mut record,
+            Some(&resume),
+            holder("i", 3),
+            3,
+            now,
+            &mut later,
+            ALL_ALIVE,
+        );
+        assert!(matches!(asked, Attach::TakeOver { holder } if holder == first));
+        // The first connection surrenders: the session is kept for resume.
+        let mut events = VecDeque::new();
+        let user = UserId::new("alice");
+        record.detach(
+            &rules(),
+            &user,
+            &first,
+            &mut session,
+            &mut copies,
+            false,
+            now,
+            &mut events,
+        );
+        let retried = attach(
+            &mut record,
+            Some(&resume),
+            holder("i", 2),
+            2,
+            now,
+            &mut earlier,
+            ALL_ALIVE,
+        );
+        assert!(matches!(retried, Attach::Superseded));
+        let retried = attach(
+            &mut record,
+            Some(&resume),
+            holder("i", 3),
+            3,
+            now,
+            &mut later,
+            ALL_ALIVE,
+        );
+        assert!(matches!(retried, Attach::Ready { resumed: true, .. }));
+    }
+
+    /// [RS-7] [RS-1] A session live on an instance that is gone is taken as that instance last
+    /// saved it: the resume succeeds at once, and the session is given every held record.
+    #[test]
+    fn a_session_on_an_instance_that_is_gone_resumes_as_last_saved() {
+        let mut record = UserRecord::default();
+        let Attach::Ready { session, .. } = attach(
+            &mut record,
+            None,
+            holder("dead", 1),
+            1,
+            Time::ZERO,
+            &mut None,
+            ALL_ALIVE,
+        ) else {
+            panic!("a new session");
+        };
+        publish(&mut record, "m", Time::ZERO);
+        let only_live: &dyn Fn(&str) -> bool = &|instance| instance == "live";
+        let resumed = attach(
+            &mut record,
+            Some(&resume_of(&session)),
+            holder("live", 7),
+            2,
+            Time::from_millis(5),
+            &mut None,
+            only_live,
+        );
+        let Attach::Ready {
+            copies, resumed, ..
+        } = resumed
+        else {
+            panic!("resumed on the live instance, got {resumed:?}");
+        };
+        assert!(resumed);
+        assert_eq!(
+            copies.values().copied().collect::<Vec<_>>(),
+            record.held_ids()
+        );
+    }
+
+    /// [CU-5] A held message whose time-to-live passed stays while its user has a session,
+    /// even one only kept for resume, and expires once the user has none.
+    #[test]
+    fn a_message_expires_only_while_its_user_has_no_session() {
+        let rules = rules();
+        let user = UserId::new("alice");
+        let mut record = UserRecord::default();
+        let at = holder("i", 1);
+        let Attach::Ready {
+            mut session,
+            mut copies,
+            ..
+        } = attach(
+            &mut record,
+            None,
+            at.clone(),
+            1,
+            Time::ZERO,
+            &mut None,
+            ALL_ALIVE,
+        )
+        else {
+            panic!("a new session");
+        };
+        publish(&mut record, "m", Time::ZERO);
+        let mut events = VecDeque::new();
+        let past_ttl = Time::ZERO + rules.limits.mailbox.ttl + Duration::from_secs(1);
+        record.detach(
+            &rules,
+            &user,
+            &at,
+            &mut session,
+            &mut copies,
+            false,
+            past_ttl,
+            &mut events,
+        );
+        record.sweep(&rules, &user, past_ttl, ALL_ALIVE, &mut events);
+        assert_eq!(
+            record.held_len(),
+            1,
+            "kept for resume: the session holds a copy"
+        );
+        let lapsed = past_ttl + rules.protocol.resume_window;
+        assert_eq!(record.deadline(), Some(lapsed));
+        assert_eq!(
+            record.sweep(&rules, &user, lapsed, ALL_ALIVE, &mut events),
+            1
+        );
+        assert!(
+            record.is_empty(),
+            "the window passed: the message expired with it"
+        );
+    }
+
+    /// Distinct users' records never mix: a publish wakes the live sessions of its user's
+    /// record, each once.
+    #[test]
+    fn a_publish_wakes_each_live_session_of_the_record_once() {
+        let mut record = UserRecord::default();
+        for conn in [1, 2, 3] {
+            attach(
+                &mut record,
+                None,
+                holder("i", conn),
+                conn as u8,
+                Time::ZERO,
+                &mut None,
+                ALL_ALIVE,
+            );
+        }
+        let woken: BTreeSet<u64> = publish(&mut record, "m", Time::ZERO)
+            .into_iter()
+            .filter_map(|event| match event {
+                HubEvent::Wake(holder) => Some(holder.conn),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(woken, BTreeSet::from([1, 2, 3]));
+    }
 }
