@@ -188,8 +188,11 @@ impl Custody {
         Holder::new(self.instance.clone(), conn)
     }
 
-    /// Whether `instance` runs: this one does; another does while its lease lasts (and while
-    /// no lease has been read yet, to be safe).
+    /// Whether `instance` runs: this one does; another does unless its lease, as last read,
+    /// ran out. An instance whose lease was not read yet (it started since) runs: taking its
+    /// sessions without asking would let two connections carry one session at once. A gone
+    /// instance is forgotten only after its sessions were kept for resume, so it is never
+    /// mistaken for a new one.
     fn alive_check(&self, now: Time) -> impl Fn(&str) -> bool + Send + Sync + 'static {
         let me = self.instance.clone();
         let leases = lock(&self.local).leases.clone();
@@ -197,7 +200,7 @@ impl Custody {
             instance == me
                 || leases
                     .as_ref()
-                    .is_none_or(|leases| leases.get(instance).is_some_and(|until| *until > now))
+                    .is_none_or(|leases| leases.get(instance).is_none_or(|until| *until > now))
         }
     }
 
