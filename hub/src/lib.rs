@@ -22,7 +22,9 @@ use std::fmt;
 use std::time::Duration;
 
 pub use custody::{Attach, ConnId, Copies, FreshCredentials, HubEvent, HubLimits, Taken};
-pub use record::{Digest, Holder, Kept, Rules, Saved, TokenDigest, UserRecord, withdraw_from};
+pub use record::{
+    Digest, Holder, Kept, Leases, Rules, Saved, TokenDigest, UserRecord, withdraw_from,
+};
 
 /// The authenticated identity a session belongs to [SE-3].
 #[derive(

@@ -83,6 +83,39 @@ impl Rules {
     }
 }
 
+/// The instances' leases as a driver last read them from its store, and the one rule that
+/// judges from them whether an instance runs [RS-1, RS-7].
+#[derive(Clone, Debug, Default)]
+pub struct Leases(Option<BTreeMap<String, Time>>);
+
+impl Leases {
+    /// Leases as read: instance → when its lease runs out.
+    pub fn read(leases: BTreeMap<String, Time>) -> Self {
+        Leases(Some(leases))
+    }
+
+    /// Whether `instance` runs at `now`: unless its lease, as read, ran out. One whose lease
+    /// was not read yet (it started since, or nothing was read) runs: taking its sessions
+    /// without asking would let two connections carry one session at once. A store forgets a
+    /// gone instance only after its sessions were kept for resume, so a forgotten one is never
+    /// mistaken for a running one that holds sessions.
+    pub fn alive(&self, instance: &str, now: Time) -> bool {
+        self.0
+            .as_ref()
+            .is_none_or(|leases| leases.get(instance).is_none_or(|until| *until > now))
+    }
+
+    /// The instances whose lease, as read, ran out by `now`.
+    pub fn gone(&self, now: Time) -> Vec<String> {
+        self.0
+            .iter()
+            .flatten()
+            .filter(|(_, until)| **until <= now)
+            .map(|(instance, _)| instance.clone())
+            .collect()
+    }
+}
+
 /// A session's state kept away from its connection: what the protocol session needs to carry
 /// on ([`SessionState`]), and the record each of its messages in flight copies.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,22 +243,6 @@ impl UserRecord {
     /// The held records, oldest first.
     pub fn held_ids(&self) -> Vec<u64> {
         self.held.keys().copied().collect()
-    }
-
-    /// Sessions of the user, live or kept for resume.
-    pub fn sessions(&self) -> usize {
-        self.sessions.len()
-    }
-
-    /// The instances carrying a live session of this user.
-    pub fn holders(&self) -> BTreeSet<Holder> {
-        self.sessions
-            .values()
-            .filter_map(|entry| match &entry.slot {
-                Slot::Live { holder, .. } => Some(holder.clone()),
-                Slot::Detached { .. } => None,
-            })
-            .collect()
     }
 
     /// When [`sweep`](Self::sweep) next has something to do: a resume window ends, or (while

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use readyws_hub::{
-    Attach, Copies, FreshCredentials, Holder, HubEvent, HubLimits, Kept, MailboxLimits,
+    Attach, Copies, FreshCredentials, Holder, HubEvent, HubLimits, Kept, Leases, MailboxLimits,
     OverflowPolicy, Rules, Saved, UserId, UserRecord,
 };
 use readyws_protocol::frame::Resume;
@@ -157,6 +157,8 @@ struct World {
     next_instance: u64,
     kept: Vec<Remembered>,
     books: Books,
+    /// Every instance's lease as the store keeps it, the crashed and replaced ones too.
+    leases: BTreeMap<String, Time>,
 }
 
 impl World {
@@ -191,6 +193,7 @@ impl World {
             next_instance: 1,
             kept: Vec::new(),
             books: Books::default(),
+            leases: BTreeMap::new(),
         };
         for _ in 0..INSTANCES {
             let instance = world.new_instance();
@@ -201,8 +204,10 @@ impl World {
 
     fn new_instance(&mut self) -> Instance {
         self.next_instance += 1;
+        let name = format!("i-{}", self.next_instance);
+        self.leases.insert(name.clone(), self.now + LEASE);
         Instance {
-            name: format!("i-{}", self.next_instance),
+            name,
             alive: true,
             lease_until: self.now + LEASE,
             conns: BTreeMap::new(),
@@ -237,15 +242,13 @@ impl World {
     }
 
     /// Whether an instance runs, as a driver judges it from leases.
+    /// Judged by the core's rule from the leases as the store keeps them: a crashed
+    /// instance's lease stays until it runs out (the store forgets it only after its sessions
+    /// were kept for resume, which the sweep does here before any replacement matters).
     fn alive_fn(&self) -> impl Fn(&str) -> bool + use<> {
         let now = self.now;
-        let leases: BTreeMap<String, Time> = self
-            .instances
-            .iter()
-            .filter(|i| i.alive)
-            .map(|i| (i.name.clone(), i.lease_until))
-            .collect();
-        move |name: &str| leases.get(name).is_some_and(|until| *until > now)
+        let leases = Leases::read(self.leases.clone());
+        move |name: &str| leases.alive(name, now)
     }
 
     /// Applies the events of a commit: books, and wake-ups (a notice to another instance
@@ -532,6 +535,8 @@ impl World {
         self.now = self.now + Duration::from_millis(self.rng.u64(1..150));
         for instance in self.instances.iter_mut().filter(|i| i.alive) {
             instance.lease_until = self.now + LEASE;
+            self.leases
+                .insert(instance.name.clone(), instance.lease_until);
         }
         if self.rng.u8(..6) == 0 {
             self.store.down = !self.store.down;

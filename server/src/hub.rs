@@ -5,12 +5,14 @@
 //! It owns what a sans-IO core cannot: the random generator for fresh credentials, the clock,
 //! the lease of this instance, and the tasks of the connections it carries.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use readyws_hub::{FreshCredentials, Holder, HubEvent, HubLimits, Kept, Rules, Saved, UserRecord};
+use readyws_hub::{
+    FreshCredentials, Holder, HubEvent, HubLimits, Kept, Leases, Rules, Saved, UserRecord,
+};
 use readyws_protocol::frame::Resume;
 use readyws_protocol::{Data, Outcome, ResumeToken, ServerConfig, ServerSession, Time};
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -141,10 +143,11 @@ struct Local {
     handles: HashMap<u64, (UserId, ConnHandle)>,
     /// The same connections by user, for a notice that names a user.
     by_user: HashMap<UserId, BTreeSet<u64>>,
-    /// Users whose sessions the store was told this instance carries.
+    /// Users with a live session here whose record the store was told this instance carries;
+    /// a user leaves it with its last connection here, so it is bounded by the connections.
     announced: BTreeSet<UserId>,
     /// Other instances' leases as last read.
-    leases: Option<BTreeMap<String, Time>>,
+    leases: Leases,
     pending: Vec<Detach>,
 }
 
@@ -188,20 +191,11 @@ impl Custody {
         Holder::new(self.instance.clone(), conn)
     }
 
-    /// Whether `instance` runs: this one does; another does unless its lease, as last read,
-    /// ran out. An instance whose lease was not read yet (it started since) runs: taking its
-    /// sessions without asking would let two connections carry one session at once. A gone
-    /// instance is forgotten only after its sessions were kept for resume, so it is never
-    /// mistaken for a new one.
+    /// Whether `instance` runs: this one does; another as its lease says ([`Leases::alive`]).
     fn alive_check(&self, now: Time) -> impl Fn(&str) -> bool + Send + Sync + 'static {
         let me = self.instance.clone();
         let leases = lock(&self.local).leases.clone();
-        move |instance: &str| {
-            instance == me
-                || leases
-                    .as_ref()
-                    .is_none_or(|leases| leases.get(instance).is_none_or(|until| *until > now))
-        }
+        move |instance: &str| instance == me || leases.alive(instance, now)
     }
 
     /// Runs `change` on the record of `user` in the store, then carries out its events.
@@ -399,6 +393,7 @@ impl Custody {
                 conns.remove(&conn);
                 if conns.is_empty() {
                     local.by_user.remove(&user);
+                    local.announced.remove(&user);
                 }
             }
         }
@@ -531,11 +526,11 @@ impl Custody {
         self.store
             .renew_lease(&self.instance, now + LEASE, &[])
             .await?;
-        let leases = self.store.leases().await?;
-        lock(&self.local).leases = Some(leases.clone());
+        let leases = Leases::read(self.store.leases().await?);
+        lock(&self.local).leases = leases.clone();
         let alive = self.alive_check(now);
-        for (instance, _) in leases.iter().filter(|(_, until)| **until <= now) {
-            let users = self.store.carried(instance).await?;
+        for instance in leases.gone(now) {
+            let users = self.store.carried(&instance).await?;
             info!(instance = ?instance, users = users.len(), "an instance stopped renewing its lease: keeping its sessions for resume");
             for user in users {
                 self.change(&user, |record, rules, events| {
@@ -543,7 +538,7 @@ impl Custody {
                 })
                 .await?;
             }
-            self.store.forget_instance(instance).await?;
+            self.store.forget_instance(&instance).await?;
         }
         let pending = std::mem::take(&mut lock(&self.local).pending);
         let mut failed = Vec::new();

@@ -242,7 +242,32 @@ struct Memory {
     last_record: u64,
 }
 
+/// What a record holds: messages and bytes of `data`.
+fn totals(record: &UserRecord) -> (usize, usize) {
+    (record.held_len(), record.held_bytes())
+}
+
 impl Memory {
+    fn next_version(&mut self) -> u64 {
+        self.next_version += 1;
+        self.next_version
+    }
+
+    /// Puts `record` at `version` in place of one that held `old`, keeping the totals and the
+    /// newest id; an empty record is removed. Returns the version it has now (0: removed).
+    fn put(&mut self, user: &UserId, old: (usize, usize), record: UserRecord, version: u64) -> u64 {
+        let (messages, bytes) = totals(&record);
+        self.held_messages = self.held_messages + messages - old.0;
+        self.held_bytes = self.held_bytes + bytes - old.1;
+        self.last_record = self.last_record.max(record.last_record());
+        if record.is_empty() {
+            self.records.remove(user);
+            return 0;
+        }
+        self.records.insert(user.clone(), (version, record));
+        version
+    }
+
     fn index(&mut self, user: &UserId, deadline: Option<Time>, only_earlier: bool) {
         let current = self.deadline_of.get(user).copied();
         let next = match (current, deadline) {
@@ -290,23 +315,6 @@ impl MemoryStore {
     pub fn new() -> Self {
         MemoryStore::default()
     }
-
-    fn write(&self, memory: &mut Memory, user: &UserId, record: UserRecord) -> u64 {
-        let (messages, bytes) = (record.held_len(), record.held_bytes());
-        memory.last_record = memory.last_record.max(record.last_record());
-        let old = if record.is_empty() {
-            memory.records.remove(user)
-        } else {
-            memory.next_version += 1;
-            let version = memory.next_version;
-            memory.records.insert(user.clone(), (version, record))
-        };
-        let (old_messages, old_bytes) =
-            old.map_or((0, 0), |(_, old)| (old.held_len(), old.held_bytes()));
-        memory.held_messages = memory.held_messages + messages - old_messages;
-        memory.held_bytes = memory.held_bytes + bytes - old_bytes;
-        memory.records.get(user).map_or(0, |(version, _)| *version)
-    }
 }
 
 impl Store for MemoryStore {
@@ -334,9 +342,13 @@ impl Store for MemoryStore {
     ) -> BoxFuture<'a, Result<Commit, StoreError>> {
         let mut memory = lock(&self.inner);
         memory.index(user, deadline, true);
-        let current = memory.records.get(user).map_or(0, |(version, _)| *version);
+        let (current, old) = memory
+            .records
+            .get(user)
+            .map_or((0, (0, 0)), |(version, record)| (*version, totals(record)));
         let result = if current == expected {
-            Commit::Done(self.write(&mut memory, user, record.clone()))
+            let version = memory.next_version();
+            Commit::Done(memory.put(user, old, record.clone(), version))
         } else {
             Commit::Conflict
         };
@@ -476,21 +488,15 @@ impl Store for MemoryStore {
             .records
             .remove(user)
             .unwrap_or_else(|| (0, UserRecord::continuing_after(last_record)));
-        let before = (record.held_len(), record.held_bytes());
+        let old = totals(&record);
         let changed = change(&mut record);
         let deadline = record.deadline();
-        memory.held_messages = memory.held_messages + record.held_len() - before.0;
-        memory.held_bytes = memory.held_bytes + record.held_bytes() - before.1;
-        memory.last_record = memory.last_record.max(record.last_record());
-        if !record.is_empty() {
-            let version = if changed {
-                memory.next_version += 1;
-                memory.next_version
-            } else {
-                version
-            };
-            memory.records.insert(user.clone(), (version, record));
-        }
+        let version = if changed {
+            memory.next_version()
+        } else {
+            version
+        };
+        memory.put(user, old, record, version);
         if changed {
             // Atomic here, so the index can be exact.
             memory.index(user, deadline, false);
