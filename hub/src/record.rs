@@ -52,9 +52,49 @@ impl Holder {
 }
 
 /// A digest of a resume secret: a record never holds the secret itself, so a copy of the store
-/// resumes nothing [SE-2].
-#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// resumes nothing [SE-2]. Stored as 64 hex digits.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct TokenDigest([u8; 32]);
+
+impl Serialize for TokenDigest {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [0u8; 64];
+        for (at, byte) in self.0.iter().enumerate() {
+            text[2 * at] = DIGITS[usize::from(byte >> 4)];
+            text[2 * at + 1] = DIGITS[usize::from(byte & 0xf)];
+        }
+        // Hex digits are ASCII.
+        serializer.serialize_str(std::str::from_utf8(&text).unwrap_or_default())
+    }
+}
+
+impl<'de> Deserialize<'de> for TokenDigest {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+        let bytes = text.as_bytes();
+        let mut out = [0u8; 32];
+        if bytes.len() != 64 {
+            return Err(serde::de::Error::invalid_length(
+                bytes.len(),
+                &"64 hex digits",
+            ));
+        }
+        for (at, pair) in bytes.chunks(2).enumerate() {
+            match (digit(pair[0]), digit(pair[1])) {
+                (Some(high), Some(low)) => out[at] = high << 4 | low,
+                _ => {
+                    return Err(serde::de::Error::invalid_value(
+                        serde::de::Unexpected::Str(&text),
+                        &"64 hex digits",
+                    ));
+                }
+            }
+        }
+        Ok(TokenDigest(out))
+    }
+}
 
 impl fmt::Debug for TokenDigest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -760,6 +800,22 @@ mod tests {
 
     use super::*;
     use crate::{HubLimits, MailboxLimits};
+
+    /// A stored digest reads back as the same digest, and text that is not one is refused.
+    #[test]
+    fn a_token_digest_is_stored_as_hex_and_read_back() {
+        let digest = TokenDigest(std::array::from_fn(|at| (at * 37) as u8));
+        let text = serde_json::to_string(&digest).expect("serializes");
+        assert_eq!(text.len(), 66, "64 hex digits in quotes: {text}");
+        let back: TokenDigest = serde_json::from_str(&text).expect("reads back");
+        assert!(back == digest);
+        for bad in ["\"00\"", &text.replace('0', "g"), "[1,2]"] {
+            assert!(
+                serde_json::from_str::<TokenDigest>(bad).is_err(),
+                "{bad} refused"
+            );
+        }
+    }
 
     /// Not a cryptographic hash: the tests need only that distinct short tokens differ.
     fn digest(bytes: &[u8]) -> [u8; 32] {

@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 use crate::auth::UserId;
 use crate::metrics as m;
 use crate::options::Limits;
-use crate::store::{Due, Notice, Store, StoreError};
+use crate::store::{Due, Notice, Store, StoreError, Versioned, Written};
 use crate::{PublishError, PublishReport, Shared, lock};
 
 pub(crate) use readyws_hub::{Copies, Taken};
@@ -41,6 +41,9 @@ const SWEEP_BATCH: usize = 256;
 /// The most detaches kept for a retry while the store fails; past it a session stays marked
 /// live on this instance until the instance's lease runs out or its client resumes it.
 pub(crate) const MAX_PENDING_DETACHES: usize = 10_000;
+
+/// The most bytes of held messages a record may have to travel in a wake-up notice.
+const MAX_RECORD_IN_NOTICE: usize = 16 * 1024;
 
 /// How many commands may wait for one connection task. Commands are rare (a takeover, a
 /// shutdown `goaway`); deliveries do not travel this way.
@@ -148,6 +151,11 @@ struct Local {
     announced: BTreeSet<UserId>,
     /// Other instances' leases as last read.
     leases: Leases,
+    /// The record of each user with a live session here as this instance last committed it,
+    /// from a store whose records are copies: the next change starts from it instead of a
+    /// load, and a commit refused because another writer moved on starts again from the
+    /// current one. Bounded like `announced`: a user leaves it with its last connection here.
+    cache: HashMap<UserId, Versioned>,
     pending: Vec<Detach>,
 }
 
@@ -212,8 +220,16 @@ impl Custody {
             result = Some(change(record, rules, &mut events));
             true
         };
-        self.store.update(user, &mut run).await?;
-        self.carry_out(user, events).await;
+        // Taken out while the change runs: a concurrent change of the same user loads.
+        let cached = lock(&self.local).cache.remove(user);
+        let written = self.store.update(user, cached, &mut run).await?;
+        if let Some(written) = &written {
+            let mut local = lock(&self.local);
+            if local.by_user.contains_key(user) {
+                local.cache.insert(user.clone(), written.now.clone());
+            }
+        }
+        self.carry_out(user, events, written).await;
         if let Some((messages, bytes)) = self.store.held_totals() {
             m::mailbox_depth(messages, bytes);
         }
@@ -221,7 +237,7 @@ impl Custody {
         Ok(result.expect("the change ran"))
     }
 
-    async fn carry_out(&self, user: &UserId, events: VecDeque<HubEvent>) {
+    async fn carry_out(&self, user: &UserId, events: VecDeque<HubEvent>, written: Option<Written>) {
         let mut remote = BTreeSet::new();
         for event in events {
             match event {
@@ -240,8 +256,16 @@ impl Custody {
                 HubEvent::CopiesWithdrawn(count) => m::copies_withdrawn(count),
             }
         }
+        // The woken instance starts its next change from the record written here, when it is
+        // small enough to travel in a notice.
+        let written = written
+            .filter(|written| written.now.record.held_bytes() <= MAX_RECORD_IN_NOTICE)
+            .map(Box::new);
         for instance in remote {
-            let notice = Notice::Wake { user: user.clone() };
+            let notice = Notice::Wake {
+                user: user.clone(),
+                written: written.clone(),
+            };
             if let Err(error) = self.store.notify(&instance, &notice).await {
                 // The record holds the message: that instance's connection gets it at its next
                 // wake-up, or when it subscribes again.
@@ -394,6 +418,7 @@ impl Custody {
                 if conns.is_empty() {
                     local.by_user.remove(&user);
                     local.announced.remove(&user);
+                    local.cache.remove(&user);
                 }
             }
         }
@@ -559,9 +584,16 @@ impl Custody {
 
     /// Carries out one notice from another instance.
     fn on_notice(&self, notice: Notice) {
-        let local = lock(&self.local);
+        let mut local = lock(&self.local);
+        let local = &mut *local;
         match notice {
-            Notice::Wake { user } => {
+            Notice::Wake { user, written } => {
+                if let (Some(written), Some(cached)) = (written, local.cache.get_mut(&user)) {
+                    // Only a direct successor of this instance's copy replaces it.
+                    if cached.version == written.previous {
+                        *cached = written.now;
+                    }
+                }
                 for conn in local.by_user.get(&user).into_iter().flatten() {
                     if let Some((_, handle)) = local.handles.get(conn) {
                         handle.wake();

@@ -27,7 +27,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -281,16 +281,40 @@ fn array(operation: &'static str, value: Value) -> Result<Vec<Value>, StoreError
     }
 }
 
+/// A record and its version as the hash holds them (no version: no record).
+fn versioned(
+    operation: &'static str,
+    version: &Value,
+    record: &Value,
+) -> Result<Versioned, StoreError> {
+    if matches!(version, Value::Nil) {
+        return Ok(Versioned::default());
+    }
+    let version = bytes_of(version)
+        .and_then(|bytes| std::str::from_utf8(bytes).ok())
+        .and_then(|text| text.parse::<u64>().ok())
+        .ok_or_else(|| bad_reply(operation, "a version that is not a number"))?;
+    if version == 0 {
+        return Ok(Versioned::default());
+    }
+    let record =
+        bytes_of(record).ok_or_else(|| bad_reply(operation, "a version without a record"))?;
+    let record = serde_json::from_slice(record)
+        .map_err(|error| bad_reply(operation, format!("an unreadable record: {error}")))?;
+    Ok(Versioned { record, version })
+}
+
 fn millis(at: Time) -> u64 {
     at.as_millis()
 }
 
 /// Writes the record if the version is still the one loaded; a retry of a commit that was
-/// applied finds its own version. Returns 1 (written), 0 (removed) or -1 (conflict).
+/// applied finds its own version. Returns 1 (written), 0 (removed), or on a conflict the
+/// current version and record, which spares the committer a load before it tries again.
 const COMMIT_LUA: &str = r"
 local current = redis.call('HGET', KEYS[1], 'v') or '0'
 if current == ARGV[3] then return 1 end
-if current ~= ARGV[1] then return -1 end
+if current ~= ARGV[1] then return {current, redis.call('HGET', KEYS[1], 'r') or ''} end
 if ARGV[2] == '' then
   redis.call('DEL', KEYS[1])
   return 0
@@ -298,6 +322,44 @@ end
 redis.call('HSET', KEYS[1], 'v', ARGV[3], 'r', ARGV[2])
 return 1
 ";
+
+/// A script named by its SHA-1: sent as `EVALSHA`, and in full only to a Redis that does not
+/// have it yet (just started, or flushed), so a commit does not carry the script's text.
+struct Lua {
+    text: &'static str,
+    sha: String,
+}
+
+impl Lua {
+    fn new(text: &'static str) -> Lua {
+        let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, text.as_bytes());
+        let sha = digest
+            .as_ref()
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        Lua { text, sha }
+    }
+
+    /// `EVALSHA sha` or, with `full`, `EVAL text`, to which the caller adds keys and arguments.
+    fn call<'a>(&self, pipe: &'a mut redis::Pipeline, full: bool) -> &'a mut redis::Pipeline {
+        if full {
+            pipe.cmd("EVAL").arg(self.text)
+        } else {
+            pipe.cmd("EVALSHA").arg(&self.sha)
+        }
+    }
+}
+
+static COMMIT: LazyLock<Lua> = LazyLock::new(|| Lua::new(COMMIT_LUA));
+
+/// Whether Redis answered that it does not have a script.
+fn no_script(error: &RedisError) -> bool {
+    matches!(
+        error.kind(),
+        redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+    )
+}
 
 /// The due members of one shard, each claimed until ARGV[2].
 const TAKE_DUE_LUA: &str = r"
@@ -336,18 +398,7 @@ impl Store for RedisStore {
                     "HMGET answered with fewer than two fields",
                 ));
             };
-            if matches!(version, Value::Nil) {
-                return Ok(Versioned::default());
-            }
-            let version = bytes_of(version)
-                .and_then(|bytes| std::str::from_utf8(bytes).ok())
-                .and_then(|text| text.parse::<u64>().ok())
-                .ok_or_else(|| bad_reply("load", "a version that is not a number"))?;
-            let record =
-                bytes_of(record).ok_or_else(|| bad_reply("load", "a version without a record"))?;
-            let record = serde_json::from_slice(record)
-                .map_err(|error| bad_reply("load", format!("an unreadable record: {error}")))?;
-            Ok(Versioned { record, version })
+            versioned("load", version, record)
         })
     }
 
@@ -366,38 +417,57 @@ impl Store for RedisStore {
                 serde_json::to_vec(record).expect("a record serializes")
             };
             let version = random_version();
-            let mut pipe = redis::pipe();
-            // The index first, so that a crash after the write never leaves a record that no
-            // sweep will find: at worst the index says it is due too early.
-            if let Some(at) = deadline {
-                pipe.cmd("ZADD")
-                    .arg(self.deadline_key(shard(user)))
-                    .arg("LT")
-                    .arg(millis(at))
-                    .arg(hex(user))
-                    .ignore();
-            }
-            pipe.cmd("EVAL")
-                .arg(COMMIT_LUA)
-                .arg(1)
-                .arg(self.user_key(user))
-                .arg(expected.to_string())
-                .arg(payload)
-                .arg(version.to_string());
+            let build = |full: bool| {
+                let mut pipe = redis::pipe();
+                // The index first, so that a crash after the write never leaves a record that
+                // no sweep will find: at worst the index says it is due too early.
+                if let Some(at) = deadline {
+                    pipe.cmd("ZADD")
+                        .arg(self.deadline_key(shard(user)))
+                        .arg("LT")
+                        .arg(millis(at))
+                        .arg(hex(user))
+                        .ignore();
+                }
+                COMMIT
+                    .call(&mut pipe, full)
+                    .arg(1)
+                    .arg(self.user_key(user))
+                    .arg(expected.to_string())
+                    .arg(&payload)
+                    .arg(version.to_string());
+                pipe
+            };
             let reply = self
                 .with_retries("commit", |mut connection| {
-                    let pipe = pipe.clone();
-                    async move { pipe.query_async::<Value>(&mut connection).await }
+                    let build = &build;
+                    async move {
+                        match build(false).query_async::<Value>(&mut connection).await {
+                            Err(error) if no_script(&error) => {
+                                build(true).query_async::<Value>(&mut connection).await
+                            }
+                            other => other,
+                        }
+                    }
                 })
                 .await?;
             let reply = array("commit", reply)?;
             let outcome = reply
                 .last()
                 .ok_or_else(|| bad_reply("commit", "no answer to the script"))?;
+            if let Value::Array(current) = outcome {
+                let current = match current.as_slice() {
+                    [version, record] => versioned("commit", version, record)?,
+                    _ => return Err(bad_reply("commit", "a conflict without the record")),
+                };
+                return Ok(Commit::Conflict {
+                    current: Some(current),
+                });
+            }
             match integer("commit", outcome)? {
                 1 => Ok(Commit::Done(version)),
                 0 => Ok(Commit::Done(0)),
-                _ => Ok(Commit::Conflict),
+                other => Err(bad_reply("commit", format!("the script answered {other}"))),
             }
         })
     }

@@ -66,8 +66,27 @@ pub enum StoreError {
     },
 }
 
+/// A record as one commit wrote it, and the version that commit replaced: a copy of the record
+/// at `previous` is outdated by exactly this one.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Written {
+    /// The version the commit replaced.
+    pub previous: u64,
+    /// The record written, with its version.
+    pub now: Versioned,
+}
+
+/// Versions name records: two writes with the same versions wrote the same record.
+impl PartialEq for Written {
+    fn eq(&self, other: &Self) -> bool {
+        (self.previous, self.now.version) == (other.previous, other.now.version)
+    }
+}
+
+impl Eq for Written {}
+
 /// A record as loaded, with the version a commit must name.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Versioned {
     /// The record; empty for a user the store does not hold.
     pub record: UserRecord,
@@ -76,12 +95,24 @@ pub struct Versioned {
 }
 
 /// What a commit did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Commit {
     /// Written; the record is at this version now (0: the empty record was removed).
     Done(u64),
-    /// The record is no longer at the version named: nothing was written.
-    Conflict,
+    /// The record is no longer at the version named: nothing was written. `current` is the
+    /// record as it is now when the store could tell it in the same reply (saving the caller a
+    /// load), `None` when it could not.
+    Conflict {
+        /// The record now, with its version.
+        current: Option<Versioned>,
+    },
+}
+
+impl Commit {
+    /// Whether the commit was refused.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Commit::Conflict { .. })
+    }
 }
 
 /// What one instance tells another. A doorbell: the record says the same.
@@ -91,6 +122,10 @@ pub enum Notice {
     Wake {
         /// Whose.
         user: UserId,
+        /// The record as the waking commit wrote it, when it is small: the woken instance's
+        /// next change of the user starts from it instead of a load or a refused commit.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        written: Option<Box<Written>>,
     },
     /// Another instance resumes the session live on this connection: hand it back [RS-7].
     Surrender {
@@ -191,32 +226,64 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
-    /// Runs `change` on the record of `user` and commits the result, loading again after a
-    /// conflict, so `change` must start afresh each time it runs. `change` returns whether it
-    /// changed anything: nothing is written when it did not.
+    /// Runs `change` on the record of `user` and commits the result, starting again from the
+    /// current record after a conflict, so `change` must start afresh each time it runs.
+    /// `change` returns whether it changed anything: nothing is written when it did not.
+    ///
+    /// `cached` is the record as this caller last committed it, if it kept it: the update then
+    /// starts from it without a load, and if another writer has moved the record on meanwhile,
+    /// the commit is refused and the update goes on from the current record. Returns what was
+    /// written, to pass as `cached` next time, from a store whose records are copies; `None`
+    /// from one that changes them in place, or when nothing was written.
     fn update<'a>(
         &'a self,
         user: &'a UserId,
+        cached: Option<Versioned>,
         change: &'a mut (dyn FnMut(&mut UserRecord) -> bool + Send),
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+    ) -> BoxFuture<'a, Result<Option<Written>, StoreError>> {
         Box::pin(async move {
             let mut backoff_ms = 1;
+            let mut next = cached.map(|cached| (cached, true));
             for _ in 0..UPDATE_ATTEMPTS {
-                let Versioned {
-                    mut record,
-                    version,
-                } = self.load(user).await?;
+                let (
+                    Versioned {
+                        mut record,
+                        version,
+                    },
+                    from_cache,
+                ) = match next.take() {
+                    Some(start) => start,
+                    None => (self.load(user).await?, false),
+                };
                 if !change(&mut record) {
-                    return Ok(());
+                    if from_cache {
+                        // Nothing to write, so nothing checks the version: what `change` saw
+                        // may be outdated. It runs again on the record as it is.
+                        continue;
+                    }
+                    return Ok(None);
                 }
                 let deadline = record.deadline();
                 match self.commit(user, version, &record, deadline).await? {
-                    Commit::Done(_) => return Ok(()),
-                    Commit::Conflict => {
+                    Commit::Done(now) => {
+                        return Ok(Some(Written {
+                            previous: version,
+                            now: Versioned {
+                                record,
+                                version: now,
+                            },
+                        }));
+                    }
+                    Commit::Conflict { current } => {
                         crate::metrics::store_conflict();
-                        let wait = crate::random_below(backoff_ms * 1000);
-                        tokio::time::sleep(std::time::Duration::from_micros(wait)).await;
-                        backoff_ms = (backoff_ms * 2).min(MAX_CONFLICT_BACKOFF_MS);
+                        if !from_cache {
+                            // Another writer got in between this caller's load and commit:
+                            // a short random wait spreads contending writers out.
+                            let wait = crate::random_below(backoff_ms * 1000);
+                            tokio::time::sleep(std::time::Duration::from_micros(wait)).await;
+                            backoff_ms = (backoff_ms * 2).min(MAX_CONFLICT_BACKOFF_MS);
+                        }
+                        next = current.map(|current| (current, false));
                     }
                 }
             }
@@ -350,7 +417,7 @@ impl Store for MemoryStore {
             let version = memory.next_version();
             Commit::Done(memory.put(user, old, record.clone(), version))
         } else {
-            Commit::Conflict
+            Commit::Conflict { current: None }
         };
         Box::pin(async move { Ok(result) })
     }
@@ -479,8 +546,9 @@ impl Store for MemoryStore {
     fn update<'a>(
         &'a self,
         user: &'a UserId,
+        _cached: Option<Versioned>,
         change: &'a mut (dyn FnMut(&mut UserRecord) -> bool + Send),
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+    ) -> BoxFuture<'a, Result<Option<Written>, StoreError>> {
         let mut memory = lock(&self.inner);
         let memory = &mut *memory;
         let last_record = memory.last_record;
@@ -501,6 +569,6 @@ impl Store for MemoryStore {
             // Atomic here, so the index can be exact.
             memory.index(user, deadline, false);
         }
-        Box::pin(async { Ok(()) })
+        Box::pin(async { Ok(None) })
     }
 }

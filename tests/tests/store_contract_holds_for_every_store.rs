@@ -93,29 +93,42 @@ async fn a_commit_on_an_outdated_version_is_refused() {
 
         let two = with_message(read.record.clone(), &alice, 2, at(0));
         let stale = with_message(one.clone(), &alice, 3, at(0));
-        assert!(matches!(
-            store
-                .commit(&alice, first, &two, None)
-                .await
-                .expect("commit"),
-            Commit::Done(_)
-        ));
-        assert_eq!(
-            store
-                .commit(&alice, first, &stale, None)
-                .await
-                .expect("commit"),
-            Commit::Conflict,
-            "{name}: a commit based on the first version is refused once a second is written"
-        );
+        let Commit::Done(second) = store
+            .commit(&alice, first, &two, None)
+            .await
+            .expect("commit")
+        else {
+            panic!("{name}: a commit on the current version is written");
+        };
+        match store
+            .commit(&alice, first, &stale, None)
+            .await
+            .expect("commit")
+        {
+            Commit::Conflict { current } => {
+                if let Some(current) = current {
+                    assert_eq!(
+                        (current.version, current.record.held_ids()),
+                        (second, two.held_ids()),
+                        "{name}: a conflict that tells the record tells the current one"
+                    );
+                }
+            }
+            Commit::Done(_) => panic!(
+                "{name}: a commit based on the first version is refused once a second is written"
+            ),
+        }
         assert_eq!(
             store.load(&alice).await.expect("load").record.held_len(),
             2,
             "{name}: the refused commit changed nothing"
         );
-        assert_eq!(
-            store.commit(&alice, 0, &stale, None).await.expect("commit"),
-            Commit::Conflict,
+        assert!(
+            store
+                .commit(&alice, 0, &stale, None)
+                .await
+                .expect("commit")
+                .is_conflict(),
             "{name}: version 0 means no record, and there is one"
         );
     }
@@ -172,7 +185,7 @@ async fn concurrent_updates_of_one_user_all_land_once() {
                         .expect("room");
                     true
                 };
-                store.update(&cy, &mut change).await
+                store.update(&cy, None, &mut change).await.map(|_| ())
             }));
         }
         for task in tasks {
@@ -180,6 +193,49 @@ async fn concurrent_updates_of_one_user_all_land_once() {
         }
         let record = store.load(&cy).await.expect("load").record;
         assert_eq!(record.held_len(), 24, "{name}: every change landed once");
+    }
+}
+
+/// An update may start from the record as its caller last committed it instead of a load: if
+/// another writer moved the record on meanwhile, the update still lands on the current record,
+/// and what the other writer did stays.
+#[tokio::test]
+async fn an_update_from_an_outdated_copy_lands_on_the_current_record() {
+    for (name, store, _redis) in every_store().await {
+        let dee = UserId::new("dee");
+        let publish = |n: u64| {
+            let dee = dee.clone();
+            move |record: &mut UserRecord| {
+                *record = with_message(record.clone(), &dee, n, at(0));
+                true
+            }
+        };
+        let mine = store
+            .update(&dee, None, &mut publish(1))
+            .await
+            .expect("update");
+        // Another writer, which loads.
+        store
+            .update(&dee, None, &mut publish(2))
+            .await
+            .expect("update");
+        let after = store
+            .update(&dee, mine.map(|written| written.now), &mut publish(3))
+            .await
+            .expect("update");
+        let record = store.load(&dee).await.expect("load");
+        assert_eq!(
+            record.record.held_len(),
+            3,
+            "{name}: the update from an outdated copy kept the other writer's change"
+        );
+        if let Some(after) = after {
+            assert_eq!(
+                (after.now.version, after.now.record.held_ids()),
+                (record.version, record.record.held_ids()),
+                "{name}: the record returned is the one committed"
+            );
+        }
     }
 }
 
@@ -350,8 +406,18 @@ async fn a_notice_reaches_the_instance_it_names_and_no_other() {
     for (name, store, _redis) in every_store().await {
         let mut a = store.subscribe("i-a").await.expect("subscribe");
         let mut b = store.subscribe("i-b").await.expect("subscribe");
+        let hal = UserId::new("hal");
+        let written = store
+            .update(&hal, None, &mut |record: &mut UserRecord| {
+                *record = with_message(record.clone(), &hal, 1, at(0));
+                true
+            })
+            .await
+            .expect("update")
+            .map(Box::new);
         let wake = Notice::Wake {
-            user: UserId::new("hal"),
+            user: hal.clone(),
+            written,
         };
         store.notify("i-a", &wake).await.expect("notify");
         store
@@ -359,7 +425,24 @@ async fn a_notice_reaches_the_instance_it_names_and_no_other() {
             .await
             .expect("notify");
         let got = tokio::time::timeout(Duration::from_secs(5), a.next()).await;
-        assert_eq!(got.ok().flatten(), Some(wake), "{name}: a got its notice");
+        let got = got.ok().flatten();
+        assert_eq!(got, Some(wake.clone()), "{name}: a got its notice");
+        if let (
+            Some(Notice::Wake {
+                written: Some(got), ..
+            }),
+            Notice::Wake {
+                written: Some(sent),
+                ..
+            },
+        ) = (got, wake)
+        {
+            assert_eq!(
+                got.now.record.held_ids(),
+                sent.now.record.held_ids(),
+                "{name}: the record in a notice arrives whole"
+            );
+        }
         let got = tokio::time::timeout(Duration::from_secs(5), b.next()).await;
         assert_eq!(
             got.ok().flatten(),
