@@ -67,6 +67,7 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: impl FrameSocket) {
         copies: Copies::new(),
         settled: Vec::new(),
         saved: SessionProgress::default(),
+        settle_by: None,
         fenced: false,
         woken: false,
         outgoing: Vec::new(),
@@ -80,6 +81,14 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: impl FrameSocket) {
     task.run(socket, commands, wake).instrument(span).await;
     shared.unregister_connection(conn_id);
 }
+
+/// How long the client's acknowledgements may wait for a commit of their own, when the store
+/// outlives the instance (each commit is a round trip): a turn that has to commit anyway takes
+/// them along. Waiting costs only this: a message acknowledged just before the instance dies is
+/// sent again to the resumed session, whose client drops it as a duplicate [DL-4].
+const SETTLE_LINGER: Duration = Duration::from_millis(20);
+/// The most acknowledged copies that wait for a commit.
+const SETTLE_BATCH: usize = 64;
 
 /// The most frames, or commands, taken in one turn before the connection's output is written: a
 /// bound on how long a busy peer can hold up the other direction.
@@ -99,6 +108,9 @@ struct Task {
     settled: Vec<(u64, Outcome)>,
     /// Where the session stood when the store last took its state.
     saved: SessionProgress,
+    /// When acknowledgements that nothing else needs the store for are committed at the
+    /// latest ([`SETTLE_LINGER`]).
+    settle_by: Option<Instant>,
     /// The store says another connection carries the session now: write nothing more of it.
     fenced: bool,
     /// The session was woken: its mailbox gained records, or dropped some.
@@ -209,6 +221,9 @@ impl Task {
                 }
                 () = wake.notified() => {
                     self.woken = true;
+                    self.turn().await;
+                }
+                () = sleep_until_some(self.settle_by) => {
                     self.turn().await;
                 }
                 () = &mut timer, if armed_for.is_some() => {
@@ -526,9 +541,32 @@ impl Task {
             return true;
         };
         let progress = session.progress();
-        let save = self.shared.custody.outlives_instance() && progress != self.saved;
+        let outlives = self.shared.custody.outlives_instance();
+        let save = outlives && progress != self.saved;
         if !self.woken && self.settled.is_empty() && !save {
             return true;
+        }
+        // Nothing the next frames depend on changed: only copies and messages acknowledged.
+        let only_settling = !self.woken
+            && (
+                progress.last_received,
+                progress.last_refused,
+                progress.highest_sent,
+            ) == (
+                self.saved.last_received,
+                self.saved.last_refused,
+                self.saved.highest_sent,
+            );
+        if outlives && only_settling && self.settled.len() < SETTLE_BATCH {
+            let now = Instant::now();
+            match self.settle_by {
+                None => {
+                    self.settle_by = Some(now + SETTLE_LINGER);
+                    return true;
+                }
+                Some(by) if now < by => return true,
+                Some(_) => {}
+            }
         }
         let kept = save.then(|| Kept::of(session, &self.copies));
         let session_id = session.id().to_owned();
@@ -542,6 +580,7 @@ impl Task {
             Ok(Some(taken)) => {
                 self.settled.clear();
                 self.saved = progress;
+                self.settle_by = None;
                 if let Some(session) = self.connection.session_mut() {
                     withdraw_from(session, &mut self.copies, &taken.dropped);
                 }
@@ -729,6 +768,14 @@ impl Batch {
 async fn in_progress<W>(write: Option<&mut Write<W>>) -> (W, WriteOutcome) {
     match write {
         Some(write) => write.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `at`; never wakes without one.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }

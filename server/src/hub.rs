@@ -159,12 +159,23 @@ struct Local {
     pending: Vec<Detach>,
 }
 
+/// How many notices to other instances may wait to be sent; past it a change sends its own
+/// and waits for it (counted as `notice_queue`).
+pub(crate) const NOTICE_QUEUE: usize = 4096;
+/// The most notices sent in one round trip.
+const NOTICE_BATCH: usize = 256;
+
 /// The rules across connections, over a [`Store`].
 pub(crate) struct Custody {
     store: Arc<dyn Store>,
     rules: Rules,
     instance: String,
     local: Mutex<Local>,
+    /// Notices on their way to other instances: a change does not wait for the round trip
+    /// that tells another instance, only for its commit.
+    notices: mpsc::Sender<(String, Notice)>,
+    /// Their sender's end, until the background task takes it.
+    outbox: Mutex<Option<mpsc::Receiver<(String, Notice)>>>,
 }
 
 impl Custody {
@@ -174,8 +185,11 @@ impl Custody {
             max_held_bytes: limits.max_held_bytes,
             max_sessions_per_user: limits.max_sessions_per_user,
         };
+        let (notices, outbox) = mpsc::channel(NOTICE_QUEUE);
         Custody {
             store,
+            notices,
+            outbox: Mutex::new(Some(outbox)),
             rules: Rules {
                 protocol,
                 limits,
@@ -265,6 +279,14 @@ impl Custody {
             let notice = Notice::Wake {
                 user: user.clone(),
                 written: written.clone(),
+            };
+            let (instance, notice) = match self.notices.try_send((instance, notice)) {
+                Ok(()) => continue,
+                Err(mpsc::error::TrySendError::Full(unsent)) => {
+                    m::limit_refused("notice_queue");
+                    unsent
+                }
+                Err(mpsc::error::TrySendError::Closed(unsent)) => unsent,
             };
             if let Err(error) = self.store.notify(&instance, &notice).await {
                 // The record holds the message: that instance's connection gets it at its next
@@ -620,13 +642,47 @@ impl Custody {
 /// Runs the instance's duties until the server is dropped: sweeps, and where the store outlives
 /// the instance, the lease and the notices of other instances.
 pub(crate) async fn run_background(shared: Weak<Shared>) {
-    let outlives = shared
-        .upgrade()
-        .is_some_and(|shared| shared.custody.outlives_instance());
+    let Some((outlives, store, outbox)) = shared.upgrade().map(|shared| {
+        let custody = &shared.custody;
+        let outbox = lock(&custody.outbox).take();
+        (custody.outlives_instance(), custody.store.clone(), outbox)
+    }) else {
+        return;
+    };
+    let sender = async move {
+        if let Some(outbox) = outbox {
+            send_notices(store, outbox).await;
+        }
+    };
     if outlives {
-        tokio::join!(heartbeat_loop(shared.clone()), notice_loop(shared));
+        tokio::join!(heartbeat_loop(shared.clone()), notice_loop(shared), sender);
     } else {
-        sweep_loop(shared).await;
+        tokio::join!(sweep_loop(shared), sender);
+    }
+}
+
+/// Sends the notices changes queued, as many per round trip as are waiting, until the server
+/// is dropped (which closes the queue). Wake-ups of one user on one instance that wait together
+/// are sent once, with the newest record.
+async fn send_notices(store: Arc<dyn Store>, mut outbox: mpsc::Receiver<(String, Notice)>) {
+    let mut waiting = Vec::with_capacity(NOTICE_BATCH);
+    while outbox.recv_many(&mut waiting, NOTICE_BATCH).await > 0 {
+        let mut batch: Vec<(String, Notice)> = Vec::with_capacity(waiting.len());
+        for (instance, notice) in waiting.drain(..) {
+            let same = batch.iter_mut().find(|(to, sent)| {
+                *to == instance
+                    && matches!((sent, &notice), (Notice::Wake { user: a, .. }, Notice::Wake { user: b, .. }) if a == b)
+            });
+            match same {
+                Some(earlier) => earlier.1 = notice,
+                None => batch.push((instance, notice)),
+            }
+        }
+        if let Err(error) = store.notify_all(&batch).await {
+            // The records hold what the notices announce: those instances' connections get it
+            // at their next wake-up, or when they subscribe again.
+            warn!(%error, count = batch.len(), "could not send notices to other instances");
+        }
     }
 }
 

@@ -617,6 +617,28 @@ impl Store for RedisStore {
         })
     }
 
+    fn notify_all<'a>(
+        &'a self,
+        notices: &'a [(String, Notice)],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut pipe = redis::pipe();
+            for (instance, notice) in notices {
+                let payload = serde_json::to_vec(notice).expect("a notice serializes");
+                pipe.cmd("PUBLISH")
+                    .arg(self.notice_channel(instance))
+                    .arg(payload)
+                    .ignore();
+            }
+            self.with_retries("notify", |mut connection| {
+                let pipe = &pipe;
+                async move { pipe.query_async::<Value>(&mut connection).await }
+            })
+            .await?;
+            Ok(())
+        })
+    }
+
     fn subscribe<'a>(
         &'a self,
         instance: &'a str,

@@ -210,6 +210,19 @@ pub trait Store: Send + Sync + 'static {
         notice: &'a Notice,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
+    /// Tells each instance its notice, in one round trip where the store can.
+    fn notify_all<'a>(
+        &'a self,
+        notices: &'a [(String, Notice)],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            for (instance, notice) in notices {
+                self.notify(instance, notice).await?;
+            }
+            Ok(())
+        })
+    }
+
     /// The notices for `instance`, until the stream ends (then subscribe again: notices sent
     /// meanwhile may be lost).
     fn subscribe<'a>(
@@ -243,6 +256,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Option<Written>, StoreError>> {
         Box::pin(async move {
             let mut backoff_ms = 1;
+            let mut conflicts = 0u32;
             let mut next = cached.map(|cached| (cached, true));
             for _ in 0..UPDATE_ATTEMPTS {
                 let (
@@ -276,7 +290,10 @@ pub trait Store: Send + Sync + 'static {
                     }
                     Commit::Conflict { current } => {
                         crate::metrics::store_conflict();
-                        if !from_cache {
+                        conflicts += 1;
+                        // Starting again at once from the record the store just gave suits a
+                        // writer that met one other; writers that keep colliding spread out.
+                        if !from_cache && (current.is_none() || conflicts > 1) {
                             // Another writer got in between this caller's load and commit:
                             // a short random wait spreads contending writers out.
                             let wait = crate::random_below(backoff_ms * 1000);
