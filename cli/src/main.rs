@@ -148,8 +148,9 @@ struct ServeArgs {
     /// `examples/browser/` page then runs at /examples/browser/).
     #[arg(long = "static", value_name = "DIR")]
     static_dir: Option<std::path::PathBuf>,
-    /// Keep users, sessions and mailboxes in this Redis (`redis://host:port`), shared with every
-    /// other instance started with the same URL: any of them then serves any user. Without it they
+    /// Keep users, sessions and mailboxes in this Redis (`redis://host:port` for one primary,
+    /// `redis-cluster://host:port,host:port` for a Redis Cluster), shared with every other
+    /// instance started with the same URL: any of them then serves any user. Without it they
     /// live in this process's memory.
     #[arg(long, value_name = "URL", env = "READYWS_REDIS_URL")]
     redis: Option<String>,

@@ -69,7 +69,7 @@ pub use auth::{
 };
 pub use options::{Deadlines, MailboxLimits, OverflowPolicy, ServerLimits, ServerOptions};
 pub use readyws_hub::UserRecord;
-pub use redis_store::{DEADLINE_SHARDS, RedisStore};
+pub use redis_store::{CLUSTER_SCHEME, DEADLINE_SHARDS, RedisStore};
 pub use store::{
     Commit, Due, MemoryStore, Notice, Store, StoreError, UPDATE_ATTEMPTS, Versioned, Written,
 };

@@ -27,6 +27,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -36,6 +37,7 @@ use futures_util::stream::BoxStream;
 use readyws_hub::{UserId, UserRecord};
 use readyws_protocol::Time;
 use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
 use redis::{Client, Cmd, RedisError, RetryMethod, Value};
 use tracing::{debug, info, warn};
 
@@ -50,47 +52,127 @@ const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
 /// users, few enough that a sweep asks each of them once.
 pub const DEADLINE_SHARDS: u32 = 16;
 
-/// A Redis server (a single primary, optionally with replicas and Sentinel) that several
-/// readyws server instances share: set it as [`crate::ServerOptions::redis`] on each of them.
-/// Cheap to clone.
+/// The Redis that several readyws server instances share: a single primary (optionally with
+/// replicas and Sentinel), or a Redis Cluster. Set it as [`crate::ServerOptions::redis`] on each
+/// of them. Cheap to clone.
 #[derive(Clone)]
 pub struct RedisStore {
-    client: Client,
-    manager: ConnectionManager,
+    connection: Connection,
+    /// Where notices are subscribed to: the primary, or each cluster node in turn (a notice
+    /// published on any node of a cluster reaches subscribers on every node).
+    subscribe_to: Arc<[Client]>,
+    next_subscription: Arc<AtomicUsize>,
     prefix: Arc<str>,
+}
+
+/// A connection that re-establishes itself: to one primary, or to every node of a cluster
+/// (each command goes to the node that holds its key's slot).
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Connection {
+    fn is_cluster(&self) -> bool {
+        matches!(self, Connection::Cluster(_))
+    }
+}
+
+impl redis::aio::ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(connection) => connection.req_packed_command(cmd),
+            Connection::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(connection) => {
+                connection.req_packed_commands(pipeline, offset, count)
+            }
+            Connection::Cluster(connection) => {
+                connection.req_packed_commands(pipeline, offset, count)
+            }
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(connection) => connection.get_db(),
+            Connection::Cluster(connection) => connection.get_db(),
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
+            .field("cluster", &self.connection.is_cluster())
             .field("prefix", &self.prefix)
             .finish_non_exhaustive()
     }
 }
 
+/// The scheme of a cluster URL: `redis-cluster://[:password@]host:port[,host:port…]` names
+/// some of the cluster's nodes (the rest are found from them).
+pub const CLUSTER_SCHEME: &str = "redis-cluster://";
+
 impl RedisStore {
-    /// Connects to the Redis server at `url` (`redis://[:password@]host:port[/db]`). The
-    /// connection is re-established by itself after Redis restarts. Keys and channels start with
-    /// `readyws:`; see [`with_prefix`](Self::with_prefix).
+    /// Connects to the Redis at `url`: `redis://[:password@]host:port[/db]` for a single
+    /// primary, or `redis-cluster://[:password@]host:port[,host:port…]` for a Redis Cluster
+    /// ([`CLUSTER_SCHEME`]). The connection is re-established by itself after Redis restarts.
+    /// Keys and channels start with `readyws:`; see [`with_prefix`](Self::with_prefix).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let shown = redacted(url);
         let connect_error = |detail: String| StoreError::Connect {
             url: shown.clone(),
             detail,
         };
-        let client = Client::open(url).map_err(|error| connect_error(error.to_string()))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(200));
-        let manager = ConnectionManager::new_with_config(client.clone(), config)
-            .await
-            .map_err(|error| connect_error(error.to_string()))?;
-        info!(url = %shown, "connected to Redis");
+        let (connection, subscribe_to) = match url.strip_prefix(CLUSTER_SCHEME) {
+            Some(nodes) => {
+                let nodes = cluster_nodes(nodes).map_err(connect_error)?;
+                let clients = nodes
+                    .iter()
+                    .map(|node| Client::open(node.as_str()))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|error| connect_error(error.to_string()))?;
+                let cluster = redis::cluster::ClusterClient::builder(nodes)
+                    .connection_timeout(Duration::from_secs(2))
+                    .response_timeout(Duration::from_secs(2))
+                    .retries(2)
+                    .build()
+                    .map_err(|error| connect_error(error.to_string()))?;
+                let connection = cluster
+                    .get_async_connection()
+                    .await
+                    .map_err(|error| connect_error(error.to_string()))?;
+                (Connection::Cluster(connection), clients)
+            }
+            None => {
+                let client = Client::open(url).map_err(|error| connect_error(error.to_string()))?;
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(2)))
+                    .set_response_timeout(Some(Duration::from_secs(2)))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_millis(200));
+                let manager = ConnectionManager::new_with_config(client.clone(), config)
+                    .await
+                    .map_err(|error| connect_error(error.to_string()))?;
+                (Connection::Single(manager), vec![client])
+            }
+        };
+        info!(url = %shown, cluster = connection.is_cluster(), "connected to Redis");
         Ok(RedisStore {
-            client,
-            manager,
+            connection,
+            subscribe_to: subscribe_to.into(),
+            next_subscription: Arc::new(AtomicUsize::new(0)),
             prefix: Arc::from("readyws"),
         })
     }
@@ -118,13 +200,13 @@ impl RedisStore {
         mut attempt: F,
     ) -> Result<Value, StoreError>
     where
-        F: FnMut(ConnectionManager) -> Fut,
+        F: FnMut(Connection) -> Fut,
         Fut: Future<Output = redis::RedisResult<Value>>,
     {
         let mut delay = FIRST_RETRY_DELAY;
         let mut tries = 1;
         loop {
-            match attempt(self.manager.clone()).await {
+            match attempt(self.connection.clone()).await {
                 Ok(value) => return Ok(value),
                 Err(error) => {
                     if !self.should_retry(operation, &error, tries).await {
@@ -187,6 +269,29 @@ fn unavailable(operation: &'static str, attempts: u32, error: &RedisError) -> St
         attempts,
         detail: error.to_string(),
     }
+}
+
+/// The node URLs of a cluster URL's `[:password@]host:port[,host:port…]`, each as
+/// `redis://[:password@]host:port`.
+fn cluster_nodes(nodes: &str) -> Result<Vec<String>, String> {
+    let (auth, hosts) = match nodes.rsplit_once('@') {
+        Some((auth, hosts)) => (format!("{auth}@"), hosts),
+        None => (String::new(), nodes),
+    };
+    let hosts: Vec<&str> = hosts
+        .trim_end_matches('/')
+        .split(',')
+        .map(str::trim)
+        .collect();
+    if hosts.iter().any(|host| host.is_empty()) {
+        return Err(format!(
+            "a cluster URL names its nodes as {CLUSTER_SCHEME}host:port[,host:port…]"
+        ));
+    }
+    Ok(hosts
+        .into_iter()
+        .map(|host| format!("redis://{auth}{host}"))
+        .collect())
 }
 
 /// `url` without the password, for logs and errors.
@@ -417,11 +522,23 @@ impl Store for RedisStore {
                 serde_json::to_vec(record).expect("a record serializes")
             };
             let version = random_version();
+            // The index first, so that a crash after the write never leaves a record that no
+            // sweep will find: at worst the index says it is due too early. In a cluster the
+            // index shard and the user's record are in different slots, so the index is
+            // written on its own before the commit; on one primary both go in one round trip.
+            let separate_index = self.connection.is_cluster();
+            if let (Some(at), true) = (deadline, separate_index) {
+                let mut command = redis::cmd("ZADD");
+                command
+                    .arg(self.deadline_key(shard(user)))
+                    .arg("LT")
+                    .arg(millis(at))
+                    .arg(hex(user));
+                self.query("commit", &command).await?;
+            }
             let build = |full: bool| {
                 let mut pipe = redis::pipe();
-                // The index first, so that a crash after the write never leaves a record that
-                // no sweep will find: at worst the index says it is due too early.
-                if let Some(at) = deadline {
+                if let (Some(at), false) = (deadline, separate_index) {
                     pipe.cmd("ZADD")
                         .arg(self.deadline_key(shard(user)))
                         .arg("LT")
@@ -645,7 +762,10 @@ impl Store for RedisStore {
     ) -> BoxFuture<'a, Result<BoxStream<'static, Notice>, StoreError>> {
         Box::pin(async move {
             let unavailable = |error: RedisError| unavailable("subscribe", 1, &error);
-            let mut pubsub = self.client.get_async_pubsub().await.map_err(unavailable)?;
+            // Each attempt asks the next node, so that one node down does not stop notices.
+            let next = self.next_subscription.fetch_add(1, Ordering::Relaxed);
+            let client = &self.subscribe_to[next % self.subscribe_to.len()];
+            let mut pubsub = client.get_async_pubsub().await.map_err(unavailable)?;
             pubsub
                 .subscribe(self.notice_channel(instance))
                 .await

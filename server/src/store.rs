@@ -269,6 +269,7 @@ pub trait Store: Send + Sync + 'static {
                     Some(start) => start,
                     None => (self.load(user).await?, false),
                 };
+                let before = record.deadline();
                 if !change(&mut record) {
                     if from_cache {
                         // Nothing to write, so nothing checks the version: what `change` saw
@@ -277,7 +278,13 @@ pub trait Store: Send + Sync + 'static {
                     }
                     return Ok(None);
                 }
-                let deadline = record.deadline();
+                // The index already says `before` or earlier for the version this change
+                // started from (every commit keeps it so), which the commit checks is still
+                // current: only a deadline that moved earlier needs writing.
+                let deadline = match (before, record.deadline()) {
+                    (Some(before), Some(after)) if after >= before => None,
+                    (_, after) => after,
+                };
                 match self.commit(user, version, &record, deadline).await? {
                     Commit::Done(now) => {
                         return Ok(Some(Written {

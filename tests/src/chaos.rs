@@ -27,7 +27,7 @@ use readyws_server::{
 };
 use serde::Serialize;
 
-use crate::cluster::{Balancer, InstanceProcess, RedisProcess};
+use crate::cluster::{Balancer, InstanceProcess, RedisCluster, RedisProcess};
 use crate::harness::RunningServer;
 use crate::relay::Relay;
 
@@ -53,6 +53,8 @@ pub struct ChaosConfig {
     pub instances: usize,
     /// Instances killed (SIGKILL) during the run, each replaced by a new one.
     pub kills: u32,
+    /// With instances: they share a Redis Cluster of three nodes instead of one primary.
+    pub redis_cluster: bool,
     /// The `instance` binary, for runs with instances.
     pub instance_program: Option<PathBuf>,
 }
@@ -120,6 +122,8 @@ pub struct ChaosReport {
     pub instances: usize,
     /// Instances killed during the run.
     pub kills: u32,
+    /// The instances shared a Redis Cluster.
+    pub redis_cluster: bool,
     /// Whether everything settled before the deadline.
     pub completed: bool,
     /// Seconds the run took.
@@ -237,7 +241,7 @@ pub async fn run(config: &ChaosConfig) -> ChaosReport {
                 .instance_program
                 .clone()
                 .expect("runs with instances name the instance binary");
-            let cluster = Cluster::start(instances, program, messages)
+            let cluster = Cluster::start(instances, program, messages, config.redis_cluster)
                 .await
                 .expect("the instances start");
             Some(Arc::new(tokio::sync::Mutex::new(cluster)))
@@ -480,6 +484,7 @@ pub async fn run(config: &ChaosConfig) -> ChaosReport {
         restarts: config.restarts,
         instances: config.instances,
         kills: config.kills,
+        redis_cluster: config.redis_cluster,
         completed,
         seconds: started.elapsed().as_secs_f64(),
         peak_rss_kib: peak_rss_kib(),
@@ -493,9 +498,24 @@ fn peak_rss_kib() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The Redis the instances share.
+enum SharedRedis {
+    Primary(RedisProcess),
+    Cluster(RedisCluster),
+}
+
+impl SharedRedis {
+    fn url(&self) -> String {
+        match self {
+            SharedRedis::Primary(redis) => redis.url(),
+            SharedRedis::Cluster(cluster) => cluster.url(),
+        }
+    }
+}
+
 /// Instance processes on one Redis, behind a balancer.
 struct Cluster {
-    redis: RedisProcess,
+    redis: SharedRedis,
     program: PathBuf,
     flags: Vec<String>,
     /// Every instance started, killed ones included (their logs still count).
@@ -505,10 +525,21 @@ struct Cluster {
 }
 
 impl Cluster {
-    async fn start(count: usize, program: PathBuf, messages: u64) -> Result<Cluster, String> {
-        let redis = tokio::task::spawn_blocking(RedisProcess::start)
-            .await
-            .map_err(|problem| problem.to_string())??;
+    async fn start(
+        count: usize,
+        program: PathBuf,
+        messages: u64,
+        redis_cluster: bool,
+    ) -> Result<Cluster, String> {
+        let redis = tokio::task::spawn_blocking(move || {
+            if redis_cluster {
+                RedisCluster::start().map(SharedRedis::Cluster)
+            } else {
+                RedisProcess::start().map(SharedRedis::Primary)
+            }
+        })
+        .await
+        .map_err(|problem| problem.to_string())??;
         let flags = [
             "--heartbeat-ms",
             "500",

@@ -22,6 +22,8 @@ pub struct RedisProcess {
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// The port of the cluster bus, for a node of a [`RedisCluster`].
+    cluster_port: Option<u16>,
 }
 
 impl RedisProcess {
@@ -35,6 +37,26 @@ impl RedisProcess {
             port,
             dir,
             child: None,
+            cluster_port: None,
+        };
+        redis.spawn()?;
+        Ok(redis)
+    }
+
+    fn start_cluster_node() -> Result<RedisProcess, String> {
+        let port = free_port()?;
+        let dir = std::env::temp_dir().join(format!(
+            "readyws-redis-cluster-{}-{port}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir)
+            .map_err(|problem| format!("cannot create {}: {problem}", dir.display()))?;
+        let mut redis = RedisProcess {
+            port,
+            dir,
+            child: None,
+            // Its own free port: the default, the port + 10,000, may be taken or out of range.
+            cluster_port: Some(free_port()?),
         };
         redis.spawn()?;
         Ok(redis)
@@ -60,11 +82,31 @@ impl RedisProcess {
     }
 
     fn spawn(&mut self) -> Result<(), String> {
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        command
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
             .arg("--dir")
-            .arg(&self.dir)
+            .arg(&self.dir);
+        if let Some(bus) = self.cluster_port {
+            command
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &bus.to_string(),
+                ])
+                .args(["--cluster-config-file", "nodes.conf"])
+                .args(["--cluster-node-timeout", "2000"]);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -90,6 +132,82 @@ impl Drop for RedisProcess {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A Redis Cluster of three primaries on loopback, each a [`RedisProcess`] with
+/// `cluster-enabled yes`, its slots assigned by `redis-cli --cluster create`. Dropped, it stops.
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<RedisProcess>,
+}
+
+impl RedisCluster {
+    /// Starts three nodes, joins them into a cluster, and waits until every node says the
+    /// cluster is up.
+    pub fn start() -> Result<RedisCluster, String> {
+        let nodes = (0..3)
+            .map(|_| RedisProcess::start_cluster_node())
+            .collect::<Result<Vec<_>, _>>()?;
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|node| format!("127.0.0.1:{}", node.port))
+            .collect();
+        let output = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|problem| {
+                format!("cannot run redis-cli ({problem}); Debian's redis-tools has it")
+            })?;
+        if !output.status.success() {
+            return Err(format!(
+                "redis-cli --cluster create failed: {}",
+                String::from_utf8_lossy(&output.stdout)
+            ));
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !nodes.iter().all(|node| cluster_ok(node.port)) {
+            if Instant::now() > deadline {
+                return Err("the Redis Cluster never reported cluster_state:ok".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(RedisCluster { nodes })
+    }
+
+    /// Kills every node (SIGKILL).
+    pub fn kill(&mut self) {
+        for node in &mut self.nodes {
+            node.kill();
+        }
+    }
+
+    /// `redis-cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3`, the URL
+    /// `readyws_server::RedisStore::connect` takes for a cluster.
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|node| format!("127.0.0.1:{}", node.port))
+            .collect();
+        format!("redis-cluster://{}", nodes.join(","))
+    }
+}
+
+/// Whether the Redis on `port` says its cluster is up.
+fn cluster_ok(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    if stream.write_all(b"CLUSTER INFO\r\n").is_err() {
+        return false;
+    }
+    let mut answer = vec![0u8; 4096];
+    let read = stream.read(&mut answer).unwrap_or(0);
+    String::from_utf8_lossy(&answer[..read]).contains("cluster_state:ok")
 }
 
 /// Whether a Redis answers `PING` on `port`.

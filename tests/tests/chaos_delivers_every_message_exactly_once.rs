@@ -19,6 +19,7 @@ async fn every_message_arrives_exactly_once_and_in_order_through_chaos() {
         restarts: 0,
         instances: 0,
         kills: 0,
+        redis_cluster: false,
         instance_program: None,
     })
     .await;
@@ -61,6 +62,7 @@ async fn graceful_restarts_reset_sessions_without_duplicating_or_reordering() {
         restarts: 2,
         instances: 0,
         kills: 0,
+        redis_cluster: false,
         instance_program: None,
     })
     .await;
@@ -80,6 +82,17 @@ async fn graceful_restarts_reset_sessions_without_duplicating_or_reordering() {
 /// the instance that first took it was killed before it could acknowledge it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_instances_lose_nothing_through_chaos() {
+    killed_instances_lose_nothing(false).await;
+}
+
+/// The same on a Redis Cluster of three nodes: each user's keys in one slot, the deadline
+/// index in shards of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_instances_on_a_redis_cluster_lose_nothing_through_chaos() {
+    killed_instances_lose_nothing(true).await;
+}
+
+async fn killed_instances_lose_nothing(redis_cluster: bool) {
     let report = run(&ChaosConfig {
         clients: 10,
         messages: 300,
@@ -89,6 +102,7 @@ async fn killed_instances_lose_nothing_through_chaos() {
         restarts: 0,
         instances: 3,
         kills: 2,
+        redis_cluster,
         instance_program: Some(env!("CARGO_BIN_EXE_instance").into()),
     })
     .await;

@@ -61,6 +61,7 @@ async fn no_resume_token_reaches_a_log_line_during_chaos() {
         restarts: 0,
         instances: 0,
         kills: 0,
+        redis_cluster: false,
         instance_program: None,
     })
     .await;

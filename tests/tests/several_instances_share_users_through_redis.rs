@@ -3,8 +3,9 @@
 //! user reaches; an instance killed outright loses nothing, its client resuming on another with
 //! `resumed: true`; a Redis killed and restarted under load delays messages without losing any;
 //! a held message expires only while its user has no session; and a Redis that is down is
-//! reported to the publisher, with the reason, and counted. Each test
-//! runs its own `redis-server` on a free loopback port.
+//! reported to the publisher, with the reason, and counted. Each test runs its own
+//! `redis-server` on a free loopback port; the first four run again on a Redis Cluster of three
+//! loopback nodes.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -16,7 +17,7 @@ use readyws_server::{
     AcceptAll, Decision, Inbound, InboundHandler, MailboxLimits, PublishError, RedisStore, Reply,
     ServerHandle, ServerOptions, StoreError, UserId,
 };
-use readyws_tests::cluster::{Balancer, InstanceProcess, RedisProcess};
+use readyws_tests::cluster::{Balancer, InstanceProcess, RedisCluster, RedisProcess};
 use readyws_tests::harness::{RunningServer, handshake};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -34,10 +35,33 @@ fn number(json: &str) -> u64 {
         .expect("a numbered message")
 }
 
-async fn options(redis: &RedisProcess) -> ServerOptions {
-    let store = RedisStore::connect(&redis.url())
+/// A Redis for one test: a single primary or a cluster.
+enum Shared {
+    Primary(RedisProcess),
+    Cluster(RedisCluster),
+}
+
+impl Shared {
+    fn url(&self) -> String {
+        match self {
+            Shared::Primary(redis) => redis.url(),
+            Shared::Cluster(cluster) => cluster.url(),
+        }
+    }
+}
+
+/// A test's two runs: on one primary, then on a cluster.
+fn both() -> [fn() -> Shared; 2] {
+    [
+        || Shared::Primary(RedisProcess::start().expect("redis-server")),
+        || Shared::Cluster(RedisCluster::start().expect("a Redis Cluster on loopback")),
+    ]
+}
+
+async fn options(url: &str) -> ServerOptions {
+    let store = RedisStore::connect(url)
         .await
-        .expect("the suite's redis-server answers");
+        .expect("the suite's Redis answers");
     ServerOptions::default().redis(store)
 }
 
@@ -89,143 +113,149 @@ async fn wait_for_depth(server: &ServerHandle, user: &str, depth: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_on_one_instance_reaches_the_user_connected_to_another() {
-    let redis = RedisProcess::start().expect("redis-server");
-    let seen_by_a = Recorder::default();
-    let a = RunningServer::start(options(&redis).await, seen_by_a.clone()).await;
-    let b = RunningServer::start(options(&redis).await, AcceptAll).await;
-    let client = Client::builder(a.ws_url()).token("alice").connect();
-    client.ready().await.expect("ready on A");
-    let mut messages = client.messages();
+    for start in both() {
+        let redis = start();
+        let seen_by_a = Recorder::default();
+        let a = RunningServer::start(options(&redis.url()).await, seen_by_a.clone()).await;
+        let b = RunningServer::start(options(&redis.url()).await, AcceptAll).await;
+        let client = Client::builder(a.ws_url()).token("alice").connect();
+        client.ready().await.expect("ready on A");
+        let mut messages = client.messages();
 
-    for n in 0..50 {
-        let report = b
-            .handle
-            .publish(&UserId::new("alice"), numbered(n))
-            .await
-            .expect("stored in Redis");
-        assert_eq!(report.delivered, 1, "B knows alice is live on A");
-    }
-    assert_eq!(
-        receive(&mut messages, 50).await,
-        (0..50).collect::<Vec<_>>()
-    );
-    wait_for_depth(&b.handle, "alice", 0).await;
+        for n in 0..50 {
+            let report = b
+                .handle
+                .publish(&UserId::new("alice"), numbered(n))
+                .await
+                .expect("stored in Redis");
+            assert_eq!(report.delivered, 1, "B knows alice is live on A");
+        }
+        assert_eq!(
+            receive(&mut messages, 50).await,
+            (0..50).collect::<Vec<_>>()
+        );
+        wait_for_depth(&b.handle, "alice", 0).await;
 
-    // And the other way: what alice sends reaches A's application, acknowledged.
-    for n in 0..10 {
-        client
-            .send_and_wait(numbered(n))
-            .await
-            .expect("acknowledged");
+        // And the other way: what alice sends reaches A's application, acknowledged.
+        for n in 0..10 {
+            client
+                .send_and_wait(numbered(n))
+                .await
+                .expect("acknowledged");
+        }
+        assert_eq!(seen_by_a.seen(), (0..10).collect::<Vec<_>>());
+        client.close(Duration::from_secs(1)).await;
+        a.stop().await;
+        b.stop().await;
     }
-    assert_eq!(seen_by_a.seen(), (0..10).collect::<Vec<_>>());
-    client.close(Duration::from_secs(1)).await;
-    a.stop().await;
-    b.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_for_a_user_who_is_away_waits_in_redis_for_any_instance() {
-    let redis = RedisProcess::start().expect("redis-server");
-    let a = RunningServer::start(options(&redis).await, AcceptAll).await;
-    let b = RunningServer::start(options(&redis).await, AcceptAll).await;
-    for n in 0..5 {
-        let report = a
-            .handle
-            .publish(&UserId::new("bob"), numbered(n))
-            .await
-            .expect("stored in Redis");
-        assert!(report.held, "nobody is connected anywhere");
-    }
-    wait_for_depth(&b.handle, "bob", 5).await;
+    for start in both() {
+        let redis = start();
+        let a = RunningServer::start(options(&redis.url()).await, AcceptAll).await;
+        let b = RunningServer::start(options(&redis.url()).await, AcceptAll).await;
+        for n in 0..5 {
+            let report = a
+                .handle
+                .publish(&UserId::new("bob"), numbered(n))
+                .await
+                .expect("stored in Redis");
+            assert!(report.held, "nobody is connected anywhere");
+        }
+        wait_for_depth(&b.handle, "bob", 5).await;
 
-    let client = Client::builder(b.ws_url()).token("bob").connect();
-    let mut messages = client.messages();
-    assert_eq!(receive(&mut messages, 5).await, vec![0, 1, 2, 3, 4]);
-    wait_for_depth(&a.handle, "bob", 0).await;
-    client.close(Duration::from_secs(1)).await;
-    a.stop().await;
-    b.stop().await;
+        let client = Client::builder(b.ws_url()).token("bob").connect();
+        let mut messages = client.messages();
+        assert_eq!(receive(&mut messages, 5).await, vec![0, 1, 2, 3, 4]);
+        wait_for_depth(&a.handle, "bob", 0).await;
+        client.close(Duration::from_secs(1)).await;
+        a.stop().await;
+        b.stop().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_instance_loses_nothing_and_its_client_resumes_on_another() {
-    const COUNT: u64 = 200;
-    let redis = RedisProcess::start().expect("redis-server");
-    let program = std::path::Path::new(INSTANCE);
-    let mut first = InstanceProcess::spawn(program, &redis.url(), &[]).expect("instance 1");
-    let second = InstanceProcess::spawn(program, &redis.url(), &[]).expect("instance 2");
-    let publisher = RunningServer::start(options(&redis).await, AcceptAll).await;
-    let balancer = Balancer::start(vec![first.address, second.address]).await;
+    for start in both() {
+        let redis = start();
+        const COUNT: u64 = 200;
+        let program = std::path::Path::new(INSTANCE);
+        let mut first = InstanceProcess::spawn(program, &redis.url(), &[]).expect("instance 1");
+        let second = InstanceProcess::spawn(program, &redis.url(), &[]).expect("instance 2");
+        let publisher = RunningServer::start(options(&redis.url()).await, AcceptAll).await;
+        let balancer = Balancer::start(vec![first.address, second.address]).await;
 
-    let client = Client::builder(balancer.ws_url())
-        .token("carol")
-        .backoff(Duration::from_millis(50), Duration::from_millis(500))
-        .connect();
-    client.ready().await.expect("ready on the first instance");
-    let ConnectionState::Ready { session_id, .. } = client.state() else {
-        panic!("ready");
-    };
-    let mut messages = client.messages();
+        let client = Client::builder(balancer.ws_url())
+            .token("carol")
+            .backoff(Duration::from_millis(50), Duration::from_millis(500))
+            .connect();
+        client.ready().await.expect("ready on the first instance");
+        let ConnectionState::Ready { session_id, .. } = client.state() else {
+            panic!("ready");
+        };
+        let mut messages = client.messages();
 
-    // Both directions flow while the instance carrying the session is killed halfway.
-    let mut deliveries = Vec::new();
-    for n in 0..COUNT {
-        if n == COUNT / 2 {
-            first.kill();
+        // Both directions flow while the instance carrying the session is killed halfway.
+        let mut deliveries = Vec::new();
+        for n in 0..COUNT {
+            if n == COUNT / 2 {
+                first.kill();
+            }
+            deliveries.push(client.send(numbered(n)).await.expect("accepted"));
+            publisher
+                .handle
+                .publish(&UserId::new("carol"), numbered(n))
+                .await
+                .expect("stored in Redis");
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        deliveries.push(client.send(numbered(n)).await.expect("accepted"));
-        publisher
-            .handle
-            .publish(&UserId::new("carol"), numbered(n))
-            .await
-            .expect("stored in Redis");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 
-    let received = receive(&mut messages, COUNT as usize).await;
-    assert_eq!(
-        received,
-        (0..COUNT).collect::<Vec<_>>(),
-        "once each, in order"
-    );
-    for delivery in deliveries {
-        let outcome = tokio::time::timeout(PATIENCE, delivery)
-            .await
-            .expect("settled in time");
-        assert_eq!(outcome, Outcome::Acked);
-    }
-    // Every message reached an application; one the killed instance took but could not
-    // acknowledge may have reached the second as well (at least once across a crash).
-    assert!(
-        !first.received().is_empty() && !second.received().is_empty(),
-        "both served"
-    );
-    let reached: BTreeSet<u64> = first
-        .received()
-        .into_iter()
-        .chain(second.received())
-        .map(|received| number(&received.data))
-        .collect();
-    assert_eq!(reached, (0..COUNT).collect::<BTreeSet<_>>());
-
-    match client.state() {
-        ConnectionState::Ready {
-            session_id: now,
-            resumed,
-            ..
-        } => {
-            assert!(resumed, "the session went on");
-            assert_eq!(now, session_id, "the same session");
+        let received = receive(&mut messages, COUNT as usize).await;
+        assert_eq!(
+            received,
+            (0..COUNT).collect::<Vec<_>>(),
+            "once each, in order"
+        );
+        for delivery in deliveries {
+            let outcome = tokio::time::timeout(PATIENCE, delivery)
+                .await
+                .expect("settled in time");
+            assert_eq!(outcome, Outcome::Acked);
         }
-        other => panic!("not ready: {other:?}"),
+        // Every message reached an application; one the killed instance took but could not
+        // acknowledge may have reached the second as well (at least once across a crash).
+        assert!(
+            !first.received().is_empty() && !second.received().is_empty(),
+            "both served"
+        );
+        let reached: BTreeSet<u64> = first
+            .received()
+            .into_iter()
+            .chain(second.received())
+            .map(|received| number(&received.data))
+            .collect();
+        assert_eq!(reached, (0..COUNT).collect::<BTreeSet<_>>());
+
+        match client.state() {
+            ConnectionState::Ready {
+                session_id: now,
+                resumed,
+                ..
+            } => {
+                assert!(resumed, "the session went on");
+                assert_eq!(now, session_id, "the same session");
+            }
+            other => panic!("not ready: {other:?}"),
+        }
+        let stats = client.stats();
+        assert_eq!(stats.session_resets, 0);
+        assert!(stats.readies >= 2, "it reconnected");
+        wait_for_depth(&publisher.handle, "carol", 0).await;
+        client.close(Duration::from_secs(1)).await;
+        publisher.stop().await;
     }
-    let stats = client.stats();
-    assert_eq!(stats.session_resets, 0);
-    assert!(stats.readies >= 2, "it reconnected");
-    wait_for_depth(&publisher.handle, "carol", 0).await;
-    client.close(Duration::from_secs(1)).await;
-    publisher.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,8 +263,8 @@ async fn redis_restarted_under_load_delays_messages_and_loses_none() {
     const COUNT: u64 = 300;
     let mut redis = RedisProcess::start().expect("redis-server");
     let seen_by_a = Recorder::default();
-    let a = RunningServer::start(options(&redis).await, seen_by_a.clone()).await;
-    let b = RunningServer::start(options(&redis).await, AcceptAll).await;
+    let a = RunningServer::start(options(&redis.url()).await, seen_by_a.clone()).await;
+    let b = RunningServer::start(options(&redis.url()).await, AcceptAll).await;
     let client = Client::builder(a.ws_url())
         .token("dora")
         .backoff(Duration::from_millis(50), Duration::from_millis(500))
@@ -322,42 +352,45 @@ async fn redis_restarted_under_load_delays_messages_and_loses_none() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_message_expires_in_redis_only_while_its_user_has_no_session() {
-    let redis = RedisProcess::start().expect("redis-server");
-    let limits = MailboxLimits {
-        ttl: Duration::from_millis(300),
-        ..MailboxLimits::default()
-    };
-    let server = RunningServer::start(options(&redis).await.mailbox(limits), AcceptAll).await;
+    for start in both() {
+        let redis = start();
+        let limits = MailboxLimits {
+            ttl: Duration::from_millis(300),
+            ..MailboxLimits::default()
+        };
+        let server =
+            RunningServer::start(options(&redis.url()).await.mailbox(limits), AcceptAll).await;
 
-    // Nobody has a session: the message expires once its time-to-live has passed.
-    let report = server
-        .handle
-        .publish(&UserId::new("gus"), numbered(1))
-        .await
-        .expect("stored");
-    assert!(report.held);
-    wait_for_depth(&server.handle, "gus", 0).await;
+        // Nobody has a session: the message expires once its time-to-live has passed.
+        let report = server
+            .handle
+            .publish(&UserId::new("gus"), numbered(1))
+            .await
+            .expect("stored");
+        assert!(report.held);
+        wait_for_depth(&server.handle, "gus", 0).await;
 
-    // hal's session is kept for resume (its socket vanished without a close): the message waits
-    // for it well past its time-to-live, and the next session of hal gets it.
-    handshake(&server.ws_url(), "hal", None).await;
-    server
-        .handle
-        .publish(&UserId::new("hal"), numbered(2))
-        .await
-        .expect("stored");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(
-        server.handle.mailbox_depth(&UserId::new("hal")).await,
-        Ok(1),
-        "held while a session of hal is kept"
-    );
-    let client = Client::builder(server.ws_url()).token("hal").connect();
-    let mut messages = client.messages();
-    assert_eq!(receive(&mut messages, 1).await, vec![2]);
-    wait_for_depth(&server.handle, "hal", 0).await;
-    client.close(Duration::from_secs(1)).await;
-    server.stop().await;
+        // hal's session is kept for resume (its socket vanished without a close): the message waits
+        // for it well past its time-to-live, and the next session of hal gets it.
+        handshake(&server.ws_url(), "hal", None).await;
+        server
+            .handle
+            .publish(&UserId::new("hal"), numbered(2))
+            .await
+            .expect("stored");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(
+            server.handle.mailbox_depth(&UserId::new("hal")).await,
+            Ok(1),
+            "held while a session of hal is kept"
+        );
+        let client = Client::builder(server.ws_url()).token("hal").connect();
+        let mut messages = client.messages();
+        assert_eq!(receive(&mut messages, 1).await, vec![2]);
+        wait_for_depth(&server.handle, "hal", 0).await;
+        client.close(Duration::from_secs(1)).await;
+        server.stop().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -369,7 +402,7 @@ async fn a_redis_that_is_down_is_reported_to_the_publisher_and_counted() {
     );
 
     let mut redis = RedisProcess::start().expect("redis-server");
-    let server = RunningServer::start(options(&redis).await, AcceptAll).await;
+    let server = RunningServer::start(options(&redis.url()).await, AcceptAll).await;
     redis.kill();
     let refused = server
         .handle

@@ -1,5 +1,6 @@
-//! One contract, every store: the same tests run against [`MemoryStore`] and [`RedisStore`]
-//! (a `redis-server` of the suite's own on a loopback port). A store written for another
+//! One contract, every store: the same tests run against [`MemoryStore`] and [`RedisStore`], on
+//! a `redis-server` of the suite's own on a loopback port and on a Redis Cluster of three
+//! loopback nodes. A store written for another
 //! backend runs them by adding one line to [`every_store`] (`docs/ARCHITECTURE.md`, "Writing a
 //! store"). What a store promises: a commit names the version it was based on and is refused
 //! when that is outdated; an empty record goes; the deadline index may say a record is due
@@ -17,7 +18,7 @@ use readyws_protocol::{Data, ServerConfig, Time};
 use readyws_server::{
     Commit, MemoryStore, Notice, RedisStore, Store, StoreError, UserId, Versioned,
 };
-use readyws_tests::cluster::RedisProcess;
+use readyws_tests::cluster::{RedisCluster, RedisProcess};
 
 fn digest(bytes: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
@@ -52,19 +53,36 @@ fn at(millis: u64) -> Time {
     Time::from_millis(millis)
 }
 
-/// The stores under test, each with what keeps it alive.
-async fn every_store() -> Vec<(&'static str, Arc<dyn Store>, Option<RedisProcess>)> {
+/// What keeps a store's servers running until a test ends.
+type Servers = Option<Box<dyn std::any::Any + Send>>;
+
+/// The stores under test, each with what keeps it alive: memory, one Redis primary, and a Redis
+/// Cluster of three primaries.
+async fn every_store() -> Vec<(&'static str, Arc<dyn Store>, Servers)> {
     let redis = RedisProcess::start().expect("redis-server");
     let store = RedisStore::connect(&redis.url())
         .await
         .expect("the suite's redis-server answers");
+    let cluster = RedisCluster::start().expect("a Redis Cluster on loopback");
+    let clustered = RedisStore::connect(&cluster.url())
+        .await
+        .expect("the suite's Redis Cluster answers");
     vec![
         (
             "memory",
             Arc::new(MemoryStore::new()) as Arc<dyn Store>,
             None,
         ),
-        ("redis", Arc::new(store) as Arc<dyn Store>, Some(redis)),
+        (
+            "redis",
+            Arc::new(store) as Arc<dyn Store>,
+            Some(Box::new(redis)),
+        ),
+        (
+            "redis cluster",
+            Arc::new(clustered) as Arc<dyn Store>,
+            Some(Box::new(cluster)),
+        ),
     ]
 }
 
@@ -460,6 +478,17 @@ async fn a_store_that_is_down_says_so() {
         .await
         .expect("the suite's redis-server answers");
     redis.kill();
+    refuses_while_down("redis", &store).await;
+
+    let mut cluster = RedisCluster::start().expect("a Redis Cluster on loopback");
+    let store = RedisStore::connect(&cluster.url())
+        .await
+        .expect("the suite's Redis Cluster answers");
+    cluster.kill();
+    refuses_while_down("redis cluster", &store).await;
+}
+
+async fn refuses_while_down(name: &str, store: &RedisStore) {
     let user = UserId::new("ivy");
     let error = store.load(&user).await.expect_err("Redis is down");
     assert!(
@@ -470,12 +499,15 @@ async fn a_store_that_is_down_says_so() {
                 ..
             }
         ),
-        "{error:?}"
+        "{name}: {error:?}"
     );
     let record = with_message(UserRecord::default(), &user, 1, at(0));
     let error = store
         .commit(&user, 0, &record, None)
         .await
         .expect_err("Redis is down");
-    assert!(matches!(error, StoreError::Unavailable { .. }), "{error:?}");
+    assert!(
+        matches!(error, StoreError::Unavailable { .. }),
+        "{name}: {error:?}"
+    );
 }

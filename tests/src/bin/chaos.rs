@@ -1,7 +1,9 @@
-//! `cargo xtask chaos --clients N --messages M --seed S [--restarts K] [--instances I --kills K]`:
+//! `cargo xtask chaos --clients N --messages M --seed S [--restarts K] [--instances I --kills K
+//! [--redis-cluster]]`:
 //! the chaos run at any size, with its figures as JSON on stdout; exits 1 if a message was lost,
 //! duplicated or reordered. With `--instances`, the server is that many instance processes on a
-//! `redis-server` of the run's own, and `--kills` of them are killed (SIGKILL) during the run.
+//! `redis-server` of the run's own (with `--redis-cluster`, a Redis Cluster of three nodes), and
+//! `--kills` of them are killed (SIGKILL) during the run.
 
 // A command-line tool: printing the report is its job.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -34,18 +36,24 @@ fn main() -> ExitCode {
         restarts: value(&args, "--restarts").unwrap_or(0) as u32,
         instances: value(&args, "--instances").unwrap_or(0) as usize,
         kills: value(&args, "--kills").unwrap_or(0) as u32,
+        redis_cluster: args.iter().any(|arg| arg == "--redis-cluster"),
         // Built beside this binary (`cargo xtask chaos` builds both).
         instance_program: std::env::current_exe()
             .ok()
             .and_then(|exe| Some(exe.parent()?.join("instance"))),
     };
     eprintln!(
-        "chaos: {} clients x {} messages each way at {}/s, {} restarts, {} instances, {} kills, seed {}",
+        "chaos: {} clients x {} messages each way at {}/s, {} restarts, {} instances{}, {} kills, seed {}",
         config.clients,
         config.messages,
         config.rate,
         config.restarts,
         config.instances,
+        if config.redis_cluster {
+            " on a Redis Cluster"
+        } else {
+            ""
+        },
         config.kills,
         config.seed
     );
