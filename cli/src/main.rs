@@ -3,6 +3,7 @@
 mod check;
 mod connect;
 mod demo;
+mod instances;
 mod publish;
 mod relay;
 mod static_files;

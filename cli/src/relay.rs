@@ -1,4 +1,5 @@
-//! A TCP relay that breaks connections on purpose, for `readyws demo`.
+//! A TCP relay that breaks connections on purpose, for `readyws demo`; with several servers
+//! behind it, it is also the load balancer, sending each new connection to the next one.
 //!
 //! Every connection gets a plan drawn from a seeded generator, so a run is repeatable: added
 //! latency on every chunk, and then either a cut at a random moment (both ends see
@@ -13,9 +14,56 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
+/// The servers behind the relay, each with its index: each new connection goes to the next one
+/// in turn, as a load balancer in front of a deployment sends it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Backends(Arc<Mutex<BackendList>>);
+
+#[derive(Debug, Default)]
+struct BackendList {
+    servers: Vec<(usize, SocketAddr)>,
+    next: usize,
+    /// The server the newest connection went to.
+    newest: Option<usize>,
+}
+
+impl Backends {
+    pub(crate) fn new(servers: Vec<(usize, SocketAddr)>) -> Backends {
+        Backends(Arc::new(Mutex::new(BackendList {
+            servers,
+            ..BackendList::default()
+        })))
+    }
+
+    /// Takes server `index` out of the rotation.
+    pub(crate) fn remove(&self, index: usize) {
+        let mut list = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        list.servers.retain(|(server, _)| *server != index);
+    }
+
+    /// The server the newest connection went to: the demo has one client, so its current one.
+    pub(crate) fn newest(&self) -> Option<usize> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).newest
+    }
+
+    fn next(&self) -> Option<(usize, SocketAddr)> {
+        let mut list = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if list.servers.is_empty() {
+            return None;
+        }
+        let at = list.next % list.servers.len();
+        list.next = list.next.wrapping_add(1);
+        let chosen = list.servers[at];
+        list.newest = Some(chosen.0);
+        Some(chosen)
+    }
+}
+
 /// What the relay did to a connection, for the demo's running account.
 #[derive(Clone, Debug)]
 pub(crate) enum RelayEvent {
+    /// A connection went to server `server`.
+    Routed { connection: u64, server: usize },
     /// A connection was cut after this long.
     Cut { connection: u64, after: Duration },
     /// A connection was stalled (half-open) after this long.
@@ -32,7 +80,7 @@ enum Plan {
 
 /// The relay's settings and its seeded generator.
 pub(crate) struct Relay {
-    upstream: SocketAddr,
+    upstream: Backends,
     rng: Mutex<fastrand::Rng>,
     /// While `false`, new connections are relayed cleanly (the demo turns faults off to finish).
     faults: watch::Receiver<bool>,
@@ -42,7 +90,7 @@ pub(crate) struct Relay {
 impl Relay {
     /// Starts relaying from a new loopback port to `upstream`; returns the port's address.
     pub(crate) async fn start(
-        upstream: SocketAddr,
+        upstream: Backends,
         seed: u64,
         faults: watch::Receiver<bool>,
         events: mpsc::UnboundedSender<RelayEvent>,
@@ -83,9 +131,16 @@ impl Relay {
     }
 
     async fn carry(&self, connection: u64, client: TcpStream) {
-        let Ok(server) = TcpStream::connect(self.upstream).await else {
+        let Some((index, address)) = self.upstream.next() else {
             return;
         };
+        let Ok(server) = TcpStream::connect(address).await else {
+            return;
+        };
+        let _ = self.events.send(RelayEvent::Routed {
+            connection,
+            server: index,
+        });
         let _ = client.set_nodelay(true);
         let _ = server.set_nodelay(true);
         let (plan, latency) = self.plan();
