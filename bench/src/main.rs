@@ -53,7 +53,10 @@ fn main() -> ExitCode {
             .unwrap_or(default)
     };
     let result = match args.first().map(String::as_str) {
-        Some("server") => runtime.block_on(server::run(&flag("--kind").unwrap_or_default())),
+        Some("server") => runtime.block_on(server::run(
+            &flag("--kind").unwrap_or_default(),
+            flag("--redis"),
+        )),
         Some("swarm") => runtime.block_on(swarm::run(
             &flag("--kind").unwrap_or_default(),
             &flag("--url").unwrap_or_default(),
@@ -147,9 +150,13 @@ impl Helper {
             .unwrap_or_default()
     }
 
-    /// A server child and its WebSocket URL.
-    async fn server(kind: &str) -> Result<(Helper, String), String> {
-        let mut helper = Helper::spawn(&["server", "--kind", kind])?;
+    /// A server child and its WebSocket URL; `redis` gives the readyws server that store.
+    async fn server(kind: &str, redis: Option<&str>) -> Result<(Helper, String), String> {
+        let mut args = vec!["server", "--kind", kind];
+        if let Some(url) = redis {
+            args.extend(["--redis", url]);
+        }
+        let mut helper = Helper::spawn(&args)?;
         let line = helper.line(Duration::from_secs(30)).await?;
         let address = line
             .strip_prefix("listening ")
@@ -167,8 +174,14 @@ async fn run(settings: Settings) -> Result<(), String> {
     let started = Instant::now();
     // A few hundred over the sessions: the runtime, pipes, the servers' listeners.
     common::raise_open_file_limit(settings.sessions as u64 + 256)?;
-    let (_readyws_server, readyws_url) = Helper::server("readyws").await?;
-    let (_raw_server, raw_url) = Helper::server("raw").await?;
+    let (_readyws_server, readyws_url) = Helper::server("readyws", None).await?;
+    let (_raw_server, raw_url) = Helper::server("raw", None).await?;
+    // The Redis store's figures come from a server on a redis-server of the run's own, with the
+    // persistence the no-loss guarantee needs (appendfsync always).
+    let redis = tokio::task::spawn_blocking(readyws_tests::cluster::RedisProcess::start)
+        .await
+        .map_err(|e| e.to_string())??;
+    let (_redis_server, redis_url) = Helper::server("readyws", Some(&redis.url())).await?;
 
     progress(&format!(
         "time to ready, {} trials each, interleaved",
@@ -176,6 +189,8 @@ async fn run(settings: Settings) -> Result<(), String> {
     ));
     let (ready_readyws, ready_raw) =
         figures::time_to_ready(&readyws_url, &raw_url, settings.trials).await?;
+    progress("time to ready on the Redis store");
+    let (ready_redis, _) = figures::time_to_ready(&redis_url, &raw_url, settings.trials).await?;
 
     progress(&format!(
         "throughput, {} runs of {} messages each way",
@@ -183,6 +198,7 @@ async fn run(settings: Settings) -> Result<(), String> {
     ));
     let mut upload = (Vec::new(), Vec::new());
     let mut download = (Vec::new(), Vec::new());
+    let mut on_redis = (Vec::new(), Vec::new());
     for run in 0..settings.throughput_runs {
         upload
             .0
@@ -196,12 +212,23 @@ async fn run(settings: Settings) -> Result<(), String> {
         download
             .1
             .push(figures::raw_download(&raw_url, settings.messages).await?);
+        on_redis
+            .0
+            .push(figures::readyws_upload(&redis_url, settings.messages, run).await?);
+        on_redis
+            .1
+            .push(figures::readyws_download(&redis_url, settings.messages, run).await?);
         progress(&format!(
-            "run {run}: up {:.0} vs raw {:.0}, down {:.0} vs raw {:.0} messages/s",
-            upload.0[run], upload.1[run], download.0[run], download.1[run]
+            "run {run}: up {:.0} vs raw {:.0}, down {:.0} vs raw {:.0} messages/s; on Redis up {:.0}, down {:.0}",
+            upload.0[run],
+            upload.1[run],
+            download.0[run],
+            download.1[run],
+            on_redis.0[run],
+            on_redis.1[run]
         ));
     }
-    drop((_readyws_server, _raw_server));
+    drop((_readyws_server, _raw_server, _redis_server));
 
     let count = settings.sessions.to_string();
     progress(&format!("{} raw sessions at once", settings.sessions));
@@ -218,6 +245,9 @@ async fn run(settings: Settings) -> Result<(), String> {
         upload_raw: median_f64(&upload.1),
         download_readyws: median_f64(&download.0),
         download_raw: median_f64(&download.1),
+        ready_redis,
+        upload_redis: median_f64(&on_redis.0),
+        download_redis: median_f64(&on_redis.1),
         sessions: settings.sessions,
         raw_sessions,
         readyws_sessions,
@@ -248,7 +278,7 @@ async fn many_sessions(
     kind: &str,
     count: &str,
 ) -> Result<(Sessions, Option<swarm::Storm>), String> {
-    let (mut server, url) = Helper::server(kind).await?;
+    let (mut server, url) = Helper::server(kind, None).await?;
     // Settled before the figure is taken.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let server_rss_before = resident_bytes(&server.pid());

@@ -53,6 +53,10 @@ pub(crate) struct Figures {
     pub(crate) upload_raw: f64,
     pub(crate) download_readyws: f64,
     pub(crate) download_raw: f64,
+    /// Time to ready with the server on the Redis store.
+    pub(crate) ready_redis: Vec<Duration>,
+    pub(crate) upload_redis: f64,
+    pub(crate) download_redis: f64,
     pub(crate) sessions: usize,
     pub(crate) raw_sessions: Sessions,
     pub(crate) readyws_sessions: Sessions,
@@ -116,10 +120,13 @@ fn thousands(value: u64) -> String {
 /// The headline, for the terminal.
 pub(crate) fn summary(figures: &Figures) -> String {
     format!(
-        "time to ready {:.2}x raw (target <= 1.2); throughput with acks {:.2}x raw client->server, {:.2}x server->client (target >= 0.8); {} sessions ready in {:.1} s ({} failed); storm: all ready again in {}, {} lost; written in {:.0} s",
+        "time to ready {:.2}x raw (target <= 1.2); throughput with acks {:.2}x raw client->server, {:.2}x server->client (target >= 0.8); on Redis: time to ready {:.2}x in-memory (target <= 2), throughput {:.2}x / {:.2}x in-memory (target >= 0.5); {} sessions ready in {:.1} s ({} failed); storm: all ready again in {}, {} lost; written in {:.0} s",
         figures.ready_ratio(),
         figures.upload_readyws / figures.upload_raw,
         figures.download_readyws / figures.download_raw,
+        median(&figures.ready_redis).as_secs_f64() / figures.ready_medians().0.as_secs_f64(),
+        figures.upload_redis / figures.upload_readyws,
+        figures.download_redis / figures.download_readyws,
         figures.sessions,
         figures.readyws_sessions.opened.ready_ms / 1000.0,
         figures.readyws_sessions.opened.failed,
@@ -293,6 +300,28 @@ fn markdown(f: &Figures) -> String {
             f.storm.not_acked.join(", ")
         );
     }
+    let redis_ready = median(&f.ready_redis);
+    let _ = writeln!(
+        md,
+        "\n## The Redis store\n\n\
+         The same readyws server and clients, the server keeping its records in a `redis-server` \
+         of the run's own on loopback (a single primary, `appendonly yes`, `appendfsync always`: \
+         every commit is on disk before it is answered), next to the in-memory figures above.\n\n\
+         | figure | in memory | on Redis | ratio | target |\n|---|---:|---:|---:|---|\n\
+         | time to ready, median of {} | {} | {} | **{:.2}×** | ≤ 2× |\n\
+         | acknowledged {MESSAGE_BYTES}-byte messages/s, client → server | {} | {} | **{:.2}×** | ≥ 0.5× |\n\
+         | acknowledged {MESSAGE_BYTES}-byte messages/s, server → client | {} | {} | **{:.2}×** | ≥ 0.5× |",
+        f.trials,
+        micros(f.ready_medians().0),
+        micros(redis_ready),
+        redis_ready.as_secs_f64() / f.ready_medians().0.as_secs_f64(),
+        thousands(f.upload_readyws as u64),
+        thousands(f.upload_redis as u64),
+        f.upload_redis / f.upload_readyws,
+        thousands(f.download_readyws as u64),
+        thousands(f.download_redis as u64),
+        f.download_redis / f.download_readyws,
+    );
     let _ = writeln!(
         md,
         "\n## Plots\n\n\

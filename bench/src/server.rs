@@ -1,5 +1,5 @@
-//! `readyws-bench server --kind readyws|raw`: one server in its own process, so that its memory is
-//! its own. It prints `listening ADDRESS`, then obeys lines on standard input: `restart` (readyws:
+//! `readyws-bench server --kind readyws|raw [--redis URL]`: one server in its own process, so
+//! that its memory is its own; with `--redis`, the readyws server keeps its records in that Redis. It prints `listening ADDRESS`, then obeys lines on standard input: `restart` (readyws:
 //! a graceful shutdown, every session told to come back within the spread, then a new server on
 //! the same port; it prints `restarted`), and end of input, which ends it.
 
@@ -21,7 +21,7 @@ use crate::common::{RawFrame, listener, payload, raise_open_file_limit, raw_ack,
 /// How long the graceful restart spreads the sessions' return over.
 pub(crate) const RESTART_SPREAD: Duration = Duration::from_secs(5);
 
-pub(crate) async fn run(kind: &str) -> Result<(), String> {
+pub(crate) async fn run(kind: &str, redis: Option<String>) -> Result<(), String> {
     // A server here takes at most one swarm's sessions; the swarm checks the count itself.
     raise_open_file_limit(1024)?;
     let listener = listener("127.0.0.1:0".parse().map_err(|_| "address")?)
@@ -37,14 +37,22 @@ pub(crate) async fn run(kind: &str) -> Result<(), String> {
             while let Ok(Some(_)) = lines.next_line().await {}
         }
         "readyws" => {
-            let mut stop = start_readyws(listener);
+            let store = match &redis {
+                Some(url) => Some(
+                    readyws_server::RedisStore::connect(url)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                ),
+                None => None,
+            };
+            let mut stop = start_readyws(listener, store.clone());
             announce(&format!("listening {address}"));
             while let Ok(Some(line)) = lines.next_line().await {
                 if line.trim() == "restart" {
                     let (tell, stopped) = stop;
                     let _ = tell.send(());
                     let _ = stopped.await;
-                    stop = start_readyws(rebind(address).await?);
+                    stop = start_readyws(rebind(address).await?, store.clone());
                     announce("restarted");
                 }
             }
@@ -80,7 +88,10 @@ type Running = (oneshot::Sender<()>, oneshot::Receiver<()>);
 
 /// The reference server, with mailboxes large enough for a whole throughput run, accepting every
 /// message; a message `{"bench":"send","count":N}` makes it publish N messages to its sender.
-fn start_readyws(listener: tokio::net::TcpListener) -> Running {
+fn start_readyws(
+    listener: tokio::net::TcpListener,
+    store: Option<readyws_server::RedisStore>,
+) -> Running {
     let options = ServerOptions::default()
         .mailbox(MailboxLimits {
             max_messages: 100_000,
@@ -89,6 +100,10 @@ fn start_readyws(listener: tokio::net::TcpListener) -> Running {
             overflow: OverflowPolicy::RejectNew,
         })
         .shutdown(RESTART_SPREAD, Duration::from_secs(20));
+    let options = match store {
+        Some(store) => options.redis(store),
+        None => options,
+    };
     let server = Server::new(options, InsecureDevAuth, BenchHandler);
     let (tell, told) = oneshot::channel::<()>();
     let (done, stopped) = oneshot::channel::<()>();
@@ -106,6 +121,9 @@ fn start_readyws(listener: tokio::net::TcpListener) -> Running {
 /// A `{"bench": …, "count": n}` request makes the server publish `n` messages to its sender.
 struct BenchHandler;
 
+/// Publishes of one request under way at once.
+const PUBLISHES_IN_FLIGHT: usize = 64;
+
 impl InboundHandler for BenchHandler {
     fn on_message<'a>(&'a self, server: &'a ServerHandle, message: Inbound<'a>) -> Reply<'a> {
         let json = message.data.as_json();
@@ -116,10 +134,17 @@ impl InboundHandler for BenchHandler {
             .ok()
             .and_then(|request| request.get("count").and_then(serde_json::Value::as_u64))
             .unwrap_or(0);
+        // Up to PUBLISHES_IN_FLIGHT publishes at a time, as a backend with work for one user
+        // sends them: on a store whose commits are round trips, those waiting go together.
         Reply::later(async move {
-            for seq in 1..=count {
-                let data = Data::from_json(payload(seq)).expect("the payload is JSON");
-                if let Err(error) = server.publish(message.user, data).await {
+            let mut published = futures_util::stream::iter(1..=count)
+                .map(|seq| {
+                    let data = Data::from_json(payload(seq)).expect("the payload is JSON");
+                    server.publish(message.user, data)
+                })
+                .buffer_unordered(PUBLISHES_IN_FLIGHT);
+            while let Some(result) = published.next().await {
+                if let Err(error) = result {
                     return Decision::Refuse {
                         code: "unavailable".to_owned(),
                         reason: error.to_string(),

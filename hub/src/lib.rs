@@ -23,7 +23,8 @@ use std::time::Duration;
 
 pub use custody::{Attach, ConnId, Copies, FreshCredentials, HubEvent, HubLimits, Taken};
 pub use record::{
-    Digest, Holder, Kept, Leases, Rules, Saved, TokenDigest, UserRecord, withdraw_from,
+    Digest, Holder, Kept, Leases, RecordHead, Rules, Saved, StoredHead, TokenDigest, UserRecord,
+    withdraw_from,
 };
 
 /// The authenticated identity a session belongs to [SE-3].

@@ -181,7 +181,30 @@ impl Kept {
     fn holds(&self, record: u64) -> bool {
         self.records.contains(&record)
     }
+
+    /// Replaces the data of each message in flight that copies a held message with a
+    /// placeholder, for a store that keeps the held message's data apart ([`UserRecord::head`]).
+    fn strip(&mut self, held: &BTreeMap<u64, Held>) {
+        for (data, record) in self.state.in_flight.iter_mut().zip(&self.records) {
+            if held.get(record).is_some_and(|held| held.data == *data) {
+                *data = STRIPPED.clone();
+            }
+        }
+    }
+
+    /// Puts back the data [`strip`](Self::strip) took out.
+    fn restore(&mut self, held: &BTreeMap<u64, Held>) {
+        for (data, record) in self.state.in_flight.iter_mut().zip(&self.records) {
+            if let Some(held) = held.get(record) {
+                *data = held.data.clone();
+            }
+        }
+    }
 }
+
+/// What stands for the data of a message in flight whose data is its held message's.
+static STRIPPED: std::sync::LazyLock<Data> =
+    std::sync::LazyLock::new(|| Data::from_json("0").expect("0 is JSON"));
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Held {
@@ -228,6 +251,16 @@ struct SessionEntry {
     slot: Slot,
 }
 
+impl SessionEntry {
+    /// The session's state as kept: saved by its connection, or kept for resume.
+    fn kept_mut(&mut self) -> &mut Kept {
+        match &mut self.slot {
+            Slot::Live { saved, .. } => saved,
+            Slot::Detached { kept, .. } => kept,
+        }
+    }
+}
+
 /// What [`UserRecord::save`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Saved {
@@ -250,6 +283,27 @@ pub struct UserRecord {
     sessions: BTreeMap<String, SessionEntry>,
 }
 
+/// A record without its held messages ([`UserRecord::head`]): what a store that keeps each
+/// held message apart ([`UserRecord::held_messages`]) writes as one value, so that a commit
+/// rewrites only the messages that changed. Serializes to the form [`StoredHead`] reads.
+#[derive(Debug, Serialize)]
+pub struct RecordHead {
+    last_record: u64,
+    last_ticket: u64,
+    /// The sessions, their messages in flight that copy a held message without their data:
+    /// it is the held message's, and comes back from it.
+    sessions: BTreeMap<String, SessionEntry>,
+}
+
+/// A [`RecordHead`] read back, to be joined with the held messages
+/// ([`UserRecord::from_parts`]).
+#[derive(Debug, Deserialize)]
+pub struct StoredHead {
+    last_record: u64,
+    last_ticket: u64,
+    sessions: BTreeMap<String, SessionEntry>,
+}
+
 impl UserRecord {
     /// A new record whose ids follow `last_record`: a store that forgets empty records starts
     /// the next one of the user after the ids it has handed out, so no id means two messages.
@@ -257,6 +311,55 @@ impl UserRecord {
         UserRecord {
             last_record,
             ..UserRecord::default()
+        }
+    }
+
+    /// The record without its held messages, which [`held_messages`](Self::held_messages)
+    /// gives.
+    pub fn head(&self) -> RecordHead {
+        let mut sessions = self.sessions.clone();
+        for entry in sessions.values_mut() {
+            entry.kept_mut().strip(&self.held);
+        }
+        RecordHead {
+            last_record: self.last_record,
+            last_ticket: self.last_ticket,
+            sessions,
+        }
+    }
+
+    /// Each held message: its id, when it expires, and its data; oldest first.
+    pub fn held_messages(&self) -> impl Iterator<Item = (u64, Time, &Data)> + '_ {
+        self.held
+            .iter()
+            .map(|(id, held)| (*id, held.expires_at, &held.data))
+    }
+
+    /// Whether message `id` is held.
+    pub fn holds(&self, id: u64) -> bool {
+        self.held.contains_key(&id)
+    }
+
+    /// A record from its head and its held messages (id, expiry, data).
+    pub fn from_parts(head: StoredHead, held: impl IntoIterator<Item = (u64, Time, Data)>) -> Self {
+        let mut bytes = 0;
+        let held: BTreeMap<u64, Held> = held
+            .into_iter()
+            .map(|(id, expires_at, data)| {
+                bytes += data.len();
+                (id, Held { data, expires_at })
+            })
+            .collect();
+        let mut sessions = head.sessions;
+        for entry in sessions.values_mut() {
+            entry.kept_mut().restore(&held);
+        }
+        UserRecord {
+            last_record: head.last_record,
+            last_ticket: head.last_ticket,
+            held,
+            bytes,
+            sessions,
         }
     }
 

@@ -165,6 +165,23 @@ pub(crate) const NOTICE_QUEUE: usize = 4096;
 /// The most notices sent in one round trip.
 const NOTICE_BATCH: usize = 256;
 
+/// The most publishes to one user that wait for one commit.
+pub(crate) const MAX_PUBLISH_BATCH: usize = 1024;
+
+/// A publish waiting for the commit of its user's batch.
+struct Waiting {
+    data: Data,
+    reply: oneshot::Sender<Turn>,
+}
+
+/// What a waiting publish hears.
+enum Turn {
+    /// Its batch was committed: this is its outcome.
+    Done(Result<PublishReport, PublishError>),
+    /// It leads the next batch, starting with its own message.
+    Lead(Data),
+}
+
 /// The rules across connections, over a [`Store`].
 pub(crate) struct Custody {
     store: Arc<dyn Store>,
@@ -176,6 +193,8 @@ pub(crate) struct Custody {
     notices: mpsc::Sender<(String, Notice)>,
     /// Their sender's end, until the background task takes it.
     outbox: Mutex<Option<mpsc::Receiver<(String, Notice)>>>,
+    /// Per user with a publish committing, the publishes waiting for the next commit.
+    batches: Mutex<HashMap<UserId, VecDeque<Waiting>>>,
 }
 
 impl Custody {
@@ -190,6 +209,7 @@ impl Custody {
             store,
             notices,
             outbox: Mutex::new(Some(outbox)),
+            batches: Mutex::new(HashMap::new()),
             rules: Rules {
                 protocol,
                 limits,
@@ -301,7 +321,9 @@ impl Custody {
     }
 
     /// Accepts a message for `user` [CU-1, CU-4], within the held bytes of the whole store
-    /// where it counts them [CU-5].
+    /// where it counts them [CU-5]. Where a commit is a round trip, publishes to one user that
+    /// arrive while one of them is committing wait and go together in the next commit, in the
+    /// order they arrived.
     pub(crate) async fn publish(
         &self,
         user: &UserId,
@@ -315,13 +337,120 @@ impl Custody {
                 return Err(refusal.into());
             }
         }
+        if !self.store.outlives_instance() {
+            let mut results = self.publish_all(user, vec![data], now).await;
+            return results.pop().expect("one result per message");
+        }
+        enum Role {
+            Lead(Data),
+            Alone(Data),
+            Wait(oneshot::Receiver<Turn>),
+        }
+        let role = {
+            let mut batches = lock(&self.batches);
+            match batches.get_mut(user) {
+                Some(queue) if queue.len() < MAX_PUBLISH_BATCH => {
+                    let (reply, turn) = oneshot::channel();
+                    queue.push_back(Waiting { data, reply });
+                    Role::Wait(turn)
+                }
+                // The batch is full: this one commits alone.
+                Some(_) => Role::Alone(data),
+                None => {
+                    batches.insert(user.clone(), VecDeque::new());
+                    Role::Lead(data)
+                }
+            }
+        };
+        match role {
+            Role::Lead(data) => self.lead_batch(user, data, now).await,
+            Role::Alone(data) => {
+                let mut results = self.publish_all(user, vec![data], now).await;
+                results.pop().expect("one result per message")
+            }
+            Role::Wait(turn) => match turn.await {
+                Ok(Turn::Done(result)) => result,
+                Ok(Turn::Lead(mine)) => self.lead_batch(user, mine, now).await,
+                // The leader was dropped mid-commit (the server is going away): whether the
+                // message was written is unknown, which the publisher is told.
+                Err(_) => Err(PublishError::Unavailable(StoreError::Unavailable {
+                    operation: "publish",
+                    attempts: 1,
+                    detail: "the publish that was committing this one's batch was cancelled"
+                        .to_owned(),
+                })),
+            },
+        }
+    }
+
+    /// Commits `mine` and every publish waiting for `user`, then hands the lead to the oldest
+    /// publish that arrived meanwhile (or ends the batch).
+    async fn lead_batch(
+        &self,
+        user: &UserId,
+        mine: Data,
+        now: Time,
+    ) -> Result<PublishReport, PublishError> {
+        let waiting: Vec<Waiting> = lock(&self.batches)
+            .get_mut(user)
+            .map(|queue| queue.drain(..).collect())
+            .unwrap_or_default();
+        let mut batch = Vec::with_capacity(waiting.len() + 1);
+        batch.push(mine);
+        let mut replies = Vec::with_capacity(waiting.len());
+        for Waiting { data, reply } in waiting {
+            batch.push(data);
+            replies.push(reply);
+        }
+        let mut results = self.publish_all(user, batch, now).await.into_iter();
+        let mine = results.next().expect("one result per message");
+        for (reply, result) in replies.into_iter().zip(results) {
+            let _ = reply.send(Turn::Done(result));
+        }
+        let mut batches = lock(&self.batches);
+        loop {
+            match batches.get_mut(user).and_then(VecDeque::pop_front) {
+                Some(Waiting { data, reply }) => {
+                    if reply.send(Turn::Lead(data)).is_ok() {
+                        break;
+                    }
+                    // That publisher stopped waiting before its message was taken: it was
+                    // not published, and the next one leads.
+                }
+                None => {
+                    batches.remove(user);
+                    break;
+                }
+            }
+        }
+        mine
+    }
+
+    /// Accepts `batch` for `user` in one change, each message on its own terms.
+    async fn publish_all(
+        &self,
+        user: &UserId,
+        batch: Vec<Data>,
+        now: Time,
+    ) -> Vec<Result<PublishReport, PublishError>> {
         let published = self
             .change(user, |record, rules, events| {
-                record.publish(rules, user, data.clone(), now, events)
+                batch
+                    .iter()
+                    .map(|data| record.publish(rules, user, data.clone(), now, events))
+                    .collect::<Vec<_>>()
             })
-            .await
-            .map_err(PublishError::Unavailable)?;
-        Ok(published?)
+            .await;
+        match published {
+            Ok(results) => results
+                .into_iter()
+                .map(|result| result.map_err(PublishError::from))
+                .collect(),
+            Err(error) => batch
+                .iter()
+                .map(|_| Err(PublishError::Unavailable(error.clone())))
+                .collect(),
+        }
     }
 
     /// Attaches connection `conn` of `user` ([`UserRecord::attach`]); `handle` reaches its task
@@ -335,9 +464,21 @@ impl Custody {
         now: Time,
         ticket: &mut Option<u64>,
     ) -> Result<Attach, StoreError> {
-        self.announce(user, now).await?;
-        // Registered before the record says so, so that no wake-up for it is missed.
-        self.register(user, conn, handle);
+        if self.store.outlives_instance() {
+            // The record is read while the store learns that this instance carries the user:
+            // the attach's commit needs both, and neither needs the other.
+            let (announced, loaded) = tokio::join!(self.announce(user, now), self.store.load(user));
+            announced?;
+            let loaded = loaded?;
+            // Registered before the record says so, so that no wake-up for it is missed.
+            self.register(user, conn, handle);
+            lock(&self.local)
+                .cache
+                .entry(user.clone())
+                .or_insert(loaded);
+        } else {
+            self.register(user, conn, handle);
+        }
         let (session_id, token) = fresh_session_credentials();
         let fresh = FreshCredentials {
             session_id,

@@ -506,10 +506,23 @@ impl ServerHandle {
                 max_frame_bytes,
             });
         }
-        self.shared
-            .custody
-            .publish(user, data, self.shared.now())
-            .await
+        let now = self.shared.now();
+        if !self.shared.custody.outlives_instance() {
+            return self.shared.custody.publish(user, data, now).await;
+        }
+        // A commit under way runs to its end even if the caller stops waiting: it may carry
+        // other publishes of the same user, whose publishers wait for its outcome.
+        let (shared, user) = (self.shared.clone(), user.clone());
+        let published =
+            tokio::spawn(async move { shared.custody.publish(&user, data, now).await }).await;
+        published.unwrap_or_else(|_| {
+            Err(PublishError::Unavailable(StoreError::Unavailable {
+                operation: "publish",
+                attempts: 1,
+                detail: "the publish task ended before its commit (the runtime is stopping)"
+                    .to_owned(),
+            }))
+        })
     }
 
     /// Marks start-up complete: waiting sockets get `connection_ready` [SG-2].

@@ -5,7 +5,7 @@
 //!
 //! | key (under the prefix) | type | what |
 //! |---|---|---|
-//! | `u:{<user>}` | hash | `v`: the record's version, `r`: the record (JSON) |
+//! | `u:{<user>}` | hash | `v`: the record's version, `r`: the record without its held messages (JSON), `m:<id>`: each held message (`<expiry ms> <JSON>`) |
 //! | `dl:{<n>}` | sorted set | the index of deadlines, shard `n` of [`DEADLINE_SHARDS`]: user → when its record is next due |
 //! | `leases` | sorted set | instance → when its lease runs out (Unix milliseconds) |
 //! | `carried:{<instance>}` | set | users whose sessions the instance carries (or did) |
@@ -19,13 +19,16 @@
 //! Channels: `n:{<instance>}` carries [`Notice`]s (JSON) to an instance.
 //!
 //! The one script checks a commit's version and writes the record, or removes it when empty: it
-//! makes the check and the write one step, and decides nothing. A version is a random number
+//! makes the check and the write one step, and decides nothing. A commit writes the record's
+//! head and only the held messages added, and deletes those gone, so its size follows what
+//! changed, not how much the user has waiting; a message in flight that copies a held one is
+//! kept without its data, which is the held message's. A version is a random number
 //! chosen by the committer, so a record removed and made again never matches a version loaded
 //! before; and a commit whose reply was lost finds its own version when retried, so it is never
 //! applied twice. For the guarantee that nothing acknowledged is lost when Redis itself
 //! restarts, run it with `appendonly yes` and `appendfsync always` (`docs/ARCHITECTURE.md`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -34,8 +37,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
-use readyws_hub::{UserId, UserRecord};
-use readyws_protocol::Time;
+use readyws_hub::{StoredHead, UserId, UserRecord};
+use readyws_protocol::{Data, Time};
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use redis::{Client, Cmd, RedisError, RetryMethod, Value};
@@ -386,26 +389,67 @@ fn array(operation: &'static str, value: Value) -> Result<Vec<Value>, StoreError
     }
 }
 
-/// A record and its version as the hash holds them (no version: no record).
-fn versioned(
-    operation: &'static str,
-    version: &Value,
-    record: &Value,
-) -> Result<Versioned, StoreError> {
-    if matches!(version, Value::Nil) {
+/// A held message as a commit writes it: id, expiry, data.
+type HeldMessage<'a> = (u64, Time, &'a Data);
+
+/// A record and its version from the fields of its hash (`HGETALL`): `v`, the head `r`, and
+/// each held message's data as `m:<id>`. No fields: no record.
+fn from_hash(operation: &'static str, reply: Value) -> Result<Versioned, StoreError> {
+    let fields = match reply {
+        Value::Map(pairs) => pairs,
+        other => {
+            let mut items = array(operation, other)?.into_iter();
+            let mut pairs = Vec::new();
+            while let (Some(field), Some(value)) = (items.next(), items.next()) {
+                pairs.push((field, value));
+            }
+            pairs
+        }
+    };
+    if fields.is_empty() {
         return Ok(Versioned::default());
     }
-    let version = bytes_of(version)
-        .and_then(|bytes| std::str::from_utf8(bytes).ok())
-        .and_then(|text| text.parse::<u64>().ok())
-        .ok_or_else(|| bad_reply(operation, "a version that is not a number"))?;
-    if version == 0 {
-        return Ok(Versioned::default());
+    let mut version = None;
+    let mut head = None;
+    let mut held = Vec::new();
+    for (field, value) in &fields {
+        let field =
+            bytes_of(field).ok_or_else(|| bad_reply(operation, "a field that is not text"))?;
+        let value =
+            bytes_of(value).ok_or_else(|| bad_reply(operation, "a value that is not text"))?;
+        match field {
+            b"v" => {
+                version = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+            }
+            b"r" => head = Some(value),
+            _ => {
+                let id = field
+                    .strip_prefix(b"m:")
+                    .and_then(|id| std::str::from_utf8(id).ok())
+                    .and_then(|id| id.parse::<u64>().ok())
+                    .ok_or_else(|| bad_reply(operation, "a field this server did not write"))?;
+                held.push((id, value));
+            }
+        }
     }
-    let record =
-        bytes_of(record).ok_or_else(|| bad_reply(operation, "a version without a record"))?;
-    let record = serde_json::from_slice(record)
+    let version = version.ok_or_else(|| bad_reply(operation, "a record without a version"))?;
+    let head = head.ok_or_else(|| bad_reply(operation, "a version without a record"))?;
+    let head: StoredHead = serde_json::from_slice(head)
         .map_err(|error| bad_reply(operation, format!("an unreadable record: {error}")))?;
+    let mut messages = Vec::with_capacity(held.len());
+    for (id, value) in held {
+        let unreadable = || bad_reply(operation, format!("held message {id} is unreadable"));
+        let (expires_at, json) = std::str::from_utf8(value)
+            .ok()
+            .and_then(|text| text.split_once(' '))
+            .ok_or_else(unreadable)?;
+        let expires_at = expires_at.parse::<u64>().map_err(|_| unreadable())?;
+        let data = Data::from_json(json).map_err(|_| unreadable())?;
+        messages.push((id, Time::from_millis(expires_at), data));
+    }
+    let record = UserRecord::from_parts(head, messages);
     Ok(Versioned { record, version })
 }
 
@@ -414,17 +458,24 @@ fn millis(at: Time) -> u64 {
 }
 
 /// Writes the record if the version is still the one loaded; a retry of a commit that was
-/// applied finds its own version. Returns 1 (written), 0 (removed), or on a conflict the
-/// current version and record, which spares the committer a load before it tries again.
+/// applied finds its own version. ARGV: expected version, head ('' removes the record), new
+/// version, '1' to clear the hash first (a whole record), the count of held messages removed,
+/// their ids, then (id, data) pairs of the messages added. Returns 1 (written), 0 (removed), or
+/// on a conflict -1 with the whole hash as it is, which spares the committer a load.
 const COMMIT_LUA: &str = r"
-local current = redis.call('HGET', KEYS[1], 'v') or '0'
+local key = KEYS[1]
+local current = redis.call('HGET', key, 'v') or '0'
 if current == ARGV[3] then return 1 end
-if current ~= ARGV[1] then return {current, redis.call('HGET', KEYS[1], 'r') or ''} end
+if current ~= ARGV[1] then return {-1, redis.call('HGETALL', key)} end
 if ARGV[2] == '' then
-  redis.call('DEL', KEYS[1])
+  redis.call('DEL', key)
   return 0
 end
-redis.call('HSET', KEYS[1], 'v', ARGV[3], 'r', ARGV[2])
+if ARGV[4] == '1' then redis.call('DEL', key) end
+local removed = tonumber(ARGV[5])
+for i = 6, 5 + removed do redis.call('HDEL', key, 'm:' .. ARGV[i]) end
+redis.call('HSET', key, 'v', ARGV[3], 'r', ARGV[2])
+for i = 6 + removed, #ARGV, 2 do redis.call('HSET', key, 'm:' .. ARGV[i], ARGV[i + 1]) end
 return 1
 ";
 
@@ -494,16 +545,10 @@ return 1
 impl Store for RedisStore {
     fn load<'a>(&'a self, user: &'a UserId) -> BoxFuture<'a, Result<Versioned, StoreError>> {
         Box::pin(async move {
-            let mut command = redis::cmd("HMGET");
-            command.arg(self.user_key(user)).arg("v").arg("r");
-            let reply = array("load", self.query("load", &command).await?)?;
-            let (Some(version), Some(record)) = (reply.first(), reply.get(1)) else {
-                return Err(bad_reply(
-                    "load",
-                    "HMGET answered with fewer than two fields",
-                ));
-            };
-            versioned("load", version, record)
+            let mut command = redis::cmd("HGETALL");
+            command.arg(self.user_key(user));
+            let reply = self.query("load", &command).await?;
+            from_hash("load", reply)
         })
     }
 
@@ -513,13 +558,33 @@ impl Store for RedisStore {
         expected: u64,
         record: &'a UserRecord,
         deadline: Option<Time>,
+        held_before: Option<&'a [u64]>,
     ) -> BoxFuture<'a, Result<Commit, StoreError>> {
         Box::pin(async move {
-            let payload = if record.is_empty() {
+            let head = if record.is_empty() {
                 Vec::new()
             } else {
                 // Plain data of numbers, strings and JSON text: nothing here fails to serialize.
-                serde_json::to_vec(record).expect("a record serializes")
+                serde_json::to_vec(&record.head()).expect("a record serializes")
+            };
+            // Only the held messages that changed since `held_before` travel; without it, the
+            // whole record replaces what the hash holds.
+            let (whole, removed, added): (bool, Vec<u64>, Vec<HeldMessage<'_>>) = match held_before
+            {
+                Some(before) => {
+                    let before: BTreeSet<u64> = before.iter().copied().collect();
+                    let removed = before
+                        .iter()
+                        .copied()
+                        .filter(|id| !record.holds(*id))
+                        .collect();
+                    let added = record
+                        .held_messages()
+                        .filter(|(id, _, _)| !before.contains(id))
+                        .collect();
+                    (false, removed, added)
+                }
+                None => (true, Vec::new(), record.held_messages().collect()),
             };
             let version = random_version();
             // The index first, so that a crash after the write never leaves a record that no
@@ -551,8 +616,17 @@ impl Store for RedisStore {
                     .arg(1)
                     .arg(self.user_key(user))
                     .arg(expected.to_string())
-                    .arg(&payload)
-                    .arg(version.to_string());
+                    .arg(&head)
+                    .arg(version.to_string())
+                    .arg(if whole { "1" } else { "0" })
+                    .arg(removed.len());
+                for id in &removed {
+                    pipe.arg(id);
+                }
+                for (id, expires_at, data) in &added {
+                    pipe.arg(id)
+                        .arg(format!("{} {}", millis(*expires_at), data.as_json()));
+                }
                 pipe
             };
             let reply = self
@@ -572,9 +646,9 @@ impl Store for RedisStore {
             let outcome = reply
                 .last()
                 .ok_or_else(|| bad_reply("commit", "no answer to the script"))?;
-            if let Value::Array(current) = outcome {
-                let current = match current.as_slice() {
-                    [version, record] => versioned("commit", version, record)?,
+            if let Value::Array(conflict) = outcome {
+                let current = match conflict.as_slice() {
+                    [_, hash] => from_hash("commit", hash.clone())?,
                     _ => return Err(bad_reply("commit", "a conflict without the record")),
                 };
                 return Ok(Commit::Conflict {
@@ -652,20 +726,25 @@ impl Store for RedisStore {
         users: &'a [UserId],
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let mut command = redis::cmd("ZADD");
-            command
+            let mut lease = redis::cmd("ZADD");
+            lease
                 .arg(self.key(&["leases"]))
                 .arg(millis(until))
                 .arg(instance);
-            self.query("lease", &command).await?;
-            if !users.is_empty() {
-                let mut command = redis::cmd("SADD");
-                command.arg(self.carried_key(instance));
-                for user in users {
-                    command.arg(hex(user));
-                }
-                self.query("lease", &command).await?;
+            if users.is_empty() {
+                self.query("lease", &lease).await?;
+                return Ok(());
             }
+            let mut carried = redis::cmd("SADD");
+            carried.arg(self.carried_key(instance));
+            for user in users {
+                carried.arg(hex(user));
+            }
+            // Two keys, two slots in a cluster: sent together rather than one after the other.
+            let (renewed, announced) =
+                tokio::join!(self.query("lease", &lease), self.query("lease", &carried));
+            renewed?;
+            announced?;
             Ok(())
         })
     }

@@ -97,7 +97,11 @@ async fn a_commit_on_an_outdated_version_is_refused() {
         assert!(fresh.record.is_empty(), "{name}: and an empty record");
 
         let one = with_message(fresh.record.clone(), &alice, 1, at(0));
-        let Commit::Done(first) = store.commit(&alice, 0, &one, None).await.expect("commit") else {
+        let Commit::Done(first) = store
+            .commit(&alice, 0, &one, None, None)
+            .await
+            .expect("commit")
+        else {
             panic!("{name}: the first commit is written");
         };
         assert_ne!(first, 0, "{name}: a written record has a version");
@@ -112,14 +116,14 @@ async fn a_commit_on_an_outdated_version_is_refused() {
         let two = with_message(read.record.clone(), &alice, 2, at(0));
         let stale = with_message(one.clone(), &alice, 3, at(0));
         let Commit::Done(second) = store
-            .commit(&alice, first, &two, None)
+            .commit(&alice, first, &two, None, None)
             .await
             .expect("commit")
         else {
             panic!("{name}: a commit on the current version is written");
         };
         match store
-            .commit(&alice, first, &stale, None)
+            .commit(&alice, first, &stale, None, None)
             .await
             .expect("commit")
         {
@@ -143,7 +147,7 @@ async fn a_commit_on_an_outdated_version_is_refused() {
         );
         assert!(
             store
-                .commit(&alice, 0, &stale, None)
+                .commit(&alice, 0, &stale, None, None)
                 .await
                 .expect("commit")
                 .is_conflict(),
@@ -158,7 +162,11 @@ async fn an_empty_record_is_removed() {
     for (name, store, _redis) in every_store().await {
         let bo = UserId::new("bo");
         let one = with_message(UserRecord::default(), &bo, 1, at(0));
-        let Commit::Done(version) = store.commit(&bo, 0, &one, None).await.expect("commit") else {
+        let Commit::Done(version) = store
+            .commit(&bo, 0, &one, None, None)
+            .await
+            .expect("commit")
+        else {
             panic!("{name}: written");
         };
         let Versioned { mut record, .. } = store.load(&bo).await.expect("load");
@@ -174,7 +182,7 @@ async fn an_empty_record_is_removed() {
         assert!(record.is_empty());
         assert!(matches!(
             store
-                .commit(&bo, version, &record, None)
+                .commit(&bo, version, &record, None, None)
                 .await
                 .expect("commit"),
             Commit::Done(_)
@@ -257,6 +265,77 @@ async fn an_update_from_an_outdated_copy_lands_on_the_current_record() {
     }
 }
 
+/// A store may keep each held message apart and commit only what changed: a mailbox grown
+/// one message at a time and emptied in part reads back whole, in order, with its data; and a
+/// commit of a whole record (no list of what it held before) replaces what was there.
+#[tokio::test]
+async fn held_messages_read_back_whole_after_commits_of_what_changed() {
+    for (name, store, _redis) in every_store().await {
+        let fay = UserId::new("fay");
+        for n in 0..200u64 {
+            store
+                .update(&fay, None, &mut |record: &mut UserRecord| {
+                    *record = with_message(record.clone(), &fay, n, at(0));
+                    true
+                })
+                .await
+                .expect("update");
+        }
+        let Versioned { record, .. } = store.load(&fay).await.expect("load");
+        assert_eq!(record.held_len(), 200, "{name}");
+        let data: Vec<String> = record
+            .held_messages()
+            .map(|(_, _, data)| data.as_json().to_owned())
+            .collect();
+        assert_eq!(
+            data,
+            (0..200).map(|n| n.to_string()).collect::<Vec<_>>(),
+            "{name}: every message's data, oldest first"
+        );
+        // Every other message acknowledged, in one change.
+        let acked: Vec<u64> = record.held_ids().into_iter().step_by(2).collect();
+        store
+            .update(&fay, None, &mut |record: &mut UserRecord| {
+                for id in &acked {
+                    record.copy_settled(
+                        &rules(),
+                        &fay,
+                        *id,
+                        &readyws_protocol::Outcome::Acked,
+                        &mut VecDeque::new(),
+                    );
+                }
+                true
+            })
+            .await
+            .expect("update");
+        let Versioned { record, version } = store.load(&fay).await.expect("load");
+        assert_eq!(record.held_len(), 100, "{name}: the acknowledged ones went");
+        assert!(
+            record.held_ids().iter().all(|id| !acked.contains(id)),
+            "{name}"
+        );
+        // A whole record replaces the stored one.
+        let replacement = with_message(UserRecord::continuing_after(1_000), &fay, 7, at(0));
+        let Commit::Done(_) = store
+            .commit(&fay, version, &replacement, None, None)
+            .await
+            .expect("commit")
+        else {
+            panic!("{name}: written");
+        };
+        let back = store.load(&fay).await.expect("load").record;
+        assert_eq!(back.held_ids(), replacement.held_ids(), "{name}");
+        assert_eq!(
+            back.held_messages()
+                .map(|(_, _, data)| data.as_json().to_owned())
+                .collect::<Vec<_>>(),
+            vec!["7".to_owned()],
+            "{name}"
+        );
+    }
+}
+
 /// The deadline index says when a record is due, may say it early but never late, hands a due
 /// record out claimed, and hands it out again if the claim is never settled.
 #[tokio::test]
@@ -265,7 +344,7 @@ async fn the_deadline_index_is_never_late_and_claims_run_out() {
         let dee = UserId::new("dee");
         let one = with_message(UserRecord::default(), &dee, 1, at(0));
         let Commit::Done(v1) = store
-            .commit(&dee, 0, &one, Some(at(1_000)))
+            .commit(&dee, 0, &one, Some(at(1_000)), None)
             .await
             .expect("commit")
         else {
@@ -282,7 +361,7 @@ async fn the_deadline_index_is_never_late_and_claims_run_out() {
         // A later deadline never hides the earlier one.
         let two = with_message(one.clone(), &dee, 2, at(0));
         let Commit::Done(_) = store
-            .commit(&dee, v1, &two, Some(at(3_000)))
+            .commit(&dee, v1, &two, Some(at(3_000)), None)
             .await
             .expect("commit")
         else {
@@ -333,7 +412,7 @@ async fn a_settle_never_hides_an_earlier_deadline() {
         let eve = UserId::new("eve");
         let one = with_message(UserRecord::default(), &eve, 1, at(0));
         let Commit::Done(v1) = store
-            .commit(&eve, 0, &one, Some(at(100)))
+            .commit(&eve, 0, &one, Some(at(100)), None)
             .await
             .expect("commit")
         else {
@@ -344,7 +423,7 @@ async fn a_settle_never_hides_an_earlier_deadline() {
         // Meanwhile another instance commits with an earlier deadline than the settle's.
         let two = with_message(one, &eve, 2, at(0));
         let Commit::Done(_) = store
-            .commit(&eve, v1, &two, Some(at(500)))
+            .commit(&eve, v1, &two, Some(at(500)), None)
             .await
             .expect("commit")
         else {
@@ -478,6 +557,7 @@ async fn a_store_that_is_down_says_so() {
         .await
         .expect("the suite's redis-server answers");
     redis.kill();
+    hold_ports(&redis.url());
     refuses_while_down("redis", &store).await;
 
     let mut cluster = RedisCluster::start().expect("a Redis Cluster on loopback");
@@ -485,12 +565,37 @@ async fn a_store_that_is_down_says_so() {
         .await
         .expect("the suite's Redis Cluster answers");
     cluster.kill();
+    hold_ports(&cluster.url());
     refuses_while_down("redis cluster", &store).await;
+}
+
+/// Keeps the ports of a killed Redis from going to another test's new `redis-server` (the
+/// suite starts many at once): each takes connections and closes them at once, as a Redis
+/// that is down does to a client.
+fn hold_ports(url: &str) {
+    let hosts = url.split("://").nth(1).unwrap_or_default();
+    for host in hosts.split(',') {
+        let Some(listener) = host
+            .parse::<std::net::SocketAddr>()
+            .ok()
+            .and_then(|address| std::net::TcpListener::bind(address).ok())
+        else {
+            continue;
+        };
+        std::thread::spawn(move || {
+            for connection in listener.incoming() {
+                drop(connection);
+            }
+        });
+    }
 }
 
 async fn refuses_while_down(name: &str, store: &RedisStore) {
     let user = UserId::new("ivy");
-    let error = store.load(&user).await.expect_err("Redis is down");
+    let error = store
+        .load(&user)
+        .await
+        .expect_err(&format!("{name}: Redis is down"));
     assert!(
         matches!(
             error,
@@ -503,7 +608,7 @@ async fn refuses_while_down(name: &str, store: &RedisStore) {
     );
     let record = with_message(UserRecord::default(), &user, 1, at(0));
     let error = store
-        .commit(&user, 0, &record, None)
+        .commit(&user, 0, &record, None, None)
         .await
         .expect_err("Redis is down");
     assert!(

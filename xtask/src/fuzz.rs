@@ -9,7 +9,12 @@ use serde_json::Value;
 
 use crate::{cargo, output, workspace_root, write};
 
-const TARGETS: [&str; 3] = ["decode", "client_session", "server_connection"];
+const TARGETS: [&str; 4] = [
+    "decode",
+    "client_session",
+    "server_connection",
+    "hub_custody",
+];
 
 /// Installs cargo-fuzz and the nightly toolchain when missing.
 fn ensure_tools() -> Result<(), String> {
@@ -64,6 +69,21 @@ fn seed_corpora(root: &Path) -> Result<(), String> {
                 &script,
             )?;
         }
+    }
+    // The hub's world reads one choice from each byte or four: a few fixed, varied inputs.
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    for index in 0..8 {
+        let length = 64 << index;
+        let bytes: Vec<u8> = (0..length)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state.to_le_bytes()[0]
+            })
+            .collect();
+        fs::write(corpus("hub_custody").join(format!("seed-{index}")), bytes)
+            .map_err(|e| e.to_string())?;
     }
     Ok(())
 }
