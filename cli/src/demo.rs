@@ -440,6 +440,11 @@ pub(crate) async fn run(args: DemoArgs) -> Result<bool, String> {
     watch_state(&client, &display, &held, several.then(|| backends.clone()));
 
     let servers = Arc::new(tokio::sync::Mutex::new(servers));
+    // A publish through an instance killed while it commits cannot tell whether it was
+    // written; its publisher would try again and might publish it twice (publishes carry no
+    // idempotency key). The demo's kill waits for the publish under way, so that it shows
+    // what it is about: the instance carrying the user's socket dies, not a publish.
+    let publishing = Arc::new(tokio::sync::RwLock::new(()));
     let killed: Arc<Mutex<Vec<bool>>> = Arc::new(Mutex::new(vec![false; routed_len(&routed)]));
     let sent_so_far = Arc::new(AtomicU64::new(0));
 
@@ -450,13 +455,14 @@ pub(crate) async fn run(args: DemoArgs) -> Result<bool, String> {
     let published_elsewhere = Arc::new(AtomicU64::new(0));
     let published_through = Arc::new(Mutex::new(vec![0u64; routed_len(&routed)]));
     let publisher = {
-        let (servers, count, elsewhere, through, killed, backends) = (
+        let (servers, count, elsewhere, through, killed, backends, publishing) = (
             Arc::clone(&servers),
             Arc::clone(&published_while_disconnected),
             Arc::clone(&published_elsewhere),
             Arc::clone(&published_through),
             Arc::clone(&killed),
             backends.clone(),
+            Arc::clone(&publishing),
         );
         let user = UserId::new(USER);
         tokio::spawn(async move {
@@ -472,7 +478,11 @@ pub(crate) async fn run(args: DemoArgs) -> Result<bool, String> {
                         .find(|index| !killed.lock().unwrap_or_else(|e| e.into_inner())[*index])
                         .unwrap_or(0);
                     turn = index + 1;
-                    match handles[index].publish(&user, data.clone()).await {
+                    let published = {
+                        let _under_way = publishing.read().await;
+                        handles[index].publish(&user, data.clone()).await
+                    };
+                    match published {
                         Ok(report) => {
                             if report.held {
                                 *count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
@@ -539,17 +549,19 @@ pub(crate) async fn run(args: DemoArgs) -> Result<bool, String> {
 
     // Halfway through, the instance carrying the client's socket dies.
     if several {
-        let (servers, killed, backends, display, sent_so_far) = (
+        let (servers, killed, backends, display, sent_so_far, publishing) = (
             Arc::clone(&servers),
             Arc::clone(&killed),
             backends.clone(),
             Arc::clone(&display),
             Arc::clone(&sent_so_far),
+            Arc::clone(&publishing),
         );
         tokio::spawn(async move {
             while sent_so_far.load(Ordering::SeqCst) < messages / 2 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            let _no_publish_under_way = publishing.write().await;
             let Some(victim) = backends.newest() else {
                 return;
             };

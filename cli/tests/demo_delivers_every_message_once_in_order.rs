@@ -88,7 +88,7 @@ fn three_instances_lose_nothing_when_the_clients_instance_is_killed() {
     ]);
     assert!(
         status.success(),
-        "exit status {status}; account:\n{account}"
+        "exit status {status}; summary {summary}; account:\n{account}"
     );
     assert_eq!(summary["store"], "redis", "{summary}");
     for direction in ["client_to_server", "server_to_client"] {
