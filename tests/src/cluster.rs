@@ -29,34 +29,33 @@ pub struct RedisProcess {
 impl RedisProcess {
     /// Starts Debian's `redis-server` on a free port on 127.0.0.1, and waits until it answers.
     pub fn start() -> Result<RedisProcess, String> {
-        let port = free_port()?;
-        let dir = std::env::temp_dir().join(format!("readyws-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir)
-            .map_err(|problem| format!("cannot create {}: {problem}", dir.display()))?;
-        let mut redis = RedisProcess {
-            port,
-            dir,
-            child: None,
-            cluster_port: None,
-        };
-        redis.spawn()?;
-        Ok(redis)
+        RedisProcess::start_as(false)
     }
 
-    fn start_cluster_node() -> Result<RedisProcess, String> {
+    /// Starts one, as a node of a cluster (`cluster-enabled yes`) or alone.
+    fn start_as(cluster_node: bool) -> Result<RedisProcess, String> {
         let port = free_port()?;
-        let dir = std::env::temp_dir().join(format!(
-            "readyws-redis-cluster-{}-{port}",
-            std::process::id()
-        ));
+        let kind = if cluster_node {
+            "redis-cluster"
+        } else {
+            "redis"
+        };
+        let dir =
+            std::env::temp_dir().join(format!("readyws-{kind}-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)
             .map_err(|problem| format!("cannot create {}: {problem}", dir.display()))?;
+        // A node's bus gets a free port of its own: the default, the port + 10,000, may be
+        // taken or out of range.
+        let cluster_port = if cluster_node {
+            Some(free_port()?)
+        } else {
+            None
+        };
         let mut redis = RedisProcess {
             port,
             dir,
             child: None,
-            // Its own free port: the default, the port + 10,000, may be taken or out of range.
-            cluster_port: Some(free_port()?),
+            cluster_port,
         };
         redis.spawn()?;
         Ok(redis)
@@ -146,7 +145,7 @@ impl RedisCluster {
     /// cluster is up.
     pub fn start() -> Result<RedisCluster, String> {
         let nodes = (0..3)
-            .map(|_| RedisProcess::start_cluster_node())
+            .map(|_| RedisProcess::start_as(true))
             .collect::<Result<Vec<_>, _>>()?;
         let addresses: Vec<String> = nodes
             .iter()
