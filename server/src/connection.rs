@@ -531,6 +531,12 @@ impl Task {
     /// outlives this instance (the next frames depend on it [RS-4]), and what the mailbox gained,
     /// in one commit. `false`: the store could not be told, and a `goaway` is queued instead.
     async fn turn(&mut self) -> bool {
+        // Acknowledgements that waited their time are committed now, whatever else happens:
+        // the timer that brought this turn does not fire again for them.
+        let settle_due = self.settle_by.is_some_and(|by| Instant::now() >= by);
+        if settle_due {
+            self.settle_by = None;
+        }
         let Some(user) = self.user.clone() else {
             return true;
         };
@@ -557,16 +563,11 @@ impl Task {
                 self.saved.last_refused,
                 self.saved.highest_sent,
             );
-        if outlives && only_settling && self.settled.len() < SETTLE_BATCH {
-            let now = Instant::now();
-            match self.settle_by {
-                None => {
-                    self.settle_by = Some(now + SETTLE_LINGER);
-                    return true;
-                }
-                Some(by) if now < by => return true,
-                Some(_) => {}
+        if outlives && only_settling && !settle_due && self.settled.len() < SETTLE_BATCH {
+            if self.settle_by.is_none() {
+                self.settle_by = Some(Instant::now() + SETTLE_LINGER);
             }
+            return true;
         }
         let kept = save.then(|| Kept::of(session, &self.copies));
         let session_id = session.id().to_owned();
