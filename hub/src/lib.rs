@@ -16,12 +16,14 @@
 #![deny(missing_docs)]
 
 mod custody;
+mod gate;
 mod record;
 
 use std::fmt;
 use std::time::Duration;
 
 pub use custody::{Attach, ConnId, Copies, FreshCredentials, HubEvent, HubLimits, Taken};
+pub use gate::{Gate, Goaway, StartupGate, StoreTrouble, goaway_for};
 pub use record::{
     Digest, Holder, Kept, Leases, RecordHead, Rules, Saved, StoredHead, TokenDigest, UserRecord,
     withdraw_from,

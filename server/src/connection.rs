@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 
-use readyws_hub::Kept;
+use readyws_hub::{Gate, Goaway, Kept, StartupGate, StoreTrouble, goaway_for};
 use readyws_protocol::close::code;
 use readyws_protocol::frame::Resume;
 use readyws_protocol::{
@@ -37,9 +37,6 @@ const CLOSE_REPLY_DEADLINE: Duration = Duration::from_secs(1);
 const AUTH_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// The `retry_after_ms` of a `goaway` 4003 sent because every session the user may have is live.
 const SESSIONS_FULL_RETRY_AFTER: Duration = Duration::from_secs(5);
-/// The `retry_after_ms` of a `goaway` 4003 sent because the store failed.
-const STORE_RETRY_AFTER: Duration = Duration::from_secs(1);
-
 pub(crate) async fn run(shared: Arc<Shared>, socket: impl FrameSocket) {
     let conn_id = shared.next_connection();
     let (handle, commands, wake) = ConnHandle::new();
@@ -58,7 +55,11 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: impl FrameSocket) {
         session = tracing::field::Empty
     );
     let mut task = Task {
-        startup_deadline: opened + shared.options.startup_max_wait,
+        gate: StartupGate::new(
+            shared.now(),
+            shared.options.startup_max_wait,
+            shared.options.startup_retry_after,
+        ),
         shared: shared.clone(),
         conn_id,
         connection,
@@ -124,7 +125,8 @@ struct Task {
     socket_ended: bool,
     /// The peer sent a close frame, which is answered with one.
     peer_closed: bool,
-    startup_deadline: Instant,
+    /// The wait for start-up [SG-2, SG-3].
+    gate: StartupGate,
     opened: Instant,
     span: tracing::Span,
 }
@@ -231,16 +233,17 @@ impl Task {
                     self.connection.handle_timeout(self.shared.now());
                 }
                 Ok(()) = started.changed(), if waiting => {
-                    if *started.borrow() {
+                    if *started.borrow() && self.gate.handle_started() == Gate::Proceed {
                         if let Some(resume) = self.waiting_for_startup.take() {
                             self.attach(resume).await;
                         }
                     }
                 }
-                () = tokio::time::sleep_until(self.startup_deadline), if waiting => {
-                    self.waiting_for_startup = None;
-                    let retry = self.shared.options.startup_retry_after;
-                    self.goaway(code::STARTUP_FAILED, "server start-up did not finish in time", Some(retry));
+                () = sleep_until_some(self.gate.poll_timeout().map(|at| self.instant(at))), if waiting => {
+                    if let Gate::GiveUp(goaway) = self.gate.handle_timeout(self.shared.now()) {
+                        self.waiting_for_startup = None;
+                        self.send_goaway(goaway);
+                    }
                 }
             }
         }
@@ -414,11 +417,17 @@ impl Task {
                     return;
                 }
                 self.user = Some(user);
-                if self.shared.is_started() {
-                    self.attach(resume).await;
-                } else {
-                    debug!("waiting for server start-up");
-                    self.waiting_for_startup = Some(resume);
+                match self
+                    .gate
+                    .handle_hello(self.shared.is_started(), self.shared.now())
+                {
+                    Gate::Proceed => self.attach(resume).await,
+                    Gate::Wait => {
+                        debug!("waiting for server start-up");
+                        self.waiting_for_startup = Some(resume);
+                    }
+                    Gate::GiveUp(goaway) => self.send_goaway(goaway),
+                    Gate::Idle => {}
                 }
             }
         }
@@ -510,21 +519,17 @@ impl Task {
 
     fn session_busy(&mut self) {
         warn!("could not take over the session; closing so that the client retries");
-        self.goaway(
-            code::OVERLOADED,
-            "session busy, retry",
-            Some(Duration::from_millis(500)),
-        );
+        self.send_goaway(goaway_for(StoreTrouble::Busy));
     }
 
-    /// The Redis store failed through its retries: the client comes back later, and resumes
-    /// from what the store has.
+    /// The store failed through its retries: the client comes back later, and resumes from
+    /// what the store has.
     fn store_failed(&mut self) {
-        self.goaway(
-            code::OVERLOADED,
-            "the session store is unavailable, retry",
-            Some(STORE_RETRY_AFTER),
-        );
+        self.send_goaway(goaway_for(StoreTrouble::Unavailable));
+    }
+
+    fn send_goaway(&mut self, goaway: Goaway) {
+        self.goaway(goaway.code, goaway.reason, goaway.retry_after);
     }
 
     /// One turn with the store: the copies that ended, the session's state where the store
@@ -601,11 +606,7 @@ impl Task {
                 // which a client takes as final.
                 self.fenced = true;
                 warn!("another connection carries this session now");
-                self.goaway(
-                    code::OVERLOADED,
-                    "this connection no longer carries the session, reconnect",
-                    Some(Duration::from_millis(100)),
-                );
+                self.send_goaway(goaway_for(StoreTrouble::Fenced));
                 false
             }
             Err(error) => {
