@@ -232,9 +232,15 @@ async fn run(settings: Settings) -> Result<(), String> {
 
     let count = settings.sessions.to_string();
     progress(&format!("{} raw sessions at once", settings.sessions));
-    let (raw_sessions, _) = many_sessions("raw", &count).await?;
+    let (raw_sessions, _) = many_sessions("raw", None, &count).await?;
     progress(&format!("{} readyws sessions at once", settings.sessions));
-    let (readyws_sessions, storm) = many_sessions("readyws", &count).await?;
+    let (readyws_sessions, storm) = many_sessions("readyws", None, &count).await?;
+    progress(&format!(
+        "{} readyws sessions at once on the Redis store",
+        settings.sessions
+    ));
+    let (redis_sessions, storm_redis) =
+        many_sessions("readyws", Some(&redis.url()), &count).await?;
 
     let figures = Figures {
         trials: settings.trials,
@@ -252,6 +258,8 @@ async fn run(settings: Settings) -> Result<(), String> {
         raw_sessions,
         readyws_sessions,
         storm: storm.ok_or("the readyws swarm ran no storm")?,
+        redis_sessions,
+        storm_redis: storm_redis.ok_or("the readyws swarm on Redis ran no storm")?,
         package: settings.package,
         command: settings.command,
         elapsed: started.elapsed(),
@@ -276,9 +284,10 @@ pub(crate) struct Sessions {
 
 async fn many_sessions(
     kind: &str,
+    redis: Option<&str>,
     count: &str,
 ) -> Result<(Sessions, Option<swarm::Storm>), String> {
-    let (mut server, url) = Helper::server(kind, None).await?;
+    let (mut server, url) = Helper::server(kind, redis).await?;
     // Settled before the figure is taken.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let server_rss_before = resident_bytes(&server.pid());

@@ -61,6 +61,9 @@ pub(crate) struct Figures {
     pub(crate) raw_sessions: Sessions,
     pub(crate) readyws_sessions: Sessions,
     pub(crate) storm: Storm,
+    /// The same sessions and restart with the server on the Redis store.
+    pub(crate) redis_sessions: Sessions,
+    pub(crate) storm_redis: Storm,
     pub(crate) package: Option<PackageSizes>,
     pub(crate) command: String,
     pub(crate) elapsed: Duration,
@@ -95,6 +98,15 @@ impl Figures {
     fn storm_lost(&self) -> usize {
         self.storm.sent - self.storm.acked
     }
+}
+
+/// Until every session of a storm was ready again.
+fn ready_again(storm: &Storm) -> String {
+    storm
+        .all_ready_ms
+        .map_or(format!("never ({} ready again)", storm.ready_again), |ms| {
+            format!("{:.2} s", ms / 1000.0)
+        })
 }
 
 fn micros(duration: Duration) -> String {
@@ -158,6 +170,26 @@ pub(crate) fn broken_guarantees(figures: &Figures) -> Vec<String> {
         broken.push(format!(
             "after the restart only {} of {} sessions were ready again",
             figures.storm.ready_again, figures.sessions
+        ));
+    }
+    if figures.storm_redis.all_ready_ms.is_none() {
+        broken.push(format!(
+            "on Redis, after the restart only {} of {} sessions were ready again",
+            figures.storm_redis.ready_again, figures.sessions
+        ));
+    }
+    let lost_on_redis = figures.storm_redis.sent - figures.storm_redis.acked;
+    if lost_on_redis > 0 {
+        broken.push(format!(
+            "on Redis, {lost_on_redis} of the storm's {} messages were not acknowledged ({})",
+            figures.storm_redis.sent,
+            figures.storm_redis.not_acked.join(", ")
+        ));
+    }
+    if figures.redis_sessions.opened.failed > 0 {
+        broken.push(format!(
+            "{} readyws sessions on Redis of {} never became ready",
+            figures.redis_sessions.opened.failed, figures.sessions
         ));
     }
     if figures.storm_lost() > 0 {
@@ -310,7 +342,10 @@ fn markdown(f: &Figures) -> String {
          | figure | in memory | on Redis | ratio | target |\n|---|---:|---:|---:|---|\n\
          | time to ready, median of {} | {} | {} | **{:.2}×** | ≤ 2× |\n\
          | acknowledged {MESSAGE_BYTES}-byte messages/s, client → server | {} | {} | **{:.2}×** | ≥ 0.5× |\n\
-         | acknowledged {MESSAGE_BYTES}-byte messages/s, server → client | {} | {} | **{:.2}×** | ≥ 0.5× |",
+         | acknowledged {MESSAGE_BYTES}-byte messages/s, server → client | {} | {} | **{:.2}×** | ≥ 0.5× |\n\
+         | {} sessions opened at once: time until all ready | {:.2} s | {:.2} s | {:.2}× | all ready |\n\
+         | restart storm: until all are ready again | {} | {} | | spread |\n\
+         | restart storm: messages sent during it, acknowledged / lost | {} / {} | {} / {} | | 0 lost |",
         f.trials,
         micros(f.ready_medians().0),
         micros(redis_ready),
@@ -321,6 +356,16 @@ fn markdown(f: &Figures) -> String {
         thousands(f.download_readyws as u64),
         thousands(f.download_redis as u64),
         f.download_redis / f.download_readyws,
+        thousands(f.sessions as u64),
+        f.readyws_sessions.opened.ready_ms / 1000.0,
+        f.redis_sessions.opened.ready_ms / 1000.0,
+        f.redis_sessions.opened.ready_ms / f.readyws_sessions.opened.ready_ms,
+        ready_again(&f.storm),
+        ready_again(&f.storm_redis),
+        thousands(f.storm.acked as u64),
+        f.storm.sent - f.storm.acked,
+        thousands(f.storm_redis.acked as u64),
+        f.storm_redis.sent - f.storm_redis.acked,
     );
     let _ = writeln!(
         md,
