@@ -118,7 +118,8 @@ struct Task {
     woken: bool,
     /// Frames taken from the connection, written once the store has what they depend on.
     outgoing: Vec<String>,
-    /// A `hello` accepted by the authenticator while start-up is still running [SG-2].
+    /// The resume of a `hello` the gate holds while start-up runs [SG-2]; whether one waits is
+    /// the gate's to say.
     waiting_for_startup: Option<Option<Resume>>,
     session_ended: bool,
     /// The peer closed the socket, or it broke: nothing more can be read or written.
@@ -177,7 +178,7 @@ impl Task {
                     timer.as_mut().reset(self.instant(at));
                 }
             }
-            let waiting = self.waiting_for_startup.is_some();
+            let waiting = self.gate.is_waiting();
             let busy = writing.is_some();
             tokio::select! {
                 (idle, outcome) = in_progress(writing.as_mut()) => {
