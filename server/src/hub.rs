@@ -156,7 +156,35 @@ struct Local {
     /// load, and a commit refused because another writer moved on starts again from the
     /// current one. Bounded like `announced`: a user leaves it with its last connection here.
     cache: HashMap<UserId, Versioned>,
+    /// Per user with a change running here, the turn the next change of that user waits for:
+    /// changes of one user on one instance take turns, so the second starts from the record
+    /// the first wrote instead of loading it or meeting it as a conflict. An entry leaves with
+    /// the last change that holds or awaits it, so it is bounded by the changes running.
+    turns: HashMap<UserId, Arc<tokio::sync::Mutex<()>>>,
     pending: Vec<Detach>,
+}
+
+/// A change's turn on its user ([`Local::turns`]); given back when dropped, also when the
+/// change is abandoned halfway.
+struct UserTurn<'a> {
+    local: &'a Mutex<Local>,
+    user: &'a UserId,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for UserTurn<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut local = lock(self.local);
+        // Whoever awaits the turn holds a clone, taken under the same lock as this check.
+        if local
+            .turns
+            .get(self.user)
+            .is_some_and(|turn| Arc::strong_count(turn) == 1)
+        {
+            local.turns.remove(self.user);
+        }
+    }
 }
 
 /// How many notices to other instances may wait to be sent; past it a change sends its own
@@ -254,21 +282,48 @@ impl Custody {
             result = Some(change(record, rules, &mut events));
             true
         };
-        // Taken out while the change runs: a concurrent change of the same user loads.
-        let cached = lock(&self.local).cache.remove(user);
-        let written = self.store.update(user, cached, &mut run).await?;
-        if let Some(written) = &written {
-            let mut local = lock(&self.local);
-            if local.by_user.contains_key(user) {
-                local.cache.insert(user.clone(), written.now.clone());
+        let written = {
+            // A store whose records are copies is slow to read, so changes of one user here
+            // take turns; one that keeps its records in this process changes them in place.
+            let _turn = if self.store.outlives_instance() {
+                Some(self.user_turn(user).await)
+            } else {
+                None
+            };
+            // Taken out while the change runs, so that a notice arriving meanwhile does not
+            // replace it (`on_notice`).
+            let cached = lock(&self.local).cache.remove(user);
+            let written = self.store.update(user, cached, &mut run).await?;
+            if let Some(written) = &written {
+                let mut local = lock(&self.local);
+                if local.by_user.contains_key(user) {
+                    local.cache.insert(user.clone(), written.now.clone());
+                }
             }
-        }
+            written
+        };
         self.carry_out(user, events, written).await;
         if let Some((messages, bytes)) = self.store.held_totals() {
             m::mailbox_depth(messages, bytes);
         }
         // `update` ran `change` at least once, or failed.
         Ok(result.expect("the change ran"))
+    }
+
+    /// Waits for the turn of `user` on this instance ([`Local::turns`]).
+    async fn user_turn<'a>(&'a self, user: &'a UserId) -> UserTurn<'a> {
+        let turn = lock(&self.local)
+            .turns
+            .entry(user.clone())
+            .or_default()
+            .clone();
+        let mut held = UserTurn {
+            local: &self.local,
+            user,
+            guard: None,
+        };
+        held.guard = Some(turn.lock_owned().await);
+        held
     }
 
     async fn carry_out(&self, user: &UserId, events: VecDeque<HubEvent>, written: Option<Written>) {
