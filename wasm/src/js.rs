@@ -1,4 +1,10 @@
-//! Small bridges to the browser's JavaScript objects, so that the driver reads as protocol steps.
+//! Small bridges to the JavaScript host's objects, so that the driver reads as protocol steps.
+//!
+//! Everything goes through `globalThis`, never `window`: a page, a dedicated or shared worker,
+//! a service worker, Node.js and Deno all have `setTimeout`, `performance`, `crypto` and (Node 22,
+//! or Node 20 with `--experimental-websocket`) `WebSocket` there. The wake-up events exist only in
+//! some of them (`online` on a page's or worker's global, `visibilitychange` on a page's document)
+//! and are listened to only where the host has them.
 
 use alloc::borrow::ToOwned;
 use alloc::string::String;
@@ -8,6 +14,25 @@ use readyws_protocol::Time;
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use web_sys::{EventTarget, WebSocket};
+
+#[wasm_bindgen]
+extern "C" {
+    /// `globalThis.setTimeout`. The handle is a number in browsers and an object on Node.
+    #[wasm_bindgen(js_name = setTimeout)]
+    fn global_set_timeout(handler: &Function, delay: i32) -> JsValue;
+
+    /// `globalThis.clearTimeout`.
+    #[wasm_bindgen(js_name = clearTimeout)]
+    fn global_clear_timeout(handle: &JsValue);
+
+    /// `globalThis.performance.now()`.
+    #[wasm_bindgen(js_namespace = performance, js_name = now)]
+    fn performance_now() -> f64;
+
+    /// `globalThis.crypto.getRandomValues(bytes)`.
+    #[wasm_bindgen(js_namespace = crypto, js_name = getRandomValues, catch)]
+    fn get_random_values(bytes: &mut [u8]) -> Result<JsValue, JsValue>;
+}
 
 /// The resolve and reject functions of one promise handed to the application.
 pub(crate) struct Settle {
@@ -40,22 +65,18 @@ impl Settle {
     }
 }
 
-/// `performance.now()`: monotonic milliseconds since the page started, which keeps counting
+/// `performance.now()`: monotonic milliseconds since the host started, which keeps counting
 /// while timers are throttled.
 pub(crate) fn now() -> Time {
-    let millis = web_sys::window()
-        .and_then(|window| window.performance())
-        .map_or(0.0, |performance| performance.now());
-    Time::from_millis(millis as u64)
+    Time::from_millis(performance_now() as u64)
 }
 
 /// A seed for the reconnect jitter from `crypto.getRandomValues`.
 pub(crate) fn random_seed() -> Result<u64, JsValue> {
-    let crypto = web_sys::window()
-        .ok_or_else(|| JsValue::from_str("readyws needs a window"))?
-        .crypto()?;
     let mut bytes = [0u8; 8];
-    crypto.get_random_values_with_u8_array(&mut bytes)?;
+    get_random_values(&mut bytes).map_err(|_| {
+        JsValue::from_str("readyws needs globalThis.crypto.getRandomValues (Web Crypto)")
+    })?;
     Ok(u64::from_le_bytes(bytes))
 }
 
@@ -133,21 +154,26 @@ pub(crate) fn console_error(message: &str) {
     web_sys::console::error_1(&text(message));
 }
 
-/// Whether the page is visible (also true outside a document).
+/// Whether the page is visible (always true outside a document: a worker, Node).
 pub(crate) fn page_visible() -> bool {
-    web_sys::window()
-        .and_then(|window| window.document())
-        .is_none_or(|document| !document.hidden())
+    !get(&get(&js_sys::global(), "document"), "hidden").is_truthy()
 }
 
-pub(crate) fn window_target() -> Option<EventTarget> {
-    web_sys::window().map(Into::into)
+/// `value` as an event target, when it is one.
+fn event_target(value: JsValue) -> Option<EventTarget> {
+    get(&value, "addEventListener")
+        .is_function()
+        .then(|| value.unchecked_into())
 }
 
+/// `globalThis`, where it takes listeners (a page's window, a worker's global; not Node's).
+pub(crate) fn global_target() -> Option<EventTarget> {
+    event_target(js_sys::global().into())
+}
+
+/// The document of a page; none in a worker or on Node.
 pub(crate) fn document_target() -> Option<EventTarget> {
-    web_sys::window()
-        .and_then(|window| window.document())
-        .map(Into::into)
+    event_target(get(&js_sys::global(), "document"))
 }
 
 pub(crate) fn add_listener<T: ?Sized>(
@@ -170,25 +196,14 @@ pub(crate) fn remove_listener<T: ?Sized>(
     }
 }
 
-/// Arms a browser timer; the handle clears it.
-pub(crate) fn set_timeout<T: ?Sized>(closure: &Closure<T>, delay_ms: u64) -> i32 {
+/// Arms a timer; the handle clears it.
+pub(crate) fn set_timeout<T: ?Sized>(closure: &Closure<T>, delay_ms: u64) -> JsValue {
     let delay = i32::try_from(delay_ms).unwrap_or(i32::MAX);
-    web_sys::window()
-        .and_then(|window| {
-            window
-                .set_timeout_with_callback_and_timeout_and_arguments_0(
-                    closure.as_ref().unchecked_ref(),
-                    delay,
-                )
-                .ok()
-        })
-        .unwrap_or(0)
+    global_set_timeout(closure.as_ref().unchecked_ref(), delay)
 }
 
-pub(crate) fn clear_timeout(handle: i32) {
-    if let Some(window) = web_sys::window() {
-        window.clear_timeout_with_handle(handle);
-    }
+pub(crate) fn clear_timeout(handle: &JsValue) {
+    global_clear_timeout(handle);
 }
 
 /// Closes a socket with a protocol close code. Browsers accept only 1000 and 3000–4999 from a

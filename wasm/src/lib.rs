@@ -19,8 +19,11 @@
 //! - credentials travel in `hello`, never in the URL (the session builds `hello`);
 //! - every event and wake-up reads `performance.now()` and the session checks each deadline
 //!   against it, because timers in hidden tabs fire late, about once a minute;
-//! - `visibilitychange` (to visible) and `online` call `ClientSession::handle_wake`: a pending
-//!   reconnect starts at once, and a ready connection is probed;
+//! - it runs wherever `globalThis` has `WebSocket`, `setTimeout`, `performance` and `crypto`
+//!   (a page, a worker, Node.js, Deno), and never reads `window`;
+//! - `visibilitychange` (to visible) and `online` call `ClientSession::handle_wake` where the
+//!   host has them (a page; `online` also in a worker): a pending reconnect starts at once, and
+//!   a ready connection is probed;
 //! - the reconnect jitter is seeded from `crypto.getRandomValues`, so that browsers that lost the
 //!   same server do not come back in step;
 //! - a replaced socket's handlers are detached and freed with it, so reconnects do not leak;
@@ -91,6 +94,17 @@ export interface ReadyClientOptions {
   backoffInitialMs?: number;
   /** Reconnect backoff cap (default 30000). */
   backoffMaxMs?: number;
+  /** Give up (the client closes, with a "fatal" error) after this many failed attempts in a
+   *  row (default: never). */
+  maxReconnectAttempts?: number;
+  /** How long opening a socket may take (default 10000). */
+  connectTimeoutMs?: number;
+  /** How long from the socket opening to `connection_ready` while the server is accepting
+   *  (default 10000). */
+  handshakeTimeoutMs?: number;
+  /** How long to wait for `connection_ready` after the server said it is starting
+   *  (default 60000). */
+  startupTimeoutMs?: number;
 }
 
 /** Options of one `send`. */
@@ -171,7 +185,12 @@ export interface ReadyClient {
   on(event: "error", callback: (error: ReadyError) => void): void;
   /** The server could not resume the session. */
   on(event: "reset", callback: (reset: SessionReset) => void): void;
-  /** Removes a listener added with `on`. */
+  /** Like `on`, for the next event of that kind only. */
+  once(event: "message", callback: (data: any) => void): void;
+  once(event: "state", callback: (change: StateChange) => void): void;
+  once(event: "error", callback: (error: ReadyError) => void): void;
+  once(event: "reset", callback: (reset: SessionReset) => void): void;
+  /** Removes a listener added with `on` or `once`. */
   off(event: ReadyEvent, callback: (payload: any) => void): void;
 }
 "#;
@@ -287,17 +306,26 @@ impl ReadyClient {
     #[wasm_bindgen(skip_typescript)]
     pub fn on(&self, event: &str, callback: Function) -> Result<(), JsValue> {
         let mut driver = self.shared.borrow_mut();
-        driver.listeners(event)?.push(callback);
+        driver.listeners(event)?.0.push((callback, false));
         Ok(())
     }
 
-    /// Removes a listener added with `on`.
+    /// Adds a listener that runs for the next event of its kind only.
+    #[wasm_bindgen(skip_typescript)]
+    pub fn once(&self, event: &str, callback: Function) -> Result<(), JsValue> {
+        let mut driver = self.shared.borrow_mut();
+        driver.listeners(event)?.0.push((callback, true));
+        Ok(())
+    }
+
+    /// Removes a listener added with `on` or `once`.
     #[wasm_bindgen(skip_typescript)]
     pub fn off(&self, event: &str, callback: &Function) -> Result<(), JsValue> {
         let mut driver = self.shared.borrow_mut();
         driver
             .listeners(event)?
-            .retain(|listener| !listener.loose_eq(callback));
+            .0
+            .retain(|(listener, _)| !listener.loose_eq(callback));
         Ok(())
     }
 
@@ -386,7 +414,20 @@ fn config_from(options: &JsValue) -> Result<(ClientConfig, Option<Function>), Js
     if let Some(max) = number(options, "backoffMaxMs") {
         backoff.max = Duration::from_millis(max as u64);
     }
+    if let Some(attempts) = number(options, "maxReconnectAttempts") {
+        backoff.max_attempts = Some(attempts as u32);
+    }
     config = config.backoff(backoff);
+    let millis = |key| number(options, key).map(|ms| Duration::from_millis(ms as u64));
+    if let Some(timeout) = millis("connectTimeoutMs") {
+        config = config.connect_timeout(timeout);
+    }
+    if let Some(timeout) = millis("handshakeTimeoutMs") {
+        config = config.handshake_timeout(timeout);
+    }
+    if let Some(timeout) = millis("startupTimeoutMs") {
+        config = config.startup_timeout(timeout);
+    }
     let provider = js::get(options, "tokenProvider")
         .dyn_into::<Function>()
         .ok();
@@ -422,6 +463,23 @@ impl Drop for Socket {
     }
 }
 
+/// The application's callbacks for one event, each with whether it runs only once.
+#[derive(Default)]
+struct Listeners(Vec<(Function, bool)>);
+
+impl Listeners {
+    /// The callbacks to run for one event; the `once` ones leave the list.
+    fn for_event(&mut self) -> Vec<Function> {
+        let calls = self
+            .0
+            .iter()
+            .map(|(callback, _)| callback.clone())
+            .collect();
+        self.0.retain(|(_, once)| !once);
+        calls
+    }
+}
+
 /// The state behind a [`ReadyClient`]: the session and the browser resources that drive it.
 struct Driver {
     url: String,
@@ -432,16 +490,16 @@ struct Driver {
     socket: Option<Socket>,
     connections: u32,
     /// The timer armed for the session's next deadline, and that deadline.
-    timer: Option<(i32, Time)>,
+    timer: Option<(JsValue, Time)>,
     on_timer: Closure<dyn FnMut(JsValue)>,
     on_wake: Closure<dyn FnMut(JsValue)>,
     pending: Vec<(MessageId, Settle)>,
     ready_waiters: Vec<Settle>,
     closed_waiters: Vec<Settle>,
-    on_message: Vec<Function>,
-    on_state: Vec<Function>,
-    on_error: Vec<Function>,
-    on_reset: Vec<Function>,
+    on_message: Listeners,
+    on_state: Listeners,
+    on_error: Listeners,
+    on_reset: Listeners,
     last_state: Option<ClientState>,
     last_disconnect: Option<String>,
     /// Whether the current connection's `connection_ready` resumed the session.
@@ -504,10 +562,10 @@ impl Driver {
             pending: Vec::new(),
             ready_waiters: Vec::new(),
             closed_waiters: Vec::new(),
-            on_message: Vec::new(),
-            on_state: Vec::new(),
-            on_error: Vec::new(),
-            on_reset: Vec::new(),
+            on_message: Listeners::default(),
+            on_state: Listeners::default(),
+            on_error: Listeners::default(),
+            on_reset: Listeners::default(),
             last_state: None,
             last_disconnect: None,
             resumed: false,
@@ -516,23 +574,23 @@ impl Driver {
     }
 
     fn listen_for_wake_ups(&mut self) {
-        js::add_listener(js::window_target(), "online", &self.on_wake);
+        js::add_listener(js::global_target(), "online", &self.on_wake);
         js::add_listener(js::document_target(), "visibilitychange", &self.on_wake);
     }
 
     /// Releases every browser resource: listeners, the timer, and the socket (closed).
     fn stop_listening(&mut self) {
-        js::remove_listener(js::window_target(), "online", &self.on_wake);
+        js::remove_listener(js::global_target(), "online", &self.on_wake);
         js::remove_listener(js::document_target(), "visibilitychange", &self.on_wake);
         if let Some((handle, _)) = self.timer.take() {
-            js::clear_timeout(handle);
+            js::clear_timeout(&handle);
         }
         if let Some(socket) = self.socket.take() {
             js::close_socket(&socket.socket, 1000, "");
         }
     }
 
-    fn listeners(&mut self, event: &str) -> Result<&mut Vec<Function>, JsValue> {
+    fn listeners(&mut self, event: &str) -> Result<&mut Listeners, JsValue> {
         match event {
             "message" => Ok(&mut self.on_message),
             "state" => Ok(&mut self.on_state),
@@ -587,7 +645,7 @@ impl Driver {
         }
         let state = self.session.state();
         if self.last_state.as_ref() != Some(&state) {
-            calls.push((self.on_state.clone(), self.state_change(&state)));
+            calls.push((self.on_state.for_event(), self.state_change(&state)));
             self.last_state = Some(state);
         }
         self.arm_timer();
@@ -637,11 +695,11 @@ impl Driver {
                     ("previousSessionId", text(&previous_session_id)),
                     ("resent", (resent as f64).into()),
                 ]);
-                calls.push((self.on_reset.clone(), reset));
+                calls.push((self.on_reset.for_event(), reset));
             }
             ClientEvent::Message { data } => match js_sys::JSON::parse(data.as_json()) {
-                Ok(value) => calls.push((self.on_message.clone(), value)),
-                Err(error) => calls.push((self.on_error.clone(), error)),
+                Ok(value) => calls.push((self.on_message.for_event(), value)),
+                Err(error) => calls.push((self.on_error.for_event(), error)),
             },
             ClientEvent::Outcome { id, outcome } => {
                 let Some(at) = self.pending.iter().position(|(pending, _)| *pending == id) else {
@@ -681,7 +739,7 @@ impl Driver {
                 if reason.contains("[") {
                     // A protocol violation by the server cites the rule it broke.
                     calls.push((
-                        self.on_error.clone(),
+                        self.on_error.for_event(),
                         ready_error("protocol", &reason, None, None),
                     ));
                 }
@@ -690,7 +748,7 @@ impl Driver {
             ClientEvent::CredentialsRequired { code, reason } => {
                 if self.token_provider.is_none() {
                     calls.push((
-                        self.on_error.clone(),
+                        self.on_error.for_event(),
                         ready_error("credentials", &reason, Some(f64::from(code).into()), None),
                     ));
                 } else {
@@ -702,7 +760,7 @@ impl Driver {
                 let message = reason.to_string();
                 if !requested {
                     calls.push((
-                        self.on_error.clone(),
+                        self.on_error.for_event(),
                         ready_error("fatal", &message, None, None),
                     ));
                 }
@@ -831,11 +889,11 @@ impl Driver {
     /// Keeps one timer, armed for the session's next deadline.
     fn arm_timer(&mut self) {
         let deadline = self.session.poll_timeout();
-        if self.timer.map(|(_, at)| at) == deadline {
+        if self.timer.as_ref().map(|(_, at)| *at) == deadline {
             return;
         }
         if let Some((handle, _)) = self.timer.take() {
-            js::clear_timeout(handle);
+            js::clear_timeout(&handle);
         }
         if let Some(at) = deadline {
             let delay = at.as_millis().saturating_sub(js::now().as_millis());

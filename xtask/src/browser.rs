@@ -96,10 +96,73 @@ pub(crate) fn run(totals: &mut TestTotals) -> Result<(), String> {
             totals.failed += 1;
         }
     }
-    if suite.is_err() || page.is_err() {
+    let worker = worker_page_verdict(&format!(
+        "http://{}/examples/worker/?user=worker-check&control={control_url}",
+        harness.proxy_address
+    ));
+    match &worker {
+        Ok(verdict) => {
+            println!("test the_client_in_a_worker_keeps_every_message ... ok ({verdict})");
+            totals.passed += 1;
+        }
+        Err(problem) => {
+            println!("test the_client_in_a_worker_keeps_every_message ... FAILED\n    {problem}");
+            totals.failed += 1;
+        }
+    }
+    let node = node_client_round_trip(&ws_url, &control_url);
+    match &node {
+        Ok(verdict) => {
+            println!("test the_client_on_node_keeps_every_message ... ok ({verdict})");
+            totals.passed += 1;
+        }
+        Err(problem) => {
+            println!("test the_client_on_node_keeps_every_message ... FAILED\n    {problem}");
+            totals.failed += 1;
+        }
+    }
+    if suite.is_err() || page.is_err() || worker.is_err() || node.is_err() {
         harness.print_server_log();
     }
-    suite.and(page)
+    suite
+        .and(page)
+        .and(worker.map(|_| ()))
+        .and(node.map(|_| ()))
+}
+
+/// Runs `wasm/tests/node/*.mjs` on Node.js with its global WebSocket, importing the built package
+/// by its name as an application would (`import … from "readyws"`), through a `node_modules`
+/// that links to `wasm/pkg`.
+fn node_client_round_trip(ws_url: &str, control_url: &str) -> Result<String, String> {
+    let root = workspace_root();
+    let dir = root.join("target").join("xtask").join("node-app");
+    let modules = dir.join("node_modules");
+    std::fs::create_dir_all(&modules)
+        .map_err(|e| format!("creating {}: {e}", modules.display()))?;
+    let link = modules.join("readyws");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(root.join("wasm").join("pkg"), &link)
+        .map_err(|e| format!("linking {}: {e}", link.display()))?;
+    let script = "client_on_node_keeps_every_message.mjs";
+    std::fs::copy(root.join("wasm/tests/node").join(script), dir.join(script))
+        .map_err(|e| format!("copying {script}: {e}"))?;
+    // Node 22 has a global WebSocket; Node 20 needs the flag (which Node 22 still accepts).
+    let out = Command::new("node")
+        .arg("--experimental-websocket")
+        .arg(dir.join(script))
+        .args([ws_url, control_url])
+        .output()
+        .map_err(|e| format!("could not run node (Debian: apt-get install nodejs): {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!(
+            "node exited with {}: {stdout} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
 }
 
 /// A `readyws serve` process and the address it listens on.
@@ -364,6 +427,44 @@ fn answer_control(shared: &Shared, mut request: TcpStream) {
 /// Loads the example page in headless Chromium through WebDriver, sends a line with its form and
 /// waits for the echo to appear in its log.
 fn example_page_round_trip(url: &str) -> Result<(), String> {
+    with_page(url, drive_page)
+}
+
+/// Loads the worker example with the proxy's control URL and waits for the worker's verdict.
+fn worker_page_verdict(url: &str) -> Result<String, String> {
+    let mut verdict = String::new();
+    with_page(url, |webdriver, id, url| {
+        let session = format!("/session/{id}");
+        webdriver.call(
+            "POST",
+            &format!("{session}/url"),
+            Some(json!({ "url": url })),
+        )?;
+        wait_for("the worker's verdict", || {
+            let value = webdriver.call(
+                "POST",
+                &format!("{session}/execute/sync"),
+                Some(json!({
+                    "script": "return document.querySelector('#verdict')?.textContent ?? ''",
+                    "args": [],
+                })),
+            )?;
+            verdict = value.as_str().unwrap_or_default().to_owned();
+            Ok(verdict != "running" && !verdict.is_empty())
+        })
+    })?;
+    if verdict.starts_with("ok") {
+        Ok(verdict)
+    } else {
+        Err(verdict)
+    }
+}
+
+/// Starts chromedriver and a headless Chromium session, runs `drive` on `url`, and ends both.
+fn with_page(
+    url: &str,
+    drive: impl FnOnce(&WebDriver, &str, &str) -> Result<(), String>,
+) -> Result<(), String> {
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map_err(|e| e.to_string())?
@@ -400,7 +501,7 @@ fn example_page_round_trip(url: &str) -> Result<(), String> {
         .as_str()
         .ok_or_else(|| format!("no session id in {session}"))?
         .to_owned();
-    let result = drive_page(&webdriver, &id, url);
+    let result = drive(&webdriver, &id, url);
     let _ = webdriver.call("DELETE", &format!("/session/{id}"), None);
     let _ = driver.0.kill();
     result

@@ -15,7 +15,15 @@ interface ChatLine {
 
 export async function chat(url: string, fetchToken: () => Promise<string>): Promise<ReadyStats> {
   await init();
-  const client = new ReadyClient(url, { tokenProvider: fetchToken, messageTtlMs: 30_000 });
+  const client = new ReadyClient(url, {
+    tokenProvider: fetchToken,
+    messageTtlMs: 30_000,
+    maxReconnectAttempts: 20,
+    connectTimeoutMs: 5_000,
+    handshakeTimeoutMs: 5_000,
+    startupTimeoutMs: 30_000,
+  });
+  client.once("reset", (reset: SessionReset) => console.log("first reset", reset.resent));
   const showState = (change: StateChange): void => {
     const attempt: number | undefined = change.attempt;
     console.log(change.state, attempt, change.reason);
@@ -48,6 +56,8 @@ export function misuse(client: ReadyClient): void {
   client.on("mesage", () => {});
   // @ts-expect-error: the state callback receives a StateChange, not a number
   client.on("state", (change: number) => change);
+  // @ts-expect-error: a once listener of "error" receives a ReadyError, not a string
+  client.once("error", (error: string) => error);
   // @ts-expect-error: the reset policy is "resend" or "report"
   new ReadyClient("ws://127.0.0.1/ws", { resetPolicy: "sometimes" });
 }
