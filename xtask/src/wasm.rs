@@ -266,6 +266,17 @@ pub(crate) fn build_package() -> Result<PackageSize, String> {
         ],
     )?;
     write(&pkg.join("package.json"), &package_json()?)?;
+    // The Node.js entry, the package's README and the licences travel with the package.
+    for (from, to) in [
+        (root.join("wasm/js/node.js"), "node.js"),
+        (root.join("wasm/js/node.d.ts"), "node.d.ts"),
+        (root.join("wasm/README.md"), "README.md"),
+        (root.join("LICENSE-MIT"), "LICENSE-MIT"),
+        (root.join("LICENSE-APACHE"), "LICENSE-APACHE"),
+    ] {
+        fs::copy(&from, pkg.join(to))
+            .map_err(|e| format!("copying {} into the package: {e}", from.display()))?;
+    }
     let wasm = pkg.join("readyws_bg.wasm");
     let glue = pkg.join("readyws.js");
     let size = PackageSize {
@@ -291,6 +302,61 @@ pub(crate) fn build_package() -> Result<PackageSize, String> {
     Ok(size)
 }
 
+/// The files a user of the npm package relies on: both entries with their types, the module,
+/// the README and the licences.
+const PACKAGE_FILES: [&str; 9] = [
+    "package.json",
+    "readyws.js",
+    "readyws.d.ts",
+    "readyws_bg.wasm",
+    "node.js",
+    "node.d.ts",
+    "README.md",
+    "LICENSE-MIT",
+    "LICENSE-APACHE",
+];
+
+/// `npm pack --dry-run` in `wasm/pkg/`: what would be published must hold [`PACKAGE_FILES`].
+pub(crate) fn check_package_contents() -> Result<(), String> {
+    let pkg = workspace_root().join("wasm").join("pkg");
+    let listing = Command::new("npm")
+        .args(["pack", "--dry-run", "--json"])
+        .current_dir(&pkg)
+        .output()
+        .map_err(|e| format!("could not run npm (Debian: apt-get install npm): {e}"))?;
+    if !listing.status.success() {
+        return Err(format!(
+            "npm pack --dry-run failed: {}",
+            String::from_utf8_lossy(&listing.stderr)
+        ));
+    }
+    let listing: serde_json::Value = serde_json::from_slice(&listing.stdout)
+        .map_err(|e| format!("npm pack --dry-run --json gave no JSON: {e}"))?;
+    let packed: Vec<&str> = listing[0]["files"]
+        .as_array()
+        .map(|files| {
+            files
+                .iter()
+                .filter_map(|file| file["path"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    let missing: Vec<&str> = PACKAGE_FILES
+        .into_iter()
+        .filter(|file| !packed.contains(file))
+        .collect();
+    if missing.is_empty() {
+        println!("    npm pack would publish {}", packed.join(", "));
+        Ok(())
+    } else {
+        Err(format!(
+            "npm pack would leave out {}; it lists {}",
+            missing.join(", "),
+            packed.join(", ")
+        ))
+    }
+}
+
 fn package_json() -> Result<String, String> {
     let version = env!("CARGO_PKG_VERSION");
     Ok(format!(
@@ -299,12 +365,24 @@ fn package_json() -> Result<String, String> {
   "version": "{version}",
   "description": "Browser client of the readyws v1 WebSocket protocol: messages wait for connection_ready, survive reconnects, and are acknowledged",
   "license": "MIT OR Apache-2.0",
+  "repository": {{ "type": "git", "url": "git+https://github.com/readyws/readyws.git", "directory": "wasm" }},
+  "keywords": ["websocket", "reconnect", "wasm", "worker", "acknowledgement"],
   "type": "module",
   "main": "readyws.js",
   "module": "readyws.js",
   "types": "readyws.d.ts",
-  "files": ["readyws.js", "readyws.d.ts", "readyws_bg.wasm", "readyws_bg.wasm.d.ts"],
-  "sideEffects": false
+  "exports": {{
+    ".": {{
+      "node": {{ "types": "./node.d.ts", "default": "./node.js" }},
+      "types": "./readyws.d.ts",
+      "default": "./readyws.js"
+    }},
+    "./readyws_bg.wasm": "./readyws_bg.wasm",
+    "./package.json": "./package.json"
+  }},
+  "files": ["readyws.js", "readyws.d.ts", "readyws_bg.wasm", "readyws_bg.wasm.d.ts", "node.js", "node.d.ts", "README.md", "LICENSE-MIT", "LICENSE-APACHE"],
+  "sideEffects": false,
+  "engines": {{ "node": ">=20" }}
 }}
 "#
     ))
