@@ -96,7 +96,7 @@ pub(crate) fn run(totals: &mut TestTotals) -> Result<(), String> {
             totals.failed += 1;
         }
     }
-    let worker = worker_page_verdict(&format!(
+    let worker = page_verdict(&format!(
         "http://{}/examples/worker/?user=worker-check&control={control_url}",
         harness.proxy_address
     ));
@@ -107,6 +107,22 @@ pub(crate) fn run(totals: &mut TestTotals) -> Result<(), String> {
         }
         Err(problem) => {
             println!("test the_client_in_a_worker_keeps_every_message ... FAILED\n    {problem}");
+            totals.failed += 1;
+        }
+    }
+    let vite = build_vite_app().and_then(|()| {
+        page_verdict(&format!(
+            "http://{}/examples/vite/dist/?user=vite-check",
+            harness.proxy_address
+        ))
+    });
+    match &vite {
+        Ok(verdict) => {
+            println!("test the_package_works_in_a_vite_build ... ok ({verdict})");
+            totals.passed += 1;
+        }
+        Err(problem) => {
+            println!("test the_package_works_in_a_vite_build ... FAILED\n    {problem}");
             totals.failed += 1;
         }
     }
@@ -128,6 +144,42 @@ pub(crate) fn run(totals: &mut TestTotals) -> Result<(), String> {
         .and(page)
         .and(worker.map(|_| ()))
         .and(node.map(|_| ()))
+}
+
+/// Installs the Vite example's tools at the versions of its lock file (`npm ci`) and builds it
+/// into `wasm/examples/vite/dist/`, which the test server serves.
+fn build_vite_app() -> Result<(), String> {
+    let app = workspace_root().join("wasm").join("examples").join("vite");
+    let run = |program: &str, args: &[&str]| -> Result<(), String> {
+        let out = Command::new(program)
+            .args(args)
+            .current_dir(&app)
+            .output()
+            .map_err(|e| format!("could not run {program} (Debian: apt-get install npm): {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{program} {} failed: {}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    };
+    run(
+        "npm",
+        &["ci", "--no-audit", "--no-fund", "--loglevel=error"],
+    )?;
+    run(
+        "node",
+        &[
+            "node_modules/vite/bin/vite.js",
+            "build",
+            "--logLevel",
+            "warn",
+        ],
+    )
 }
 
 /// Runs `wasm/tests/node/*.mjs` on Node.js with its global WebSocket, importing the built package
@@ -430,8 +482,8 @@ fn example_page_round_trip(url: &str) -> Result<(), String> {
     with_page(url, drive_page)
 }
 
-/// Loads the worker example with the proxy's control URL and waits for the worker's verdict.
-fn worker_page_verdict(url: &str) -> Result<String, String> {
+/// Loads a page that reports its own check in `#verdict` ("ok: …" or "FAILED: …") and waits for it.
+fn page_verdict(url: &str) -> Result<String, String> {
     let mut verdict = String::new();
     with_page(url, |webdriver, id, url| {
         let session = format!("/session/{id}");
