@@ -12,7 +12,8 @@
 //! - `fuzz [--seconds N]`: every `cargo fuzz` target for N seconds (default 60), corpora seeded
 //!   from the conformance vectors.
 //! - `wasm`: builds the browser package into `wasm/pkg/` and prints the size of the `.wasm` and
-//!   of the JS glue, raw and gzipped.
+//!   of the JS glue, raw and gzipped, then the size profile by crate (`twiggy`, installed when
+//!   missing).
 
 // A command-line tool: printing progress is its job.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -63,7 +64,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test") => test(),
-        Some("wasm") => wasm::build_package().map(|_| ()),
+        Some("wasm") => wasm::build_package().and_then(|_| wasm::print_profile()),
         Some("browser") => browser_only(),
         Some("chaos") => chaos(&args[1..]),
         Some("fuzz") => {

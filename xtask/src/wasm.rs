@@ -22,6 +22,9 @@ const ESBUILD: &str = "esbuild@0.25.12";
 /// The compiler that checks the generated TypeScript types from a user's side.
 const TYPESCRIPT: &str = "typescript@5.9.3";
 
+/// The size profiler of `cargo xtask wasm`, installed when missing.
+const TWIGGY_VERSION: &str = "0.8.0";
+
 /// The features Rust 1.82 and later enable for `wasm32-unknown-unknown` by default.
 const WASM_OPT_FEATURES: [&str; 6] = [
     "--enable-bulk-memory",
@@ -300,6 +303,120 @@ pub(crate) fn build_package() -> Result<PackageSize, String> {
         size.total_gzip()
     );
     Ok(size)
+}
+
+/// `cargo xtask wasm`'s size profile: the same build optimised keeping its function names
+/// (`wasm-opt -g`, `wasm-bindgen --keep-debug`), measured with `twiggy`, and summed by the crate
+/// each function comes from. Shares are of the code and data the package ships (the names are
+/// not shipped), before gzip.
+pub(crate) fn print_profile() -> Result<(), String> {
+    let twiggy = cargo_bin("twiggy");
+    let installed = output(path_str(&twiggy)?, &["--version"])
+        .is_ok_and(|text| text.split_whitespace().nth(1) == Some(TWIGGY_VERSION));
+    if !installed {
+        println!("    installing twiggy {TWIGGY_VERSION} for the size profile");
+        cargo(
+            &["install", "twiggy", "--version", TWIGGY_VERSION, "--locked"],
+            &[],
+        )?;
+    }
+    let root = workspace_root();
+    let built = root
+        .join("target")
+        .join(WASM_TARGET)
+        .join("wasm-release")
+        .join("readyws_wasm.wasm");
+    let xtask = root.join("target").join("xtask");
+    let named = xtask.join("readyws_wasm.named.wasm");
+    let mut wasm_opt = vec!["-Oz", "-g"];
+    wasm_opt.extend(WASM_OPT_FEATURES);
+    wasm_opt.extend([path_str(&built)?, "-o", path_str(&named)?]);
+    output("wasm-opt", &wasm_opt)?;
+    let out = xtask.join("named");
+    output(
+        path_str(&ensure_wasm_bindgen()?)?,
+        &[
+            "--target",
+            "web",
+            "--keep-debug",
+            "--out-dir",
+            path_str(&out)?,
+            "--out-name",
+            "readyws",
+            path_str(&named)?,
+        ],
+    )?;
+    let listing = output(
+        path_str(&twiggy)?,
+        &[
+            "top",
+            "-n",
+            "1000000",
+            "--format",
+            "json",
+            path_str(&out.join("readyws_bg.wasm"))?,
+        ],
+    )?;
+    let items: Vec<serde_json::Value> =
+        serde_json::from_str(&listing).map_err(|e| format!("twiggy gave no JSON: {e}"))?;
+    let mut by_crate: Vec<(String, u64)> = Vec::new();
+    for item in &items {
+        let name = item["name"].as_str().unwrap_or_default();
+        let size = item["shallow_size"].as_u64().unwrap_or(0);
+        let Some(owner) = owner_of(name) else {
+            continue;
+        };
+        match by_crate.iter_mut().find(|(known, _)| *known == owner) {
+            Some((_, total)) => *total += size,
+            None => by_crate.push((owner, size)),
+        }
+    }
+    by_crate.sort_by_key(|(_, size)| std::cmp::Reverse(*size));
+    let total: u64 = by_crate.iter().map(|(_, size)| size).sum();
+    println!("    size by crate (code and data before gzip, {total} bytes):");
+    for (owner, size) in by_crate.iter().take(14) {
+        println!(
+            "    {size:>8} bytes {:>5.1}%  {owner}",
+            *size as f64 * 100.0 / total.max(1) as f64
+        );
+    }
+    Ok(())
+}
+
+/// Where a `twiggy` item comes from: the first crate its name mentions, `data`, the
+/// package's exported functions, or `None` for what is not shipped (names, custom sections).
+fn owner_of(name: &str) -> Option<String> {
+    if name.contains("names\" subsection") || name.starts_with("custom section") {
+        return None;
+    }
+    if name.starts_with("data segment") {
+        return Some("data".to_owned());
+    }
+    if name.starts_with("import ") {
+        return Some("(imports from the JS glue)".to_owned());
+    }
+    if !name.contains("::") {
+        // Exports and glue wasm-bindgen writes (`readyclient_send`, `__externref_table_alloc`).
+        return Some("(exports and wasm-bindgen glue)".to_owned());
+    }
+    // `<alloc::vec::Vec<T> as core::ops::Drop>::drop`: the type's crate owns the code.
+    let path = name.trim_start_matches(['<', '&', '*', ' ']);
+    let path = path.strip_prefix("mut ").unwrap_or(path);
+    let path = path.strip_prefix("dyn ").unwrap_or(path);
+    // `<T as core::fmt::Display>::fmt`: a generic's code belongs to the trait's crate.
+    let path = match path.split_once(" as ") {
+        Some((generic, rest)) if !generic.contains("::") => rest,
+        _ => path,
+    };
+    let first = path.split("::").next().unwrap_or(path);
+    // `core[c5930c85a12de822]`: the hash of a precompiled standard crate.
+    let first = first.split('[').next().unwrap_or(first);
+    Some(match first {
+        "core" if path.contains("::fmt") => "core::fmt".to_owned(),
+        "alloc" if path.contains("::collections") => "alloc::collections".to_owned(),
+        "__rustc" => "alloc".to_owned(),
+        _ => first.to_owned(),
+    })
 }
 
 /// The files a user of the npm package relies on: both entries with their types, the module,
