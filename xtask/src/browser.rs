@@ -85,65 +85,48 @@ pub(crate) fn run(totals: &mut TestTotals) -> Result<(), String> {
     let page = example_page_round_trip(&format!(
         "http://{}/examples/browser/?user=page-check",
         harness.proxy_address
-    ));
-    match &page {
-        Ok(()) => {
-            println!("test the_example_page_completes_a_round_trip ... ok");
-            totals.passed += 1;
-        }
-        Err(problem) => {
-            println!("test the_example_page_completes_a_round_trip ... FAILED\n    {problem}");
-            totals.failed += 1;
-        }
-    }
+    ))
+    .map(|()| String::new());
+    report(totals, "the_example_page_completes_a_round_trip", &page);
     let worker = page_verdict(&format!(
         "http://{}/examples/worker/?user=worker-check&control={control_url}",
         harness.proxy_address
     ));
-    match &worker {
-        Ok(verdict) => {
-            println!("test the_client_in_a_worker_keeps_every_message ... ok ({verdict})");
-            totals.passed += 1;
-        }
-        Err(problem) => {
-            println!("test the_client_in_a_worker_keeps_every_message ... FAILED\n    {problem}");
-            totals.failed += 1;
-        }
-    }
+    report(
+        totals,
+        "the_client_in_a_worker_keeps_every_message",
+        &worker,
+    );
     let vite = build_vite_app().and_then(|()| {
         page_verdict(&format!(
             "http://{}/examples/vite/dist/?user=vite-check",
             harness.proxy_address
         ))
     });
-    match &vite {
-        Ok(verdict) => {
-            println!("test the_package_works_in_a_vite_build ... ok ({verdict})");
-            totals.passed += 1;
-        }
-        Err(problem) => {
-            println!("test the_package_works_in_a_vite_build ... FAILED\n    {problem}");
-            totals.failed += 1;
-        }
-    }
+    report(totals, "the_package_works_in_a_vite_build", &vite);
     let node = node_client_round_trip(&ws_url, &control_url);
-    match &node {
-        Ok(verdict) => {
-            println!("test the_client_on_node_keeps_every_message ... ok ({verdict})");
-            totals.passed += 1;
-        }
-        Err(problem) => {
-            println!("test the_client_on_node_keeps_every_message ... FAILED\n    {problem}");
-            totals.failed += 1;
-        }
-    }
-    if suite.is_err() || page.is_err() || worker.is_err() || node.is_err() {
+    report(totals, "the_client_on_node_keeps_every_message", &node);
+    let checks = [page, worker, vite, node];
+    if suite.is_err() || checks.iter().any(Result::is_err) {
         harness.print_server_log();
     }
-    suite
-        .and(page)
-        .and(worker.map(|_| ()))
-        .and(node.map(|_| ()))
+    suite?;
+    checks.into_iter().try_for_each(|check| check.map(|_| ()))
+}
+
+/// Prints one harness check as the test runner prints a test, with its verdict when it has one,
+/// and counts it.
+fn report(totals: &mut TestTotals, name: &str, result: &Result<String, String>) {
+    match result {
+        Ok(verdict) if verdict.is_empty() => println!("test {name} ... ok"),
+        Ok(verdict) => println!("test {name} ... ok ({verdict})"),
+        Err(problem) => println!("test {name} ... FAILED\n    {problem}"),
+    }
+    if result.is_ok() {
+        totals.passed += 1;
+    } else {
+        totals.failed += 1;
+    }
 }
 
 /// Installs the Vite example's tools at the versions of its lock file (`npm ci`) and builds it
