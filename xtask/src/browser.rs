@@ -178,9 +178,22 @@ fn node_client_round_trip(ws_url: &str, control_url: &str) -> Result<String, Str
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(root.join("wasm").join("pkg"), &link)
         .map_err(|e| format!("linking {}: {e}", link.display()))?;
+    // The shared check is a `.js` ES module: the app folder says so, as an application would.
+    std::fs::write(
+        dir.join("package.json"),
+        "{ \"private\": true, \"type\": \"module\" }\n",
+    )
+    .map_err(|e| format!("writing the Node app's package.json: {e}"))?;
     let script = "client_on_node_keeps_every_message.mjs";
-    std::fs::copy(root.join("wasm/tests/node").join(script), dir.join(script))
-        .map_err(|e| format!("copying {script}: {e}"))?;
+    for (from, name) in [
+        (root.join("wasm/tests/node").join(script), script),
+        (
+            root.join("wasm/tests/js/keeps_every_message.js"),
+            "keeps_every_message.js",
+        ),
+    ] {
+        std::fs::copy(&from, dir.join(name)).map_err(|e| format!("copying {name}: {e}"))?;
+    }
     // Node 22 has a global WebSocket; Node 20 needs the flag (which Node 22 still accepts).
     let out = Command::new("node")
         .arg("--experimental-websocket")
