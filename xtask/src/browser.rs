@@ -481,14 +481,8 @@ fn example_page_round_trip(url: &str) -> Result<(), String> {
 /// Loads a page that reports its own check in `#verdict` ("ok: …" or "FAILED: …") and waits for it.
 fn page_verdict(url: &str) -> Result<String, String> {
     let mut verdict = String::new();
-    with_page(url, |webdriver, id, url| {
-        let session = format!("/session/{id}");
-        webdriver.call(
-            "POST",
-            &format!("{session}/url"),
-            Some(json!({ "url": url })),
-        )?;
-        wait_for("the worker's verdict", || {
+    with_page(url, |webdriver, session| {
+        wait_for("the page's verdict", || {
             let value = webdriver.call(
                 "POST",
                 &format!("{session}/execute/sync"),
@@ -508,10 +502,11 @@ fn page_verdict(url: &str) -> Result<String, String> {
     }
 }
 
-/// Starts chromedriver and a headless Chromium session, runs `drive` on `url`, and ends both.
+/// Starts chromedriver and a headless Chromium session, opens `url`, runs `drive` with the
+/// session's path (`/session/{id}`), and ends both.
 fn with_page(
     url: &str,
-    drive: impl FnOnce(&WebDriver, &str, &str) -> Result<(), String>,
+    drive: impl FnOnce(&WebDriver, &str) -> Result<(), String>,
 ) -> Result<(), String> {
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
@@ -549,19 +544,20 @@ fn with_page(
         .as_str()
         .ok_or_else(|| format!("no session id in {session}"))?
         .to_owned();
-    let result = drive(&webdriver, &id, url);
+    let session = format!("/session/{id}");
+    let result = webdriver
+        .call(
+            "POST",
+            &format!("{session}/url"),
+            Some(json!({ "url": url })),
+        )
+        .and_then(|_| drive(&webdriver, &session));
     let _ = webdriver.call("DELETE", &format!("/session/{id}"), None);
     let _ = driver.0.kill();
     result
 }
 
-fn drive_page(webdriver: &WebDriver, id: &str, url: &str) -> Result<(), String> {
-    let session = format!("/session/{id}");
-    webdriver.call(
-        "POST",
-        &format!("{session}/url"),
-        Some(json!({ "url": url })),
-    )?;
+fn drive_page(webdriver: &WebDriver, session: &str) -> Result<(), String> {
     let script = |source: &str| -> Result<String, String> {
         let value = webdriver.call(
             "POST",
