@@ -230,6 +230,15 @@ impl ReadyClient {
     /// Creates the client and starts connecting to `url` (`ws://` or `wss://`).
     #[wasm_bindgen(constructor)]
     pub fn new(url: String, options: Option<ReadyClientOptions>) -> Result<ReadyClient, JsValue> {
+        // Without one, every attempt would fail the same way and be retried forever.
+        if !js::get(&js_sys::global().into(), "WebSocket").is_function() {
+            return Err(ready_error(
+                "invalid",
+                "readyws needs a global WebSocket",
+                None,
+                None,
+            ));
+        }
         let options = options.map_or(JsValue::UNDEFINED, JsValue::from);
         let (config, token_provider) = config_from(&options)?;
         let session = ClientSession::new(config, js::random_seed()?);

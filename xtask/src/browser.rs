@@ -18,6 +18,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -104,9 +105,24 @@ pub(crate) fn run(totals: &mut TestTotals) -> Result<(), String> {
         ))
     });
     report(totals, "the_package_works_in_a_vite_build", &vite);
-    let node = node_client_round_trip(&ws_url, &control_url);
+    // Node 22 has a global WebSocket; Node 20 needs the flag, which Node 22 still accepts.
+    let node = node_script(
+        "client_on_node_keeps_every_message.mjs",
+        "--experimental-websocket",
+        &[&ws_url, &control_url],
+    );
     report(totals, "the_client_on_node_keeps_every_message", &node);
-    let checks = [page, worker, vite, node];
+    let no_socket = node_script(
+        "without_websocket_the_constructor_says_why.mjs",
+        "--no-experimental-websocket",
+        &[],
+    );
+    report(
+        totals,
+        "without_websocket_the_constructor_says_why",
+        &no_socket,
+    );
+    let checks = [page, worker, vite, node, no_socket];
     if suite.is_err() || checks.iter().any(Result::is_err) {
         harness.print_server_log();
     }
@@ -165,10 +181,10 @@ fn build_vite_app() -> Result<(), String> {
     )
 }
 
-/// Runs `wasm/tests/node/*.mjs` on Node.js with its global WebSocket, importing the built package
-/// by its name as an application would (`import … from "readyws"`), through a `node_modules`
-/// that links to `wasm/pkg`.
-fn node_client_round_trip(ws_url: &str, control_url: &str) -> Result<String, String> {
+/// Sets up a Node.js app under `target/xtask/node-app` that imports the built package by its
+/// name, as an application would (`import … from "readyws"`, through a `node_modules` that links
+/// to `wasm/pkg`), with the scripts of `wasm/tests/node/` and the shared check beside them.
+fn node_app() -> Result<PathBuf, String> {
     let root = workspace_root();
     let dir = root.join("target").join("xtask").join("node-app");
     let modules = dir.join("node_modules");
@@ -184,21 +200,29 @@ fn node_client_round_trip(ws_url: &str, control_url: &str) -> Result<String, Str
         "{ \"private\": true, \"type\": \"module\" }\n",
     )
     .map_err(|e| format!("writing the Node app's package.json: {e}"))?;
-    let script = "client_on_node_keeps_every_message.mjs";
-    for (from, name) in [
-        (root.join("wasm/tests/node").join(script), script),
-        (
-            root.join("wasm/tests/js/keeps_every_message.js"),
-            "keeps_every_message.js",
-        ),
-    ] {
-        std::fs::copy(&from, dir.join(name)).map_err(|e| format!("copying {name}: {e}"))?;
+    let scripts = root.join("wasm").join("tests").join("node");
+    let entries =
+        std::fs::read_dir(&scripts).map_err(|e| format!("reading {}: {e}", scripts.display()))?;
+    let mut sources: Vec<PathBuf> = entries
+        .filter_map(|entry| Some(entry.ok()?.path()))
+        .collect();
+    sources.push(root.join("wasm/tests/js/keeps_every_message.js"));
+    for from in sources {
+        let name = from.file_name().unwrap_or_default();
+        std::fs::copy(&from, dir.join(name))
+            .map_err(|e| format!("copying {}: {e}", from.display()))?;
     }
-    // Node 22 has a global WebSocket; Node 20 needs the flag (which Node 22 still accepts).
+    Ok(dir)
+}
+
+/// Runs one script of the Node app with `flag` (whether the host has a global WebSocket) and
+/// returns its verdict line.
+fn node_script(script: &str, flag: &str, args: &[&str]) -> Result<String, String> {
+    let dir = node_app()?;
     let out = Command::new("node")
-        .arg("--experimental-websocket")
+        .arg(flag)
         .arg(dir.join(script))
-        .args([ws_url, control_url])
+        .args(args)
         .output()
         .map_err(|e| format!("could not run node (Debian: apt-get install nodejs): {e}"))?;
     let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();

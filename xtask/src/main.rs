@@ -36,13 +36,15 @@ pub(crate) const WASM_TARGET: &str = "wasm32-unknown-unknown";
 const PACKAGE_GZIP_BUDGET: usize = 30_720;
 
 /// The package does not meet [`PACKAGE_GZIP_BUDGET`] yet. This ceiling sits just above its
-/// measured size so that it cannot grow unnoticed; lower it with every reduction. (It last fell
-/// by 60 bytes, to 48,420, when the client stopped reading `window` and bound `globalThis`'s
-/// timers, clock and random source directly. Before that it rose
+/// measured size so that it cannot grow unnoticed; lower it with every reduction. (It last rose
+/// by 90 bytes, to 48,510, for the constructor's refusal on a host without a global
+/// `WebSocket`, which would otherwise retry forever; before that it fell by 60 bytes when the
+/// client stopped reading `window` and bound `globalThis`'s timers, clock and random source
+/// directly. Before that it rose
 /// by 84 bytes, to 48,437, for [GA-3]'s `retry_after_ms` bound on the attempt after fresh
 /// credentials; before that by about 350 bytes for payloads shared by reference count and for
 /// the lone-surrogate check of [FR-10], and by about 1 KB for the outbox's expiry heap.)
-const PACKAGE_GZIP_CEILING: usize = 48_420;
+const PACKAGE_GZIP_CEILING: usize = 48_510;
 
 /// The sans-IO crates: the protocol's state machines, and the server's rules across connections.
 const SANS_IO_CRATES: [&str; 2] = ["readyws-protocol", "readyws-hub"];
