@@ -21,9 +21,9 @@ extern "C" {
     #[wasm_bindgen(js_name = setTimeout)]
     fn global_set_timeout(handler: &Function, delay: i32) -> JsValue;
 
-    /// `globalThis.clearTimeout`.
+    /// `globalThis.clearTimeout`: clears a timer armed by [`set_timeout`].
     #[wasm_bindgen(js_name = clearTimeout)]
-    fn global_clear_timeout(handle: &JsValue);
+    pub(crate) fn clear_timeout(handle: &JsValue);
 
     /// `globalThis.performance.now()`.
     #[wasm_bindgen(js_namespace = performance, js_name = now)]
@@ -200,10 +200,6 @@ pub(crate) fn remove_listener<T: ?Sized>(
 pub(crate) fn set_timeout<T: ?Sized>(closure: &Closure<T>, delay_ms: u64) -> JsValue {
     let delay = i32::try_from(delay_ms).unwrap_or(i32::MAX);
     global_set_timeout(closure.as_ref().unchecked_ref(), delay)
-}
-
-pub(crate) fn clear_timeout(handle: &JsValue) {
-    global_clear_timeout(handle);
 }
 
 /// Closes a socket with a protocol close code. Browsers accept only 1000 and 3000–4999 from a
