@@ -81,7 +81,8 @@ impl<'de> Deserialize<'de> for Data {
 impl PartialEq for Data {
     /// Two payloads are equal when their JSON texts are: `{"a":1}` and `{ "a": 1 }` differ.
     fn eq(&self, other: &Self) -> bool {
-        self.as_json() == other.as_json()
+        // Copies of one payload share their text: no need to read it.
+        Arc::ptr_eq(&self.0, &other.0) || self.as_json() == other.as_json()
     }
 }
 

@@ -294,13 +294,21 @@ impl Custody {
             // replace it (`on_notice`).
             let cached = lock(&self.local).cache.remove(user);
             let written = self.store.update(user, cached, &mut run).await?;
-            if let Some(written) = &written {
+            // The woken instance starts its next change from the record written here, when it is
+            // small enough to travel in a notice; a large one only stays in the cache.
+            let (for_notice, for_cache) = match written {
+                Some(written) if written.now.record.held_bytes() <= MAX_RECORD_IN_NOTICE => {
+                    (Some(written.clone()), Some(written))
+                }
+                other => (None, other),
+            };
+            if let Some(written) = for_cache {
                 let mut local = lock(&self.local);
                 if local.by_user.contains_key(user) {
-                    local.cache.insert(user.clone(), written.now.clone());
+                    local.cache.insert(user.clone(), written.now);
                 }
             }
-            written
+            for_notice
         };
         self.carry_out(user, events, written).await;
         if let Some((messages, bytes)) = self.store.held_totals() {
@@ -326,6 +334,8 @@ impl Custody {
         held
     }
 
+    /// Carries out a change's events; `written` is the record it wrote, when small enough to go
+    /// with the notices.
     async fn carry_out(&self, user: &UserId, events: VecDeque<HubEvent>, written: Option<Written>) {
         let mut remote = BTreeSet::new();
         for event in events {
@@ -345,11 +355,7 @@ impl Custody {
                 HubEvent::CopiesWithdrawn(count) => m::copies_withdrawn(count),
             }
         }
-        // The woken instance starts its next change from the record written here, when it is
-        // small enough to travel in a notice.
-        let written = written
-            .filter(|written| written.now.record.held_bytes() <= MAX_RECORD_IN_NOTICE)
-            .map(Box::new);
+        let written = written.map(Box::new);
         for instance in remote {
             let notice = Notice::Wake {
                 user: user.clone(),

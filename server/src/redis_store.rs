@@ -28,7 +28,7 @@
 //! applied twice. For the guarantee that nothing acknowledged is lost when Redis itself
 //! restarts, run it with `appendonly yes` and `appendfsync always` (`docs/ARCHITECTURE.md`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -343,12 +343,31 @@ fn shard(user: &UserId) -> u32 {
     }
     hash % DEADLINE_SHARDS
 }
-
 fn random_version() -> u64 {
     let mut bytes = [0u8; 8];
     getrandom::getrandom(&mut bytes).expect("the OS random number generator is available");
     // Never 0, which means "no record".
     u64::from_le_bytes(bytes) | 1
+}
+
+/// The held messages gone from `record` since it held `before` (ascending), and those it gained:
+/// one walk over both in id order, so a commit costs the messages it changes, not a lookup per
+/// message held.
+fn held_changes<'r>(before: &[u64], record: &'r UserRecord) -> (Vec<u64>, Vec<HeldMessage<'r>>) {
+    let mut removed = Vec::new();
+    let mut added = Vec::new();
+    let mut before = before.iter().copied().peekable();
+    for message in record.held_messages() {
+        let id = message.0;
+        while let Some(gone) = before.next_if(|old| *old < id) {
+            removed.push(gone);
+        }
+        if before.next_if_eq(&id).is_none() {
+            added.push(message);
+        }
+    }
+    removed.extend(before);
+    (removed, added)
 }
 
 fn bad_reply(operation: &'static str, detail: impl Into<String>) -> StoreError {
@@ -572,16 +591,7 @@ impl Store for RedisStore {
             let (whole, removed, added): (bool, Vec<u64>, Vec<HeldMessage<'_>>) = match held_before
             {
                 Some(before) => {
-                    let before: BTreeSet<u64> = before.iter().copied().collect();
-                    let removed = before
-                        .iter()
-                        .copied()
-                        .filter(|id| !record.holds(*id))
-                        .collect();
-                    let added = record
-                        .held_messages()
-                        .filter(|(id, _, _)| !before.contains(id))
-                        .collect();
+                    let (removed, added) = held_changes(before, record);
                     (false, removed, added)
                 }
                 None => (true, Vec::new(), record.held_messages().collect()),
