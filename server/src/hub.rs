@@ -525,20 +525,14 @@ impl Custody {
         now: Time,
         ticket: &mut Option<u64>,
     ) -> Result<Attach, StoreError> {
+        // Registered before the record says so, so that no wake-up for it is missed.
+        self.register(user, conn, handle);
         if self.store.outlives_instance() {
-            // The record is read while the store learns that this instance carries the user:
-            // the attach's commit needs both, and neither needs the other.
-            let (announced, loaded) = tokio::join!(self.announce(user, now), self.store.load(user));
-            announced?;
-            let loaded = loaded?;
-            // Registered before the record says so, so that no wake-up for it is missed.
-            self.register(user, conn, handle);
-            lock(&self.local)
-                .cache
-                .entry(user.clone())
-                .or_insert(loaded);
-        } else {
-            self.register(user, conn, handle);
+            // Without a record of the user here, the attach starts from none instead of a load:
+            // a user who has no record (no session, nothing held) is then attached in one round
+            // trip, and one who has gets it back with the refused commit, in the round trip a
+            // load would have taken.
+            lock(&self.local).cache.entry(user.clone()).or_default();
         }
         let (session_id, token) = fresh_session_credentials();
         let fresh = FreshCredentials {
@@ -549,8 +543,12 @@ impl Custody {
         let holder = self.holder(conn);
         let alive = self.alive_check(now);
         let mut claimed = *ticket;
-        let attached = self
-            .change(user, |record, rules, events| {
+        // The store learns that this instance carries the user while the attach commits: both
+        // writes are waited for before the session is ready, and on one primary they share
+        // the round trip and the disk flush instead of taking one each.
+        let (announced, attached) = tokio::join!(
+            self.announce(user, now),
+            self.change(user, |record, rules, events| {
                 // A retry after a conflict starts from the ticket the call came with.
                 let mut attempt_ticket = *ticket;
                 let attached = record.attach(
@@ -567,9 +565,9 @@ impl Custody {
                 claimed = attempt_ticket;
                 attached
             })
-            .await;
+        );
         *ticket = claimed;
-        let attached = match attached {
+        let attached = match announced.and(attached) {
             Ok(attached) => attached,
             Err(error) => {
                 self.unregister(conn);
