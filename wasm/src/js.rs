@@ -32,6 +32,17 @@ extern "C" {
     /// `globalThis.crypto.getRandomValues(bytes)`.
     #[wasm_bindgen(js_namespace = crypto, js_name = getRandomValues, catch)]
     fn get_random_values(bytes: &mut [u8]) -> Result<JsValue, JsValue>;
+
+    /// `globalThis` itself. Read directly rather than through `global()`, which also
+    /// probes `self`, `window` and `global` for hosts older than `globalThis` (ES2020), all of
+    /// which this client's other requirements exclude.
+    #[wasm_bindgen(thread_local_v2, js_name = globalThis)]
+    static GLOBAL_THIS: Object;
+}
+
+/// The host's global object.
+pub(crate) fn global() -> Object {
+    GLOBAL_THIS.with(Clone::clone)
 }
 
 /// The resolve and reject functions of one promise handed to the application.
@@ -156,7 +167,7 @@ pub(crate) fn console_error(message: &str) {
 
 /// Whether the page is visible (always true outside a document: a worker, Node).
 pub(crate) fn page_visible() -> bool {
-    !get(&get(&js_sys::global(), "document"), "hidden").is_truthy()
+    !get(&get(&global(), "document"), "hidden").is_truthy()
 }
 
 /// `value` as an event target, when it is one.
@@ -168,12 +179,12 @@ fn event_target(value: JsValue) -> Option<EventTarget> {
 
 /// `globalThis`, where it takes listeners (a page's window, a worker's global; not Node's).
 pub(crate) fn global_target() -> Option<EventTarget> {
-    event_target(js_sys::global().into())
+    event_target(global().into())
 }
 
 /// The document of a page; none in a worker or on Node.
 pub(crate) fn document_target() -> Option<EventTarget> {
-    event_target(get(&js_sys::global(), "document"))
+    event_target(get(&global(), "document"))
 }
 
 pub(crate) fn add_listener<T: ?Sized>(

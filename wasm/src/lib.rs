@@ -231,7 +231,7 @@ impl ReadyClient {
     #[wasm_bindgen(constructor)]
     pub fn new(url: String, options: Option<ReadyClientOptions>) -> Result<ReadyClient, JsValue> {
         // Without one, every attempt would fail the same way and be retried forever.
-        if !js::get(&js_sys::global().into(), "WebSocket").is_function() {
+        if !js::get(&js::global().into(), "WebSocket").is_function() {
             return Err(ready_error(
                 "invalid",
                 "readyws needs a global WebSocket",
