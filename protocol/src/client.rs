@@ -2,10 +2,10 @@
 
 use crate::prelude::*;
 use alloc::collections::VecDeque;
-use core::fmt;
 use core::time::Duration;
 
 use crate::data::Data;
+use crate::text::{Text, display_by_message};
 
 use crate::backoff::{Backoff, BackoffConfig};
 use crate::close::{CloseClass, code, fit_close_reason};
@@ -207,25 +207,36 @@ pub enum DisconnectReason {
     ProtocolViolation(ProtocolError),
 }
 
-impl fmt::Display for DisconnectReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl DisconnectReason {
+    /// The reason's text, as its `Display` writes it.
+    pub fn message(&self) -> String {
         match self {
-            DisconnectReason::ConnectFailed { detail } => write!(f, "connect failed: {detail}"),
-            DisconnectReason::ConnectTimeout => f.write_str("connect timed out"),
+            DisconnectReason::ConnectFailed { detail } => {
+                Text::from("connect failed: ").s(detail).done()
+            }
+            DisconnectReason::ConnectTimeout => "connect timed out".to_owned(),
             DisconnectReason::HandshakeTimeout => {
-                f.write_str("no `connection_ready` within the handshake timeout")
+                "no `connection_ready` within the handshake timeout".to_owned()
             }
             DisconnectReason::HeartbeatTimeout => {
-                f.write_str("nothing received for twice the heartbeat interval")
+                "nothing received for twice the heartbeat interval".to_owned()
             }
             DisconnectReason::ConnectionLost { code, reason } => match code {
-                Some(code) => write!(f, "connection closed with code {code}: {reason}"),
-                None => f.write_str("connection lost without a close frame"),
+                Some(code) => Text::from("connection closed with code ")
+                    .n(*code)
+                    .s(": ")
+                    .s(reason)
+                    .done(),
+                None => "connection lost without a close frame".to_owned(),
             },
-            DisconnectReason::Goaway { code, reason, .. } => {
-                write!(f, "server sent goaway {code}: {reason}")
-            }
-            DisconnectReason::ProtocolViolation(error) => write!(f, "protocol violation: {error}"),
+            DisconnectReason::Goaway { code, reason, .. } => Text::from("server sent goaway ")
+                .n(*code)
+                .s(": ")
+                .s(reason)
+                .done(),
+            DisconnectReason::ProtocolViolation(error) => Text::from("protocol violation: ")
+                .s(&error.message())
+                .done(),
         }
     }
 }
@@ -262,28 +273,41 @@ pub enum CloseReason {
     },
 }
 
-impl fmt::Display for CloseReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl CloseReason {
+    /// The reason's text, as its `Display` writes it.
+    pub fn message(&self) -> String {
         match self {
-            CloseReason::Requested => f.write_str("closed by the application"),
-            CloseReason::SubprotocolRejected { selected } => write!(
-                f,
-                "not a readyws server: it selected subprotocol `{}` instead of `{SUBPROTOCOL}`",
-                selected.as_deref().unwrap_or("(none)")
-            ),
-            CloseReason::UnsupportedVersion { version } => write!(
-                f,
-                "the server speaks protocol version {version}, this client {PROTOCOL_VERSION}"
-            ),
-            CloseReason::Refused { code, reason } => {
-                write!(f, "refused by the server with code {code}: {reason}")
+            CloseReason::Requested => "closed by the application".to_owned(),
+            CloseReason::SubprotocolRejected { selected } => {
+                Text::from("not a readyws server: it selected subprotocol `")
+                    .s(selected.as_deref().unwrap_or("(none)"))
+                    .s("` instead of `")
+                    .s(SUBPROTOCOL)
+                    .s("`")
+                    .done()
             }
-            CloseReason::GaveUp { attempts, last } => {
-                write!(f, "gave up after {attempts} failed attempts; last: {last}")
+            CloseReason::UnsupportedVersion { version } => {
+                Text::from("the server speaks protocol version ")
+                    .n(*version)
+                    .s(", this client ")
+                    .n(PROTOCOL_VERSION)
+                    .done()
             }
+            CloseReason::Refused { code, reason } => Text::from("refused by the server with code ")
+                .n(*code)
+                .s(": ")
+                .s(reason)
+                .done(),
+            CloseReason::GaveUp { attempts, last } => Text::from("gave up after ")
+                .n(*attempts)
+                .s(" failed attempts; last: ")
+                .s(&last.message())
+                .done(),
         }
     }
 }
+
+display_by_message!(DisconnectReason, CloseReason);
 
 /// Something the application should hear about.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -621,7 +645,10 @@ impl ClientSession {
             self.actions.push_back(Action::Close {
                 conn,
                 code: code::PROTOCOL_ERROR,
-                reason: format!("subprotocol `{SUBPROTOCOL}` was not selected"),
+                reason: Text::from("subprotocol `")
+                    .s(SUBPROTOCOL)
+                    .s("` was not selected")
+                    .done(),
             });
             self.finish(CloseReason::SubprotocolRejected {
                 selected: subprotocol.map(str::to_owned),
@@ -931,7 +958,10 @@ impl ClientSession {
             self.actions.push_back(Action::Close {
                 conn,
                 code: code::PROTOCOL_ERROR,
-                reason: format!("protocol version {} is not supported", welcome.protocol),
+                reason: Text::from("protocol version ")
+                    .n(welcome.protocol)
+                    .s(" is not supported")
+                    .done(),
             });
             self.finish(CloseReason::UnsupportedVersion {
                 version: welcome.protocol,
@@ -1071,7 +1101,7 @@ impl ClientSession {
             self.actions.push_back(Action::Close {
                 conn,
                 code,
-                reason: fit_close_reason(&reason.to_string()),
+                reason: fit_close_reason(&reason.message()),
             });
         }
         self.control.clear();
@@ -1103,7 +1133,7 @@ impl ClientSession {
                         code: Some(code),
                         reason,
                     } => (code, reason),
-                    other => (code::FORBIDDEN, other.to_string()),
+                    other => (code::FORBIDDEN, other.message()),
                 };
                 self.finish(CloseReason::Refused { code, reason: text });
             }

@@ -16,6 +16,7 @@ use crate::frame::{
     ResumeToken, Role, ServerPhase, Welcome,
 };
 use crate::json::{self, Member};
+use crate::text::Text;
 
 /// Encodes `{"type":"msg","id":ID,"data":DATA}` straight from the held data, without a copy of it
 /// in a [`Msg`] first: the sending side's hot path.
@@ -155,10 +156,10 @@ impl Writer {
 pub fn decode(text: &str, sender: Role, max_frame_bytes: usize) -> Result<Frame, DecodeError> {
     let (value, lone_surrogate) =
         json::validate_frame(text).map_err(|error| DecodeError::InvalidJson {
-            detail: error.to_string(),
+            detail: error.message(),
         })?;
     let invalid_json = |error: json::InvalidJson| DecodeError::InvalidJson {
-        detail: error.to_string(),
+        detail: error.message(),
     };
     let members = json::members(value)
         .map_err(invalid_json)?
@@ -174,10 +175,12 @@ pub fn decode(text: &str, sender: Role, max_frame_bytes: usize) -> Result<Frame,
             if let Some(id) = object.readable_msg_id() {
                 return Err(DecodeError::InvalidFrame {
                     kind,
-                    detail: format!(
-                        "frame of {} bytes exceeds the limit of {max_frame_bytes} bytes",
-                        text.len()
-                    ),
+                    detail: Text::from("frame of ")
+                        .size(text.len())
+                        .s(" bytes exceeds the limit of ")
+                        .size(max_frame_bytes)
+                        .s(" bytes")
+                        .done(),
                     msg_id: Some(id),
                     too_large: true,
                 });
@@ -217,7 +220,7 @@ fn read_kind(members: &[Member<'_>], sender: Role) -> Result<FrameKind, DecodeEr
         return Err(missing("`type` is not a string"));
     }
     let name = json::string(member.value).map_err(|error| DecodeError::InvalidJson {
-        detail: error.to_string(),
+        detail: error.message(),
     })?;
     let kind = FrameKind::from_type(&name).ok_or_else(|| DecodeError::UnknownType {
         kind: name.into_owned(),
@@ -245,14 +248,23 @@ impl<'a> Object<'_, 'a> {
         let mut found = self.members.iter().filter(|member| member.key == name);
         let first = found.next().map(|member| member.value);
         if found.next().is_some() {
-            return Err(format!("the field `{name}` appears more than once"));
+            return Err(Text::from("the field `")
+                .s(name)
+                .s("` appears more than once")
+                .done());
         }
         Ok(first)
     }
 
     fn required(&self, name: &str) -> Result<&'a str, String> {
-        self.get(name)?
-            .ok_or_else(|| format!("missing field `{name}` in `{}`", self.kind))
+        self.get(name)?.ok_or_else(|| {
+            Text::from("missing field `")
+                .s(name)
+                .s("` in `")
+                .s(self.kind.as_str())
+                .s("`")
+                .done()
+        })
     }
 
     /// An opaque payload: any JSON value whose strings all denote text. One with a lone
@@ -261,7 +273,13 @@ impl<'a> Object<'_, 'a> {
     fn data(&self, name: &str) -> Result<Data, String> {
         let text = self.required(name)?;
         if self.lone_surrogate {
-            json::validate(text).map_err(|error| format!("`{name}` is not valid: {error}"))?;
+            json::validate(text).map_err(|error| {
+                Text::from("`")
+                    .s(name)
+                    .s("` is not valid: ")
+                    .s(&error.message())
+                    .done()
+            })?;
         }
         Ok(Data::from_validated(text))
     }
@@ -302,7 +320,7 @@ impl<'a> Object<'_, 'a> {
             return Ok(None);
         };
         let members = json::members(value)
-            .map_err(|error| error.to_string())?
+            .map_err(|error| error.message())?
             .ok_or_else(|| wrong_type(name, "an object", value))?;
         read(&Object {
             members: &members,
@@ -329,7 +347,10 @@ impl<'a> Object<'_, 'a> {
                 phase: {
                     let phase = self.string("phase")?;
                     ServerPhase::from_wire(&phase).ok_or_else(|| {
-                        format!("`phase` must be \"starting\" or \"accepting\", got \"{phase}\"")
+                        Text::from("`phase` must be \"starting\" or \"accepting\", got \"")
+                            .s(&phase)
+                            .s("\"")
+                            .done()
                     })?
                 },
                 heartbeat_ms: self.integer("heartbeat_ms")?,
@@ -382,8 +403,7 @@ impl<'a> Object<'_, 'a> {
             FrameKind::Goaway => Frame::Goaway(Goaway {
                 code: {
                     let code = self.integer("code")?;
-                    u16::try_from(code)
-                        .map_err(|_| format!("`code` must be between 4000 and 4999, got {code}"))?
+                    u16::try_from(code).map_err(|_| code_out_of_range(code))?
                 },
                 reason: self.string("reason")?,
                 retry_after_ms: self
@@ -398,9 +418,13 @@ impl<'a> Object<'_, 'a> {
 fn integer(name: &str, value: &str) -> Result<u64, String> {
     json::unsigned(value).map_err(|is_number| {
         if is_number {
-            format!(
-                "`{name}` must be an integer from 0 to {MAX_SAFE_INTEGER} without fraction or exponent, got {value}"
-            )
+            Text::from("`")
+                .s(name)
+                .s("` must be an integer from 0 to ")
+                .n(MAX_SAFE_INTEGER)
+                .s(" without fraction or exponent, got ")
+                .s(value)
+                .done()
         } else {
             wrong_type(name, "an integer", value)
         }
@@ -413,7 +437,7 @@ fn string(name: &str, value: &str) -> Result<String, String> {
     }
     json::string(value)
         .map(Cow::into_owned)
-        .map_err(|error| format!("`{name}`: {error}"))
+        .map_err(|error| Text::from("`").s(name).s("`: ").s(&error.message()).done())
 }
 
 fn wrong_type(name: &str, expected: &str, value: &str) -> String {
@@ -425,7 +449,13 @@ fn wrong_type(name: &str, expected: &str, value: &str) -> String {
         Some(b'n') => "null",
         _ => "a number",
     };
-    format!("`{name}` must be {expected}, got {got}")
+    Text::from("`")
+        .s(name)
+        .s("` must be ")
+        .s(expected)
+        .s(", got ")
+        .s(got)
+        .done()
 }
 
 /// The value rules that JSON types alone do not express (`docs/PROTOCOL.md` §4).
@@ -459,10 +489,11 @@ fn validate(frame: &Frame) -> Result<(), String> {
             at_most_safe("last_received", ready.last_received)?;
             at_most_safe("backlog", ready.backlog)?;
             if !ready.resumed && ready.last_received != 0 {
-                return Err(format!(
-                    "`last_received` must be 0 in a new session (`resumed: false`), got {}",
-                    ready.last_received
-                ));
+                return Err(Text::from(
+                    "`last_received` must be 0 in a new session (`resumed: false`), got ",
+                )
+                .n(ready.last_received)
+                .done());
             }
             Ok(())
         }
@@ -478,10 +509,7 @@ fn validate(frame: &Frame) -> Result<(), String> {
         Frame::Ping(_) | Frame::Pong(_) => Ok(()),
         Frame::Goaway(goaway) => {
             if !(4000..=4999).contains(&goaway.code) {
-                return Err(format!(
-                    "`code` must be between 4000 and 4999, got {}",
-                    goaway.code
-                ));
+                return Err(code_out_of_range(goaway.code.into()));
             }
             if let Some(delay) = goaway.retry_after_ms {
                 at_most_safe("retry_after_ms", delay)?;
@@ -491,49 +519,71 @@ fn validate(frame: &Frame) -> Result<(), String> {
     }
 }
 
+fn code_out_of_range(code: u64) -> String {
+    Text::from("`code` must be between 4000 and 4999, got ")
+        .n(code)
+        .done()
+}
+
 fn message_id(field: &str, id: u64) -> Result<(), String> {
     if (1..=MAX_SAFE_INTEGER).contains(&id) {
         Ok(())
     } else {
-        Err(format!(
-            "`{field}` must be between 1 and {MAX_SAFE_INTEGER}, got {id}"
-        ))
+        Err(Text::from("`")
+            .s(field)
+            .s("` must be between 1 and ")
+            .n(MAX_SAFE_INTEGER)
+            .s(", got ")
+            .n(id)
+            .done())
     }
 }
 
 fn at_least(field: &str, value: u64, least: u64) -> Result<(), String> {
     at_most_safe(field, value)?;
     if value < least {
-        return Err(format!("`{field}` must be at least {least}, got {value}"));
+        return Err(Text::from("`")
+            .s(field)
+            .s("` must be at least ")
+            .n(least)
+            .s(", got ")
+            .n(value)
+            .done());
     }
     Ok(())
 }
 
 fn at_most_safe(field: &str, value: u64) -> Result<(), String> {
     if value > MAX_SAFE_INTEGER {
-        return Err(format!(
-            "`{field}` must be at most {MAX_SAFE_INTEGER}, got {value}"
-        ));
+        return Err(Text::from("`")
+            .s(field)
+            .s("` must be at most ")
+            .n(MAX_SAFE_INTEGER)
+            .s(", got ")
+            .n(value)
+            .done());
     }
     Ok(())
 }
 
 fn session_id(id: &str) -> Result<(), String> {
     if id.is_empty() || id.len() > MAX_SESSION_ID_BYTES {
-        return Err(format!(
-            "`session_id` must be 1 to {MAX_SESSION_ID_BYTES} bytes, got {}",
-            id.len()
-        ));
+        return Err(Text::from("`session_id` must be 1 to ")
+            .size(MAX_SESSION_ID_BYTES)
+            .s(" bytes, got ")
+            .size(id.len())
+            .done());
     }
     Ok(())
 }
 
 fn resume_token(token: &str) -> Result<(), String> {
     if token.is_empty() || token.len() > MAX_RESUME_TOKEN_BYTES {
-        return Err(format!(
-            "`resume_token` must be 1 to {MAX_RESUME_TOKEN_BYTES} bytes, got {}",
-            token.len()
-        ));
+        return Err(Text::from("`resume_token` must be 1 to ")
+            .size(MAX_RESUME_TOKEN_BYTES)
+            .s(" bytes, got ")
+            .size(token.len())
+            .done());
     }
     Ok(())
 }

@@ -2,17 +2,16 @@
 
 use crate::data::Data;
 use crate::prelude::*;
-use thiserror::Error;
 
 use crate::frame::{FrameKind, Role};
+use crate::text::{Text, display_by_message};
 
 /// Why a text frame could not be decoded. [`DecodeError::class`] gives the language-neutral name
 /// that `docs/conformance/frames.json` uses.
-#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum DecodeError {
     /// The frame is longer than the connection's `max_frame_bytes`.
-    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
     TooLarge {
         /// The frame's length in bytes.
         len: usize,
@@ -20,28 +19,23 @@ pub enum DecodeError {
         max: usize,
     },
     /// The frame is not one well-formed JSON value.
-    #[error("frame is not valid JSON: {detail}")]
     InvalidJson {
         /// The parser's account of where and why.
         detail: String,
     },
     /// The frame is JSON but not an object.
-    #[error("frame is not a JSON object")]
     NotAnObject,
     /// The object has no usable `type` field.
-    #[error("frame has no usable `type`: {detail}")]
     MissingType {
         /// Absent, not a string, or repeated.
         detail: String,
     },
     /// The `type` is not one this version defines.
-    #[error("unknown frame type `{kind}`")]
     UnknownType {
         /// The `type` as received.
         kind: String,
     },
     /// The `type` is defined, but not for frames from this sender.
-    #[error("a {sender} may not send `{kind}` frames")]
     WrongDirection {
         /// The frame's type.
         kind: FrameKind,
@@ -49,7 +43,6 @@ pub enum DecodeError {
         sender: Role,
     },
     /// The `type` is known but a field is missing, of the wrong JSON type, or out of range.
-    #[error("invalid `{kind}` frame: {detail}")]
     InvalidFrame {
         /// The frame's type.
         kind: FrameKind,
@@ -97,28 +90,33 @@ pub enum Expected {
     ServerDecision,
 }
 
-impl core::fmt::Display for Expected {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(match self {
+impl Expected {
+    /// The frames expected, as the error text names them.
+    pub const fn as_str(self) -> &'static str {
+        match self {
             Expected::Welcome => "`welcome` or `goaway`",
             Expected::Hello => "`hello`",
             Expected::ConnectionReady => "`connection_ready`, `ping`, `pong` or `goaway`",
             Expected::SessionFrame => "`msg`, `ack`, `nack`, `ping`, `pong` or `goaway`",
             Expected::ServerDecision => "`ping` or `pong` until the server answers the `hello`",
-        })
+        }
+    }
+}
+
+impl core::fmt::Display for Expected {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
 /// A rule of `docs/PROTOCOL.md` the peer broke. The connection is closed with
 /// [`crate::close::code::PROTOCOL_ERROR`] and the rule id is in the reason.
-#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ProtocolError {
     /// A frame could not be decoded [FR-8].
-    #[error("[FR-8] {0}")]
-    Decode(#[from] DecodeError),
+    Decode(DecodeError),
     /// A frame arrived in a state that does not allow it [HS-10].
-    #[error("[HS-10] expected {expected}, got `{got}`")]
     UnexpectedFrame {
         /// What the state allows.
         expected: Expected,
@@ -126,7 +124,6 @@ pub enum ProtocolError {
         got: FrameKind,
     },
     /// A `msg` skipped ids [DL-3].
-    #[error("[DL-3] expected `msg` id {expected}, got {got}")]
     MessageGap {
         /// The next id in order.
         expected: u64,
@@ -134,9 +131,6 @@ pub enum ProtocolError {
         got: u64,
     },
     /// The peer had more unacknowledged messages in flight than `max_inflight` allows [FC-2].
-    #[error(
-        "[FC-2] `msg` id {id} exceeds the window: at most {max_inflight} beyond the last ack {acked}"
-    )]
     InflightExceeded {
         /// The id received.
         id: u64,
@@ -146,7 +140,6 @@ pub enum ProtocolError {
         max_inflight: u64,
     },
     /// An `ack` or `nack` named a message that was never sent [DL-5].
-    #[error("[DL-5] `{kind}` for id {id}, but the highest id sent is {highest_sent}")]
     AckOutOfRange {
         /// `ack` or `nack`.
         kind: FrameKind,
@@ -156,7 +149,6 @@ pub enum ProtocolError {
         highest_sent: u64,
     },
     /// A resume position is impossible: beyond what was sent, or behind what was acknowledged [RS-4].
-    #[error("[RS-4] peer claims to have received up to id {claimed}, but {detail}")]
     ResumePosition {
         /// The peer's `last_received`.
         claimed: u64,
@@ -164,9 +156,6 @@ pub enum ProtocolError {
         detail: String,
     },
     /// `connection_ready` said `resumed: true` for a session other than the one asked for [RS-3].
-    #[error(
-        "[RS-3] `connection_ready` resumed session `{got}`, but the client asked for `{asked}`"
-    )]
     ResumedWrongSession {
         /// The session in the `hello`.
         asked: String,
@@ -174,14 +163,12 @@ pub enum ProtocolError {
         got: String,
     },
     /// `connection_ready` said `resumed: true` although the client asked for no resume [RS-3].
-    #[error("[RS-3] `connection_ready` says `resumed: true`, but the client asked for no resume")]
     ResumedUnasked,
 }
 
 /// Why [`crate::ClientSession::send`] or [`crate::ServerSession::send`] refused a message.
 /// The message comes back in [`SendError::into_data`]: nothing is lost.
-#[derive(Debug, Error)]
-#[error("{reason}")]
+#[derive(Debug)]
 pub struct SendError {
     /// Why.
     pub reason: SendErrorReason,
@@ -201,19 +188,15 @@ impl SendError {
 }
 
 /// The reasons a send can be refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SendErrorReason {
     /// The queue holds its maximum number of messages.
-    #[error("the outbox is full: it holds its limit of {limit} messages")]
     QueueFullCount {
         /// The limit.
         limit: usize,
     },
     /// The queue holds its maximum number of bytes.
-    #[error(
-        "the outbox is full: {queued} bytes queued, a {size}-byte message would pass the limit of {limit}"
-    )]
     QueueFullBytes {
         /// Bytes already queued.
         queued: usize,
@@ -223,7 +206,6 @@ pub enum SendErrorReason {
         limit: usize,
     },
     /// The message alone is larger than any frame may be.
-    #[error("a {size}-byte message exceeds the limit of {limit} bytes")]
     TooLarge {
         /// The message's size.
         size: usize,
@@ -231,21 +213,194 @@ pub enum SendErrorReason {
         limit: usize,
     },
     /// `close` was called: the session takes no new messages.
-    #[error("the session is closing or closed")]
     Closed,
 }
 
 /// Why [`crate::ServerConnection::refuse`] could not refuse a message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RefuseError {
     /// The connection carries no session.
-    #[error("the connection carries no session")]
     NoSession,
     /// The message was not received, or its `ack` or a later refusal already went out.
-    #[error("message {id} can no longer be refused: it was not received or is already settled")]
     TooLate {
         /// The message.
         id: u64,
     },
+}
+
+impl DecodeError {
+    /// The error's text, as its `Display` writes it.
+    pub fn message(&self) -> String {
+        match self {
+            DecodeError::TooLarge { len, max } => Text::from("frame of ")
+                .size(*len)
+                .s(" bytes exceeds the limit of ")
+                .size(*max)
+                .s(" bytes")
+                .done(),
+            DecodeError::InvalidJson { detail } => {
+                Text::from("frame is not valid JSON: ").s(detail).done()
+            }
+            DecodeError::NotAnObject => "frame is not a JSON object".to_owned(),
+            DecodeError::MissingType { detail } => {
+                Text::from("frame has no usable `type`: ").s(detail).done()
+            }
+            DecodeError::UnknownType { kind } => {
+                Text::from("unknown frame type `").s(kind).s("`").done()
+            }
+            DecodeError::WrongDirection { kind, sender } => Text::from("a ")
+                .s(sender.as_str())
+                .s(" may not send `")
+                .s(kind.as_str())
+                .s("` frames")
+                .done(),
+            DecodeError::InvalidFrame { kind, detail, .. } => Text::from("invalid `")
+                .s(kind.as_str())
+                .s("` frame: ")
+                .s(detail)
+                .done(),
+        }
+    }
+}
+
+impl ProtocolError {
+    /// The error's text, as its `Display` writes it: the broken rule's id first.
+    pub fn message(&self) -> String {
+        match self {
+            ProtocolError::Decode(error) => Text::from("[FR-8] ").s(&error.message()).done(),
+            ProtocolError::UnexpectedFrame { expected, got } => Text::from("[HS-10] expected ")
+                .s(expected.as_str())
+                .s(", got `")
+                .s(got.as_str())
+                .s("`")
+                .done(),
+            ProtocolError::MessageGap { expected, got } => Text::from("[DL-3] expected `msg` id ")
+                .n(*expected)
+                .s(", got ")
+                .n(*got)
+                .done(),
+            ProtocolError::InflightExceeded {
+                id,
+                acked,
+                max_inflight,
+            } => Text::from("[FC-2] `msg` id ")
+                .n(*id)
+                .s(" exceeds the window: at most ")
+                .n(*max_inflight)
+                .s(" beyond the last ack ")
+                .n(*acked)
+                .done(),
+            ProtocolError::AckOutOfRange {
+                kind,
+                id,
+                highest_sent,
+            } => Text::from("[DL-5] `")
+                .s(kind.as_str())
+                .s("` for id ")
+                .n(*id)
+                .s(", but the highest id sent is ")
+                .n(*highest_sent)
+                .done(),
+            ProtocolError::ResumePosition { claimed, detail } => {
+                Text::from("[RS-4] peer claims to have received up to id ")
+                    .n(*claimed)
+                    .s(", but ")
+                    .s(detail)
+                    .done()
+            }
+            ProtocolError::ResumedWrongSession { asked, got } => {
+                Text::from("[RS-3] `connection_ready` resumed session `")
+                    .s(got)
+                    .s("`, but the client asked for `")
+                    .s(asked)
+                    .s("`")
+                    .done()
+            }
+            ProtocolError::ResumedUnasked => {
+                "[RS-3] `connection_ready` says `resumed: true`, but the client asked for no resume"
+                    .to_owned()
+            }
+        }
+    }
+}
+
+impl From<DecodeError> for ProtocolError {
+    fn from(error: DecodeError) -> Self {
+        ProtocolError::Decode(error)
+    }
+}
+
+impl SendError {
+    /// The refusal's text, as its `Display` writes it.
+    pub fn message(&self) -> String {
+        self.reason.message()
+    }
+}
+
+impl SendErrorReason {
+    /// The reason's text, as its `Display` writes it.
+    pub fn message(&self) -> String {
+        match self {
+            SendErrorReason::QueueFullCount { limit } => {
+                Text::from("the outbox is full: it holds its limit of ")
+                    .size(*limit)
+                    .s(" messages")
+                    .done()
+            }
+            SendErrorReason::QueueFullBytes {
+                queued,
+                size,
+                limit,
+            } => Text::from("the outbox is full: ")
+                .size(*queued)
+                .s(" bytes queued, a ")
+                .size(*size)
+                .s("-byte message would pass the limit of ")
+                .size(*limit)
+                .done(),
+            SendErrorReason::TooLarge { size, limit } => Text::from("a ")
+                .size(*size)
+                .s("-byte message exceeds the limit of ")
+                .size(*limit)
+                .s(" bytes")
+                .done(),
+            SendErrorReason::Closed => "the session is closing or closed".to_owned(),
+        }
+    }
+}
+
+impl RefuseError {
+    /// The error's text, as its `Display` writes it.
+    pub fn message(&self) -> String {
+        match self {
+            RefuseError::NoSession => "the connection carries no session".to_owned(),
+            RefuseError::TooLate { id } => Text::from("message ")
+                .n(*id)
+                .s(" can no longer be refused: it was not received or is already settled")
+                .done(),
+        }
+    }
+}
+
+display_by_message!(
+    DecodeError,
+    ProtocolError,
+    SendError,
+    SendErrorReason,
+    RefuseError
+);
+
+impl core::error::Error for DecodeError {}
+impl core::error::Error for SendError {}
+impl core::error::Error for SendErrorReason {}
+impl core::error::Error for RefuseError {}
+
+impl core::error::Error for ProtocolError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            ProtocolError::Decode(error) => Some(error),
+            _ => None,
+        }
+    }
 }

@@ -136,12 +136,19 @@ pub enum Role {
     Server,
 }
 
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Role {
+    /// `client` or `server`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
             Role::Client => "client",
             Role::Server => "server",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -15,14 +15,28 @@ use alloc::borrow::Cow;
 pub(crate) const MAX_DEPTH: usize = 128;
 
 /// Text that is not one JSON value: where the reader stopped and what it expected there.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("invalid JSON at byte {at}: {problem}")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InvalidJson {
     /// The byte offset at which the text stopped being JSON.
     pub at: usize,
     /// What was wrong there.
     pub problem: &'static str,
 }
+
+impl InvalidJson {
+    /// The error's text, as its `Display` writes it.
+    pub fn message(&self) -> String {
+        crate::text::Text::from("invalid JSON at byte ")
+            .size(self.at)
+            .s(": ")
+            .s(self.problem)
+            .done()
+    }
+}
+
+crate::text::display_by_message!(InvalidJson);
+
+impl core::error::Error for InvalidJson {}
 
 /// One member of an object: its key (unescaped) and the exact text of its value.
 pub(crate) struct Member<'a> {

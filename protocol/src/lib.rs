@@ -70,6 +70,7 @@ mod json;
 mod outbox;
 mod prelude;
 pub mod server;
+mod text;
 mod time;
 
 pub use backoff::BackoffConfig;

@@ -5,6 +5,7 @@
 //! message hands out a copy and moves a cursor; a new connection moves the cursor back.
 
 use crate::prelude::*;
+use crate::text::Text;
 use alloc::collections::{BinaryHeap, VecDeque};
 use core::cmp::Reverse;
 
@@ -268,9 +269,12 @@ impl Outbox {
                         } else {
                             Outcome::Refused {
                                 code: crate::frame::NackCode::TooLarge.as_str().to_owned(),
-                                reason: format!(
-                                    "a frame of {frame_len} bytes exceeds the peer's limit of {max_frame_bytes} bytes"
-                                ),
+                                reason: Text::from("a frame of ")
+                                    .size(frame_len)
+                                    .s(" bytes exceeds the peer's limit of ")
+                                    .size(max_frame_bytes)
+                                    .s(" bytes")
+                                    .done(),
                             }
                         };
                         self.outcomes.push_back((entry.id, outcome));
@@ -354,13 +358,17 @@ impl Outbox {
         if last_received > self.highest_sent() {
             return Err(ProtocolError::ResumePosition {
                 claimed: last_received,
-                detail: format!("the highest id sent is {}", self.highest_sent()),
+                detail: Text::from("the highest id sent is ")
+                    .n(self.highest_sent())
+                    .done(),
             });
         }
         if last_received < self.settled_through {
             return Err(ProtocolError::ResumePosition {
                 claimed: last_received,
-                detail: format!("it already acknowledged up to id {}", self.settled_through),
+                detail: Text::from("it already acknowledged up to id ")
+                    .n(self.settled_through)
+                    .done(),
             });
         }
         self.cursor = self

@@ -259,7 +259,7 @@ impl ReadyClient {
     pub fn send(&self, data: JsValue, options: Option<SendOptions>) -> Promise {
         let (promise, settle) = Settle::promise();
         let data = match js::stringify(&data)
-            .and_then(|json| Data::from_json(json).map_err(|error| error.to_string()))
+            .and_then(|json| Data::from_json(json).map_err(|error| error.message()))
         {
             Ok(data) => data,
             Err(problem) => {
@@ -285,7 +285,7 @@ impl ReadyClient {
                     };
                     let code = matches!(error.reason, SendErrorReason::TooLarge { .. })
                         .then(|| JsValue::from_str("too_large"));
-                    settle.reject(ready_error(kind, &error.reason.to_string(), code, None));
+                    settle.reject(ready_error(kind, &error.reason.message(), code, None));
                     return promise;
                 }
             }
@@ -744,7 +744,7 @@ impl Driver {
                 }
             }
             ClientEvent::Disconnected { reason, .. } => {
-                let reason = reason.to_string();
+                let reason = reason.message();
                 if reason.contains("[") {
                     // A protocol violation by the server cites the rule it broke.
                     calls.push((
@@ -766,7 +766,7 @@ impl Driver {
             }
             ClientEvent::Closed { reason } => {
                 let requested = matches!(reason, CloseReason::Requested);
-                let message = reason.to_string();
+                let message = reason.message();
                 if !requested {
                     calls.push((
                         self.on_error.for_event(),
@@ -797,7 +797,7 @@ impl Driver {
                 }
                 Err(problem) => driver.session.handle_connect_failed(
                     conn,
-                    format!("the token provider failed: {problem}"),
+                    ["the token provider failed: ", &problem].concat(),
                     js::now(),
                 ),
             });
