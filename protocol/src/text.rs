@@ -24,7 +24,7 @@ impl Text {
 
     /// The text followed by `n` in decimal.
     pub(crate) fn n(mut self, n: impl Into<u64>) -> Text {
-        push_decimal(&mut self.0, n.into());
+        crate::json::write_u64(&mut self.0, n.into());
         self
     }
 
@@ -37,23 +37,6 @@ impl Text {
     /// The finished text.
     pub(crate) fn done(self) -> String {
         self.0
-    }
-}
-
-/// Appends `n` in decimal to `out`.
-fn push_decimal(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for digit in &digits[start..] {
-        out.push(char::from(*digit));
     }
 }
 
