@@ -544,8 +544,8 @@ impl Custody {
         let alive = self.alive_check(now);
         let mut claimed = *ticket;
         // The store learns that this instance carries the user while the attach commits: both
-        // writes are waited for before the session is ready, and on one primary they share
-        // the round trip and the disk flush instead of taking one each.
+        // writes are waited for before the session is ready, and their round trips overlap
+        // instead of following each other.
         let (announced, attached) = tokio::join!(
             self.announce(user, now),
             self.change(user, |record, rules, events| {

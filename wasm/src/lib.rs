@@ -244,9 +244,9 @@ impl ReadyClient {
         let shared = Rc::new_cyclic(|weak: &Weak<RefCell<Driver>>| {
             RefCell::new(Driver::new(url, session, token_provider, weak.clone()))
         });
-        mutable(&shared).listen_for_wake_ups();
+        driver_mut(&shared).listen_for_wake_ups();
         let now = js::now();
-        mutable(&shared).session.connect(now);
+        driver_mut(&shared).session.connect(now);
         drive(&shared);
         Ok(ReadyClient { shared })
     }
@@ -271,7 +271,7 @@ impl ReadyClient {
             .and_then(|options| number(options.as_ref(), "ttlMs"))
             .map(|ms| Duration::from_millis(ms as u64));
         {
-            let mut driver = mutable(&self.shared);
+            let mut driver = driver_mut(&self.shared);
             let now = js::now();
             let default_ttl = driver.default_ttl;
             match driver.session.send_with_ttl(data, ttl.or(default_ttl), now) {
@@ -298,7 +298,7 @@ impl ReadyClient {
     #[wasm_bindgen(unchecked_return_type = "Promise<ReadyInfo>")]
     pub fn ready(&self) -> Promise {
         let (promise, settle) = Settle::promise();
-        let mut driver = mutable(&self.shared);
+        let mut driver = driver_mut(&self.shared);
         if let Some(info) = driver.ready_info() {
             settle.resolve(&info);
         } else if driver.session.state() == ClientState::Closed {
@@ -313,7 +313,7 @@ impl ReadyClient {
     /// (a `StateChange`), "error" (a `ReadyError`) or "reset" (a `SessionReset`).
     #[wasm_bindgen(skip_typescript)]
     pub fn on(&self, event: &str, callback: Function) -> Result<(), JsValue> {
-        let mut driver = mutable(&self.shared);
+        let mut driver = driver_mut(&self.shared);
         driver.listeners(event)?.0.push((callback, false));
         Ok(())
     }
@@ -321,7 +321,7 @@ impl ReadyClient {
     /// Adds a listener that runs for the next event of its kind only.
     #[wasm_bindgen(skip_typescript)]
     pub fn once(&self, event: &str, callback: Function) -> Result<(), JsValue> {
-        let mut driver = mutable(&self.shared);
+        let mut driver = driver_mut(&self.shared);
         driver.listeners(event)?.0.push((callback, true));
         Ok(())
     }
@@ -329,7 +329,7 @@ impl ReadyClient {
     /// Removes a listener added with `on` or `once`.
     #[wasm_bindgen(skip_typescript)]
     pub fn off(&self, event: &str, callback: &Function) -> Result<(), JsValue> {
-        let mut driver = mutable(&self.shared);
+        let mut driver = driver_mut(&self.shared);
         driver
             .listeners(event)?
             .0
@@ -344,7 +344,7 @@ impl ReadyClient {
     pub fn close(&self) -> Promise {
         let (promise, settle) = Settle::promise();
         {
-            let mut driver = mutable(&self.shared);
+            let mut driver = driver_mut(&self.shared);
             if driver.session.state() == ClientState::Closed {
                 settle.resolve(&JsValue::UNDEFINED);
                 return promise;
@@ -360,13 +360,13 @@ impl ReadyClient {
     /// The connection state, as in the "state" event.
     #[wasm_bindgen(unchecked_return_type = "ReadyState")]
     pub fn state(&self) -> String {
-        state_name(&shared_ref(&self.shared).session.state()).to_owned()
+        state_name(&driver_ref(&self.shared).session.state()).to_owned()
     }
 
     /// A snapshot of queues and counters.
     #[wasm_bindgen(unchecked_return_type = "ReadyStats")]
     pub fn stats(&self) -> JsValue {
-        let driver = shared_ref(&self.shared);
+        let driver = driver_ref(&self.shared);
         let session = &driver.session;
         object(&[
             ("state", text(state_name(&session.state()))),
@@ -539,7 +539,7 @@ impl Driver {
         let on_timer = Closure::<dyn FnMut(JsValue)>::new(move |_: JsValue| {
             if let Some(shared) = timer_target.upgrade() {
                 {
-                    let mut driver = mutable(&shared);
+                    let mut driver = driver_mut(&shared);
                     driver.timer = None;
                     driver.session.handle_timeout(js::now());
                 }
@@ -552,7 +552,7 @@ impl Driver {
                 return;
             }
             if let Some(shared) = wake_target.upgrade() {
-                mutable(&shared).session.handle_wake(js::now());
+                driver_mut(&shared).session.handle_wake(js::now());
                 drive(&shared);
             }
         });
@@ -828,7 +828,7 @@ impl Driver {
         let this = self.this.clone();
         js::fresh_token(&provider, move |token| {
             if let Some(shared) = this.upgrade() {
-                then(&mut mutable(&shared), token);
+                then(&mut driver_mut(&shared), token);
                 drive(&shared);
             }
         });
@@ -914,7 +914,7 @@ impl Driver {
 /// Runs `update` on the driver behind `target`, then drives the session.
 fn with_driver(target: &Weak<RefCell<Driver>>, update: impl FnOnce(&mut Driver)) {
     if let Some(shared) = target.upgrade() {
-        update(&mut mutable(&shared));
+        update(&mut driver_mut(&shared));
         drive(&shared);
     }
 }
@@ -924,14 +924,14 @@ fn with_driver(target: &Weak<RefCell<Driver>>, update: impl FnOnce(&mut Driver))
 /// The driver, to change. The browser runs one task at a time and no call of the driver reaches
 /// back into it, so the cell is never borrowed already; were it to be, this traps, as a panic
 /// would, without the text a panic's message would link in.
-fn mutable(shared: &RefCell<Driver>) -> RefMut<'_, Driver> {
+fn driver_mut(shared: &RefCell<Driver>) -> RefMut<'_, Driver> {
     shared
         .try_borrow_mut()
         .unwrap_or_else(|_| core::arch::wasm32::unreachable())
 }
 
-/// The driver, to read ([`mutable`]).
-fn shared_ref(shared: &RefCell<Driver>) -> Ref<'_, Driver> {
+/// The driver, to read ([`driver_mut`]).
+fn driver_ref(shared: &RefCell<Driver>) -> Ref<'_, Driver> {
     shared
         .try_borrow()
         .unwrap_or_else(|_| core::arch::wasm32::unreachable())
@@ -940,7 +940,7 @@ fn shared_ref(shared: &RefCell<Driver>) -> Ref<'_, Driver> {
 fn drive(shared: &Rc<RefCell<Driver>>) {
     loop {
         let mut calls = Vec::new();
-        mutable(shared).step(&mut calls);
+        driver_mut(shared).step(&mut calls);
         if calls.is_empty() {
             return;
         }
