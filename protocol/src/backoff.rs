@@ -4,8 +4,6 @@
 
 use core::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
-
 /// The reconnect schedule's settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BackoffConfig {
@@ -34,7 +32,7 @@ pub(crate) struct Backoff {
     config: BackoffConfig,
     seed: u64,
     resets: u64,
-    delays: ExponentialBackoff,
+    jitter: fastrand::Rng,
     spread: fastrand::Rng,
     failures: u32,
 }
@@ -45,7 +43,7 @@ impl Backoff {
             config,
             seed,
             resets: 0,
-            delays: Self::delays(config, seed),
+            jitter: fastrand::Rng::with_seed(seed),
             // A second stream, so that the spread of `retry_after_ms` does not shift the
             // backoff's own sequence.
             spread: fastrand::Rng::with_seed(seed ^ 0x9e37_79b9_7f4a_7c15),
@@ -53,18 +51,23 @@ impl Backoff {
         }
     }
 
-    /// backon adds a jitter in `[0, d)` to a base `d` that doubles up to its maximum, so a base
-    /// capped at `max / 2` gives delays in `[max / 2, max)` at the cap [RC-1].
-    fn delays(config: BackoffConfig, seed: u64) -> ExponentialBackoff {
-        let initial = config.initial.max(Duration::from_millis(1));
-        ExponentialBuilder::new()
-            .with_min_delay(initial)
-            .with_max_delay((config.max / 2).max(initial))
-            .with_factor(2.0)
-            .with_jitter()
-            .with_jitter_seed(seed)
-            .without_max_times()
-            .build()
+    /// The delay after the `n`-th failure in a row (from 0): a base `b = min(initial × 2^n,
+    /// max / 2)`, never below `initial`, plus `U·b` with `U` uniform in [0, 1), in whole
+    /// milliseconds: delays lie in [initial, max) and stay random at the cap [RC-1]. Integer
+    /// arithmetic on purpose: the schedule is the same on every target and links no float
+    /// formatting into the browser build.
+    fn delay(&mut self, n: u32) -> Duration {
+        let initial = u64::try_from(self.config.initial.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let cap = u64::try_from(self.config.max.as_millis() / 2)
+            .unwrap_or(u64::MAX)
+            .max(initial);
+        let base = initial
+            .checked_shl(n)
+            .filter(|base| base >> n == initial)
+            .map_or(cap, |base| base.min(cap));
+        Duration::from_millis(base.saturating_add(below(&mut self.jitter, base)))
     }
 
     /// Failed attempts since the last `connection_ready`.
@@ -84,15 +87,13 @@ impl Backoff {
         {
             return None;
         }
-        let backoff = self
-            .delays
-            .next()
-            .expect("the schedule is built without a maximum number of attempts");
+        let backoff = self.delay(self.failures - 1);
         let Some(retry_after) = retry_after else {
             return Some(backoff);
         };
         let spread_millis = u64::try_from(retry_after.as_millis() / 2).unwrap_or(u64::MAX);
-        let spread = Duration::from_millis(self.spread.u64(0..=spread_millis));
+        let spread =
+            Duration::from_millis(below(&mut self.spread, spread_millis.saturating_add(1)));
         Some(backoff.max(retry_after + spread))
     }
 
@@ -101,6 +102,14 @@ impl Backoff {
         self.failures = 0;
         self.resets = self.resets.wrapping_add(1);
         // A fresh seed per reset keeps the jitter independent between outages.
-        self.delays = Self::delays(self.config, self.seed.wrapping_add(self.resets));
+        self.jitter = fastrand::Rng::with_seed(self.seed.wrapping_add(self.resets));
     }
+}
+
+/// A uniform draw from `[0, bound)` (`bound` ≥ 1) by widening multiplication: the bias, at most
+/// `bound / 2^64`, is far below anything a schedule of milliseconds can show, and unlike
+/// `Rng::u64(range)` it has no empty-range panic, whose formatted message the browser build
+/// would link.
+fn below(rng: &mut fastrand::Rng, bound: u64) -> u64 {
+    ((u128::from(rng.u64(..)) * u128::from(bound)) >> 64) as u64
 }

@@ -318,6 +318,40 @@ fn rc_1_backoff_is_exponential_with_jitter_that_survives_the_cap() {
     );
 }
 
+/// [RC-1] An outage longer than the doubling can count (70 failures: 2^70 × initial overflows)
+/// keeps every delay within `[max / 2, max)`.
+#[test]
+fn rc_1_a_long_outage_keeps_its_delays_at_the_cap() {
+    let mut session = ClientSession::new(ClientConfig::default().backoff(backoff(500, 30_000)), 7);
+    session.connect(Time::ZERO);
+    let mut now = Time::ZERO;
+    for failure in 0..70 {
+        let Some(Action::Open { conn }) = session.poll_action() else {
+            panic!("no open after {failure} failures")
+        };
+        session.handle_connect_failed(conn, "refused", now);
+        let at = std::iter::from_fn(|| session.poll_event())
+            .find_map(|e| match e {
+                ClientEvent::Disconnected { reconnect_at, .. } => reconnect_at,
+                _ => None,
+            })
+            .expect("a reconnect is scheduled");
+        let delay = at.saturating_since(now);
+        assert!(
+            delay < Duration::from_secs(30),
+            "failure {failure}: {delay:?}"
+        );
+        if failure >= 6 {
+            assert!(
+                delay >= Duration::from_secs(15),
+                "failure {failure}: {delay:?}"
+            );
+        }
+        now = at;
+        session.handle_timeout(now);
+    }
+}
+
 /// [RC-2] The schedule restarts only at `connection_ready`, not when a socket opens.
 #[test]
 fn rc_2_backoff_resets_only_on_readiness() {
