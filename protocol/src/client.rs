@@ -9,11 +9,11 @@ use crate::text::{Text, display_by_message};
 
 use crate::backoff::{Backoff, BackoffConfig};
 use crate::close::{CloseClass, code, fit_close_reason};
-use crate::codec::{decode, encode};
+use crate::codec::{decode_from, encode_by};
 use crate::error::{DecodeError, Expected, ProtocolError, SendError, SendErrorReason};
 use crate::frame::{
     ClientInfo, ConnectionReady, Frame, FrameKind, Goaway, Hello, PRE_WELCOME_MAX_FRAME_BYTES,
-    PROTOCOL_VERSION, Ping, Pong, Resume, ResumeToken, Role, SUBPROTOCOL, ServerPhase, Welcome,
+    PROTOCOL_VERSION, Ping, Pong, Resume, ResumeToken, SUBPROTOCOL, ServerPhase, Welcome,
 };
 use crate::inbox::{Inbox, Verdict};
 use crate::outbox::{MessageId, Outbox, OutboxLimits, Outcome};
@@ -714,7 +714,7 @@ impl ClientSession {
             _ => PRE_WELCOME_MAX_FRAME_BYTES,
         };
         let awaiting_welcome = matches!(self.phase, Phase::AwaitingWelcome { .. });
-        match decode(text, Role::Server, limit) {
+        match decode_from::<true>(text, limit) {
             Ok(frame) => self.handle_frame(frame),
             // Forward compatibility: types added by later versions are skipped [FR-3].
             Err(DecodeError::UnknownType { .. }) if !awaiting_welcome => {}
@@ -813,14 +813,17 @@ impl ClientSession {
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         let conn = self.connection()?;
         let text = match &self.phase {
-            Phase::AwaitingReady { .. } => self.control.pop_front().map(|frame| encode(&frame)),
+            Phase::AwaitingReady { .. } => self
+                .control
+                .pop_front()
+                .map(|frame| encode_by::<false>(&frame)),
             Phase::Ready { welcome, .. } => {
                 let max_inflight = welcome.max_inflight;
                 let max_frame = usize::try_from(welcome.max_frame_bytes).unwrap_or(usize::MAX);
                 self.control
                     .pop_front()
                     .or_else(|| self.inbox.poll_frame())
-                    .map(|frame| encode(&frame))
+                    .map(|frame| encode_by::<false>(&frame))
                     .or_else(|| self.outbox.next_transmit(self.now, max_inflight, max_frame))
             }
             _ => None,

@@ -39,8 +39,22 @@ pub(crate) fn encode_msg(id: u64, data: &Data) -> String {
 /// Members appear in the order of the tables in `docs/PROTOCOL.md` §3.2, `type` first, and
 /// optional members that are absent are left out.
 pub fn encode(frame: &Frame) -> String {
+    if frame.kind().sent_by(Role::Server) {
+        encode_by::<true>(frame)
+    } else {
+        encode_by::<false>(frame)
+    }
+}
+
+/// [`encode`] for the frames one role sends (`BY_SERVER`: the server's), so that a build with
+/// only one of the two sessions (the browser client) links only the encoders it uses. The
+/// sessions never build a frame their role may not send; were one to, it would go out as its
+/// bare `type`, which the peer refuses as an invalid frame.
+pub(crate) fn encode_by<const BY_SERVER: bool>(frame: &Frame) -> String {
     let mut out = Writer::new(frame.kind());
     match frame {
+        Frame::Hello(_) if BY_SERVER => {}
+        Frame::Welcome(_) | Frame::ConnectionReady(_) | Frame::Goaway(_) if !BY_SERVER => {}
         Frame::Welcome(welcome) => {
             out.integer("protocol", welcome.protocol);
             out.string("server", &welcome.server);
@@ -154,6 +168,24 @@ impl Writer {
 /// reported as [`DecodeError::InvalidFrame`] with `msg_id` set, so that the receiver can refuse
 /// that one message with a `nack` instead of dropping the connection.
 pub fn decode(text: &str, sender: Role, max_frame_bytes: usize) -> Result<Frame, DecodeError> {
+    match sender {
+        Role::Server => decode_from::<true>(text, max_frame_bytes),
+        Role::Client => decode_from::<false>(text, max_frame_bytes),
+    }
+}
+
+/// [`decode`] for frames from one role (`FROM_SERVER`: the server), so that a build with only
+/// one of the two sessions (the browser client) links only the readers of the frames it
+/// receives.
+pub(crate) fn decode_from<const FROM_SERVER: bool>(
+    text: &str,
+    max_frame_bytes: usize,
+) -> Result<Frame, DecodeError> {
+    let sender = if FROM_SERVER {
+        Role::Server
+    } else {
+        Role::Client
+    };
     let (value, lone_surrogate) =
         json::validate_frame(text).map_err(|error| DecodeError::InvalidJson {
             detail: error.message(),
@@ -198,9 +230,9 @@ pub fn decode(text: &str, sender: Role, max_frame_bytes: usize) -> Result<Frame,
         too_large: false,
     };
     let frame = object
-        .frame()
+        .frame::<FROM_SERVER>()
         .map_err(|detail| invalid(detail, object.readable_msg_id()))?;
-    validate(&frame).map_err(|detail| invalid(detail, None))?;
+    validate::<FROM_SERVER>(&frame).map_err(|detail| invalid(detail, None))?;
     Ok(frame)
 }
 
@@ -339,8 +371,26 @@ impl<'a> Object<'_, 'a> {
         (1..=MAX_SAFE_INTEGER).contains(&id).then_some(id)
     }
 
-    fn frame(&self) -> Result<Frame, String> {
+    /// The frame, read as one from the server (`FROM_SERVER`) or from a client: the kinds the
+    /// other role sends have been refused already ([`read_kind`]).
+    fn frame<const FROM_SERVER: bool>(&self) -> Result<Frame, String> {
+        let sender = if FROM_SERVER {
+            Role::Server
+        } else {
+            Role::Client
+        };
+        let wrong_direction = || {
+            Err(DecodeError::WrongDirection {
+                kind: self.kind,
+                sender,
+            }
+            .message())
+        };
         Ok(match self.kind {
+            FrameKind::Welcome | FrameKind::ConnectionReady | FrameKind::Goaway if !FROM_SERVER => {
+                return wrong_direction();
+            }
+            FrameKind::Hello if FROM_SERVER => return wrong_direction(),
             FrameKind::Welcome => Frame::Welcome(Welcome {
                 protocol: self.integer("protocol")?,
                 server: self.string("server")?,
@@ -458,9 +508,13 @@ fn wrong_type(name: &str, expected: &str, value: &str) -> String {
         .done()
 }
 
-/// The value rules that JSON types alone do not express (`docs/PROTOCOL.md` §4).
-fn validate(frame: &Frame) -> Result<(), String> {
+/// The value rules that JSON types alone do not express (`docs/PROTOCOL.md` §4), for a frame
+/// [`Object::frame`] read from the server (`FROM_SERVER`) or from a client.
+fn validate<const FROM_SERVER: bool>(frame: &Frame) -> Result<(), String> {
     match frame {
+        // Never read from this role (`Object::frame` refused them).
+        Frame::Hello(_) if FROM_SERVER => Ok(()),
+        Frame::Welcome(_) | Frame::ConnectionReady(_) | Frame::Goaway(_) if !FROM_SERVER => Ok(()),
         Frame::Welcome(welcome) => {
             at_least("heartbeat_ms", welcome.heartbeat_ms, 1)?;
             at_least(

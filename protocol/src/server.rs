@@ -12,11 +12,11 @@ use core::time::Duration;
 use crate::data::Data;
 
 use crate::close::{code, fit_close_reason};
-use crate::codec::{decode, encode};
+use crate::codec::{decode_from, encode_by};
 use crate::error::{DecodeError, Expected, ProtocolError, RefuseError, SendError};
 use crate::frame::{
     ConnectionReady, Frame, FrameKind, Goaway, Hello, Nack, PROTOCOL_VERSION, Ping, Pong, Resume,
-    ResumeToken, Role, ServerPhase, Welcome,
+    ResumeToken, ServerPhase, Welcome,
 };
 use crate::inbox::{Inbox, Verdict};
 use crate::outbox::{MessageId, Outbox, OutboxLimits, Outcome};
@@ -517,7 +517,7 @@ impl ServerConnection {
             return;
         }
         self.last_received_at = now;
-        match decode(text, Role::Client, self.config.max_frame_bytes) {
+        match decode_from::<false>(text, self.config.max_frame_bytes) {
             Ok(frame) => self.handle_frame(frame),
             Err(DecodeError::UnknownType { .. })
                 if !matches!(self.phase, ConnPhase::AwaitingHello { .. }) => {}
@@ -602,14 +602,14 @@ impl ServerConnection {
     /// The next frame to write.
     pub fn poll_transmit(&mut self) -> Option<String> {
         if let Some(frame) = self.control.pop_front() {
-            return Some(encode(&frame));
+            return Some(encode_by::<true>(&frame));
         }
         if self.phase != ConnPhase::Ready {
             return None;
         }
         let session = self.session.as_mut()?;
         if let Some(frame) = session.inbox.poll_frame() {
-            return Some(encode(&frame));
+            return Some(encode_by::<true>(&frame));
         }
         session.outbox.next_transmit(
             self.now,

@@ -37,9 +37,9 @@ const PACKAGE_GZIP_BUDGET: usize = 30_720;
 
 /// The package does not meet [`PACKAGE_GZIP_BUDGET`] yet. This ceiling sits just above its
 /// measured size so that it cannot grow unnoticed; lower it with every reduction, and say in the
-/// commit what moved it. (It last fell by about 2,030 bytes, to 41,540: talc as the package's
-/// allocator instead of dlmalloc.)
-const PACKAGE_GZIP_CEILING: usize = 41_540;
+/// commit what moved it. (It last fell by about 350 bytes, to 41,190: frames encoded and decoded
+/// by role, so that the browser client links only the readers and writers of its own frames.)
+const PACKAGE_GZIP_CEILING: usize = 41_190;
 
 /// The sans-IO crates: the protocol's state machines, and the server's rules across connections.
 const SANS_IO_CRATES: [&str; 2] = ["readyws-protocol", "readyws-hub"];
