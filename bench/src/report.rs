@@ -379,7 +379,8 @@ fn markdown(f: &Figures) -> String {
         "## Browser package next to the JavaScript clients\n\n\
          Each package's client entry point bundled alone with esbuild 0.25 (`--bundle --minify \
          --format=esm --platform=browser`), then `gzip -9`, measured on 2026-11-29; the readyws \
-         figure is `wasm/pkg/` as `cargo xtask wasm` builds it (wasm-opt `-Oz`, minified glue).\n\n\
+         figure is `wasm/pkg/` as `cargo xtask wasm` builds it (binaryen's `wasm-opt -Oz \
+         --converge` on wasm-bindgen's output, minified glue).\n\n\
          | package | version | min + gzip | readyws / it |\n|---|---|---:|---:|"
     );
     for (name, version, bytes) in BROWSER_ANCHORS {
