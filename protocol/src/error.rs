@@ -7,7 +7,7 @@ use crate::frame::{FrameKind, Role};
 use crate::text::{Text, display_by_message};
 
 /// Why a text frame could not be decoded. [`DecodeError::class`] gives the language-neutral name
-/// that `docs/conformance/frames.json` uses.
+/// that `conformance/frames.json` uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum DecodeError {

@@ -62,6 +62,7 @@ mod backoff;
 pub mod client;
 pub mod close;
 pub mod codec;
+pub mod conformance;
 mod data;
 pub mod error;
 pub mod frame;
@@ -89,3 +90,8 @@ pub use server::{
     SessionEvent, SessionProgress, SessionState,
 };
 pub use time::Time;
+
+/// The README's example, compiled and run as a doctest so that it cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -14,12 +14,8 @@ use serde_json::value::RawValue;
 const MUTATIONS_PER_VECTOR: usize = 400;
 
 fn vector_texts() -> Vec<(String, Role)> {
-    let path = format!(
-        "{}/../docs/conformance/frames.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
-    let vectors: Value = serde_json::from_str(&text).expect("frames.json is JSON");
+    let vectors: Value =
+        serde_json::from_str(readyws_protocol::conformance::FRAMES).expect("frames.json is JSON");
     ["valid", "invalid"]
         .iter()
         .flat_map(|group| vectors[group].as_array().expect("a list").iter())

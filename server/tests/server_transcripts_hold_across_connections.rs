@@ -1,4 +1,4 @@
-//! The reference server against `docs/conformance/servers.json`: scenarios that span several
+//! The reference server against the protocol crate's `conformance/servers.json`: scenarios that span several
 //! connections of a user, the publish API and the start-up gate, written so that a server in
 //! any language can be run against them.
 
@@ -281,10 +281,8 @@ async fn run(scenario: &Value) {
 /// Every whole-server scenario of the conformance vectors holds against the reference server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reference_server_follows_every_server_scenario() {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let text = std::fs::read_to_string(format!("{root}/../docs/conformance/servers.json"))
-        .expect("servers.json");
-    let vectors: Value = serde_json::from_str(&text).expect("servers.json is JSON");
+    let vectors: Value = serde_json::from_str(readyws_protocol::conformance::SERVERS)
+        .expect("servers.json is JSON");
     let scenarios = vectors["servers"].as_array().expect("`servers` is a list");
     assert!(scenarios.len() >= 12, "{}", scenarios.len());
     // Each scenario has its own server: they run side by side.

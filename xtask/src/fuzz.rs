@@ -36,7 +36,7 @@ fn ensure_tools() -> Result<(), String> {
 /// Seeds each target's corpus: every conformance vector's text for the decoder, and short
 /// scripts built from the valid frames for the session targets.
 fn seed_corpora(root: &Path) -> Result<(), String> {
-    let vectors = fs::read_to_string(root.join("docs/conformance/frames.json"))
+    let vectors = fs::read_to_string(root.join("protocol/conformance/frames.json"))
         .map_err(|e| format!("reading the conformance vectors: {e}"))?;
     let vectors: Value = serde_json::from_str(&vectors).map_err(|e| format!("frames.json: {e}"))?;
     let texts: Vec<(String, String)> = ["valid", "invalid"]
