@@ -264,7 +264,14 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             Overflow::DropOldest => OverflowPolicy::DropOldest,
         },
     };
+    // The process's one metrics recorder, installed here, by the application, before the server
+    // registers its series.
+    let (recorder, prometheus) = readyws_server::prometheus_recorder();
+    if metrics::set_global_recorder(recorder).is_err() {
+        warn!("a metrics recorder was installed already; /metrics shows only what this one holds");
+    }
     let mut options = ServerOptions::default()
+        .prometheus(prometheus)
         .protocol(protocol)
         .mailbox(mailbox)
         .wait_for_startup(args.startup_delay > 0)

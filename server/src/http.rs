@@ -215,9 +215,19 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     (status, axum::Json(json!({"status": readiness}))).into_response()
 }
 
-async fn metrics() -> Response {
-    let text = crate::metrics::prometheus().render();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    match &shared.options.prometheus {
+        Some(handle) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "no_exporter",
+            "this server was given no Prometheus handle (ServerOptions::prometheus)",
+        ),
+    }
 }
 
 /// Compares in time that depends only on the lengths.

@@ -16,9 +16,13 @@
 //!   becomes ready receives every held message it lacks, oldest first, before anything newer.
 //! - **Inbound**: an [`InboundHandler`] sees each client message once; the `ack` goes out after it
 //!   returns [`Decision::Accept`], a `nack` with its code and reason after [`Decision::Refuse`].
-//! - **Several instances**: with [`ServerOptions::redis`], users, sessions and mailboxes live in
-//!   a shared Redis ([`RedisStore`]): a publish on any instance reaches the user's session on any
-//!   other, and a client whose instance died resumes its session on another with nothing lost.
+//! - **Several instances** (feature `redis`): with `ServerOptions::redis`, users, sessions and
+//!   mailboxes live in a shared Redis (`RedisStore`): a publish on any instance reaches the user's
+//!   session on any other, and a client whose instance died resumes its session on another with
+//!   nothing lost.
+//! - **Metrics** go through the `metrics` facade to the application's recorder; the server
+//!   installs none. [`prometheus_recorder`] builds one, and [`ServerOptions::prometheus`] serves
+//!   it at `/metrics`.
 //!
 //! ```no_run
 //! use readyws_server::{AcceptAll, InsecureDevAuth, Server, ServerOptions};
@@ -45,8 +49,12 @@ mod connection;
 mod http;
 mod hub;
 mod metrics;
+pub use metrics::prometheus_recorder;
+/// The handle that renders a Prometheus recorder ([`prometheus_recorder`]).
+pub use metrics_exporter_prometheus::PrometheusHandle;
 mod options;
 mod prepared;
+#[cfg(feature = "redis")]
 mod redis_store;
 mod socket;
 mod store;
@@ -69,6 +77,7 @@ pub use auth::{
 };
 pub use options::{Deadlines, MailboxLimits, OverflowPolicy, ServerLimits, ServerOptions};
 pub use readyws_hub::UserRecord;
+#[cfg(feature = "redis")]
 pub use redis_store::{CLUSTER_SCHEME, DEADLINE_SHARDS, RedisStore};
 pub use store::{
     Commit, Due, MemoryStore, Notice, Store, StoreError, UPDATE_ATTEMPTS, Versioned, Written,
@@ -366,8 +375,8 @@ impl Server {
         handler: impl InboundHandler,
     ) -> Self {
         let protocol = options.effective_protocol();
-        // Installed before anything is recorded, so that `/metrics` misses nothing.
-        metrics::prometheus();
+        // Every series exists from the start, so that a scrape lists it before its first event.
+        metrics::register_all();
         let (started, _) = watch::channel(!options.wait_for_startup);
         let store = options
             .store

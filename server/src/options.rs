@@ -172,13 +172,17 @@ pub struct ServerOptions {
     pub api_key: Option<String>,
     /// Where users, sessions and mailboxes live. Default: none, a [`crate::MemoryStore`] in
     /// this process (one instance serves every user). With a store that outlives the instance
-    /// ([`crate::RedisStore`]), every instance that shares it serves any user, and a session
+    /// (`RedisStore`, feature `redis`), every instance that shares it serves any user, and a session
     /// outlives the instance that carried it.
     pub store: Option<std::sync::Arc<dyn crate::Store>>,
     /// Server-wide bounds. Default: [`ServerLimits::default`].
     pub limits: ServerLimits,
     /// Deadlines on waits a peer controls. Default: [`Deadlines::default`].
     pub deadlines: Deadlines,
+    /// What `/metrics` renders: the handle of the Prometheus recorder the application installed
+    /// ([`crate::prometheus_recorder`]). Default: none, and `/metrics` answers 404; the server's
+    /// metrics still go to whatever recorder the process has.
+    pub prometheus: Option<crate::PrometheusHandle>,
 }
 
 impl Default for ServerOptions {
@@ -195,6 +199,7 @@ impl Default for ServerOptions {
             store: None,
             limits: ServerLimits::default(),
             deadlines: Deadlines::default(),
+            prometheus: None,
         }
     }
 }
@@ -213,6 +218,7 @@ impl fmt::Debug for ServerOptions {
             .field("store", &self.store.as_ref().map(|_| "<custom>"))
             .field("limits", &self.limits)
             .field("deadlines", &self.deadlines)
+            .field("prometheus", &self.prometheus.is_some())
             .finish()
     }
 }
@@ -256,9 +262,18 @@ impl ServerOptions {
         self
     }
 
-    /// Keeps users, sessions and mailboxes in `store`, shared with other instances.
+    /// Keeps users, sessions and mailboxes in `store`, shared with other instances (feature
+    /// `redis`).
+    #[cfg(feature = "redis")]
     pub fn redis(self, store: crate::RedisStore) -> Self {
         self.store(store)
+    }
+
+    /// Serves `/metrics` from `handle`, the handle of the Prometheus recorder the application
+    /// installed ([`crate::prometheus_recorder`]).
+    pub fn prometheus(mut self, handle: crate::PrometheusHandle) -> Self {
+        self.prometheus = Some(handle);
+        self
     }
 
     /// Keeps users, sessions and mailboxes in `store` (`docs/ARCHITECTURE.md`, "Writing a

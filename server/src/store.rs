@@ -1,5 +1,5 @@
 //! Where users' records live: the [`Store`] trait of storage primitives, and [`MemoryStore`],
-//! the embedded default. [`crate::RedisStore`] is the other implementation.
+//! the embedded default. `RedisStore` (feature `redis`) is the other implementation.
 //!
 //! A store stores; it decides nothing. Every rule is in the record's methods
 //! ([`readyws_hub::UserRecord`]), which the server runs between a [`Store::load`] and a

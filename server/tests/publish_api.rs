@@ -117,6 +117,80 @@ async fn health_readiness_and_metrics() {
     server.stop().await;
 }
 
+/// Before any connection, `/metrics` already lists every readyws series, so that dashboards and
+/// alerts on rates see them from the start.
+#[tokio::test]
+async fn metrics_lists_every_series_before_the_first_event() {
+    let server = TestServer::start(ServerOptions::default()).await;
+    let (status, metrics) = server.http("GET", "/metrics", &[], "").await;
+    assert_eq!(status, 200);
+    for series in [
+        "readyws_connections_opened_total ",
+        "readyws_connections_open ",
+        "readyws_sessions_ready_total ",
+        "readyws_ready_seconds_count ",
+        "readyws_resumes_total{result=\"reset\"} ",
+        "readyws_mailbox_messages ",
+        "readyws_held_bytes ",
+        "readyws_mailbox_dropped_total{reason=\"expired\"} ",
+        "readyws_mailbox_dropped_total{reason=\"overflow\"} ",
+        "readyws_messages_in_total ",
+        "readyws_messages_out_total ",
+        "readyws_acks_total ",
+        "readyws_nacks_total{direction=\"sent\"} ",
+        "readyws_goaways_total{code=\"4000\"} ",
+        "readyws_goaways_total{code=\"4203\"} ",
+        "readyws_closes_total{code=\"4010\"} ",
+        "readyws_limit_refusals_total{limit=\"held_bytes\"} ",
+        "readyws_connections_evicted_total{reason=\"limit\"} ",
+        "readyws_deadlines_total{stage=\"write\"} ",
+        "readyws_jwks_fetch_failures_total ",
+        "readyws_copies_withdrawn_total ",
+        "readyws_store_retries_total{operation=\"commit\"} ",
+        "readyws_store_conflicts_total ",
+        "readyws_store_failures_total{operation=\"commit\"} ",
+    ] {
+        assert!(
+            metrics.lines().any(|line| line.starts_with(series)),
+            "{series:?} missing from {metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("# HELP readyws_mailbox_dropped_total"),
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
+/// A server given no Prometheus handle installs no recorder of its own and says so at
+/// `/metrics`; its metrics go to whatever recorder the application has.
+#[tokio::test]
+async fn without_a_prometheus_handle_metrics_answers_404() {
+    let server = readyws_server::Server::new(
+        ServerOptions::default(),
+        readyws_server::InsecureDevAuth,
+        readyws_server::AcceptAll,
+    );
+    let app = server.router();
+    let response = tower_get(app, "/metrics").await;
+    assert_eq!(response.0, 404);
+    assert!(response.1.contains("no_exporter"), "{}", response.1);
+}
+
+/// One request to a router, without a socket.
+async fn tower_get(app: axum::Router, path: &str) -> (u16, String) {
+    use tower::ServiceExt;
+    let request = axum::http::Request::get(path)
+        .body(axum::body::Body::empty())
+        .expect("a request");
+    let response = app.oneshot(request).await.expect("an answer");
+    let status = response.status().as_u16();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .expect("a body");
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
 /// [PB-3] [DL-12] [CU-1] A message no session could carry (its `msg` frame would exceed
 /// `max_frame_bytes` even with id 1) is refused to its publisher at once with the limit, and
 /// nothing is held; one that fits is held and delivered with the next id.

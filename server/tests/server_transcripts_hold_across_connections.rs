@@ -281,8 +281,8 @@ async fn run(scenario: &Value) {
 /// Every whole-server scenario of the conformance vectors holds against the reference server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reference_server_follows_every_server_scenario() {
-    let vectors: Value = serde_json::from_str(readyws_protocol::conformance::SERVERS)
-        .expect("servers.json is JSON");
+    let vectors: Value =
+        serde_json::from_str(readyws_protocol::conformance::SERVERS).expect("servers.json is JSON");
     let scenarios = vectors["servers"].as_array().expect("`servers` is a list");
     assert!(scenarios.len() >= 12, "{}", scenarios.len());
     // Each scenario has its own server: they run side by side.

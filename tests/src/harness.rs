@@ -24,6 +24,19 @@ pub struct RunningServer {
     serving: JoinHandle<std::io::Result<()>>,
 }
 
+/// The test process's Prometheus recorder, installed once, as an application would install it.
+pub fn prometheus() -> readyws_server::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<readyws_server::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let (recorder, handle) = readyws_server::prometheus_recorder();
+            metrics::set_global_recorder(recorder).expect("the first recorder of this process");
+            handle
+        })
+        .clone()
+}
+
 impl RunningServer {
     /// Starts a server with `options` (authentication: the token is the user id).
     pub async fn start(options: ServerOptions, handler: impl InboundHandler) -> RunningServer {
@@ -37,7 +50,7 @@ impl RunningServer {
         options: ServerOptions,
         handler: impl InboundHandler,
     ) -> RunningServer {
-        let server = Server::new(options, InsecureDevAuth, handler);
+        let server = Server::new(options.prometheus(prometheus()), InsecureDevAuth, handler);
         let handle = server.handle();
         let listener = TcpListener::bind(address).await.expect("a loopback port");
         let address = listener.local_addr().expect("an address");

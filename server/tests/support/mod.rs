@@ -16,6 +16,19 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+/// The test process's Prometheus recorder, installed once as the application would install it.
+pub fn prometheus() -> readyws_server::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<readyws_server::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let (recorder, handle) = readyws_server::prometheus_recorder();
+            metrics::set_global_recorder(recorder).expect("the first recorder of this process");
+            handle
+        })
+        .clone()
+}
+
 /// How long a test waits for a frame before it fails.
 pub const PATIENCE: Duration = Duration::from_secs(5);
 
@@ -38,7 +51,7 @@ impl TestServer {
     ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
-        let server = Server::new(options, auth, handler);
+        let server = Server::new(options.prometheus(prometheus()), auth, handler);
         let handle = server.handle();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(listener, async move {
