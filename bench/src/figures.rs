@@ -25,7 +25,8 @@ pub(crate) async fn time_to_ready(
         let started = Instant::now();
         let client = Client::builder(readyws_url)
             .token(format!("ready-{n}"))
-            .connect();
+            .connect()
+            .expect("a valid client configuration");
         client
             .ready()
             .await
@@ -67,7 +68,8 @@ pub(crate) async fn readyws_upload(url: &str, messages: usize, run: usize) -> Re
             max_bytes: 64 << 20,
             max_message_bytes: 4096,
         })
-        .connect();
+        .connect()
+        .expect("a valid client configuration");
     client
         .ready()
         .await
@@ -133,7 +135,8 @@ pub(crate) async fn readyws_download(
 ) -> Result<f64, String> {
     let client = Client::builder(url)
         .token(format!("download-{run}"))
-        .connect();
+        .connect()
+        .expect("a valid client configuration");
     let mut stream = client.messages();
     client
         .ready()

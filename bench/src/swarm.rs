@@ -69,7 +69,12 @@ pub(crate) async fn run(kind: &str, url: &str, count: usize) -> Result<(), Strin
             let rss_before = resident_bytes("self");
             let started = Instant::now();
             let clients: Vec<Client> = (0..count)
-                .map(|n| Client::builder(url).token(format!("swarm-{n}")).connect())
+                .map(|n| {
+                    Client::builder(url)
+                        .token(format!("swarm-{n}"))
+                        .connect()
+                        .expect("a valid client configuration")
+                })
                 .collect();
             let within = Duration::from_secs(120);
             let ready = join_all(

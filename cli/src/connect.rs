@@ -55,7 +55,7 @@ pub(crate) async fn run(args: ConnectArgs) -> Result<bool, String> {
     if let Some(token) = &args.token {
         builder = builder.token(token.clone());
     }
-    let client = Arc::new(builder.connect());
+    let client = Arc::new(builder.connect().map_err(|error| error.to_string())?);
     report_state(&client);
 
     let received = Arc::new(AtomicU64::new(0));

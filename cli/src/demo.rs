@@ -432,7 +432,8 @@ pub(crate) async fn run(args: DemoArgs) -> Result<bool, String> {
             .backoff(Duration::from_millis(50), Duration::from_millis(1000))
             .overflow(Overflow::Wait)
             .jitter_seed(seed)
-            .connect(),
+            .connect()
+            .map_err(|error| error.to_string())?,
     );
     // Messages sent before the first `connection_ready` wait in the client; the watcher says how
     // many when the connection becomes ready.

@@ -21,7 +21,13 @@ async fn main() {
         .next()
         .unwrap_or_else(|| "ws://127.0.0.1:8080/ws".to_owned());
     let user = args.next().unwrap_or_else(|| "alice".to_owned());
-    let client = Client::builder(url).token(user.clone()).connect();
+    let client = match Client::builder(url).token(user.clone()).connect() {
+        Ok(client) => client,
+        Err(error) => {
+            eprintln!("{error}");
+            std::process::exit(2);
+        }
+    };
 
     let mut messages = client.messages();
     tokio::spawn(async move {

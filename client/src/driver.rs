@@ -7,7 +7,7 @@
 //! (two task switches each, which capped throughput at a fifth of a bare socket's). The lock is
 //! never held across an `.await`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -28,7 +28,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::builder::{ClientBuilder, TokenFuture, TokenProvider};
+use crate::builder::{Checked, TokenFuture, TokenProvider};
 use crate::stats::{ReadyTimes, Stats};
 use crate::{Client, CloseReport, Command, ConnectionState, Delivery};
 
@@ -57,15 +57,7 @@ impl From<String> for OpenFailure {
 }
 type Connecting = Pin<Box<dyn Future<Output = Opened> + Send>>;
 
-pub(crate) fn start(builder: ClientBuilder) -> Client {
-    // One process-wide crypto provider for rustls. rustls picks one by itself only when exactly one
-    // provider feature is enabled in the whole build; an application whose other dependencies
-    // also enable `aws-lc-rs` would otherwise panic at its first `wss://` connect. Installing
-    // `ring` here settles it (an error means the application installed one already, which wins).
-    static PROVIDER: std::sync::Once = std::sync::Once::new();
-    PROVIDER.call_once(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
+pub(crate) fn start(builder: Checked) -> Client {
     let seed = builder.seed.unwrap_or_else(random_seed);
     let core = Arc::new(Core {
         shared: Mutex::new(Shared {
@@ -79,9 +71,9 @@ pub(crate) fn start(builder: ClientBuilder) -> Client {
     });
     let (commands, command_rx) = mpsc::unbounded_channel();
     let (state_tx, state) = watch::channel(ConnectionState::Connecting { attempt: 1 });
-    let (messages_tx, messages) = mpsc::unbounded_channel();
+    let (messages_tx, messages) = mpsc::channel(builder.message_buffer);
     let stats = Arc::new(Mutex::new(Stats::default()));
-    let client = Client {
+    let client = Client::new(crate::Handle {
         core: core.clone(),
         commands,
         state,
@@ -89,18 +81,19 @@ pub(crate) fn start(builder: ClientBuilder) -> Client {
         stats: stats.clone(),
         overflow: builder.overflow,
         default_ttl: builder.protocol.default_ttl,
-    };
+    });
     let span = info_span!("readyws_client", url = %builder.url);
     let driver = Driver {
         core,
         url: builder.url,
         headers: builder.headers,
-        tls: builder.tls,
+        connector: builder.connector,
         token_provider: builder.token_provider,
         socket: None,
         connecting: None,
         refreshing: None,
         messages: messages_tx,
+        undelivered: VecDeque::new(),
         state: state_tx,
         stats,
         ready_times: ReadyTimes::default(),
@@ -149,9 +142,7 @@ impl Core {
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
-        self.shared
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.shared)
     }
 
     /// Hands a message to the session; the delivery is registered under the same lock, so its
@@ -174,16 +165,28 @@ struct Closing {
     report: CloseReport,
 }
 
+/// Locks `mutex`, also after a panic in another holder: every value kept under these locks
+/// stays consistent between statements, so what a panicking holder left is still usable, and a
+/// client keeps carrying messages instead of failing every later call.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 struct Driver {
     core: Arc<Core>,
-    url: String,
-    headers: Vec<(String, String)>,
-    tls: Option<Arc<rustls::ClientConfig>>,
+    url: url::Url,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    connector: Option<Connector>,
     token_provider: Option<TokenProvider>,
     socket: Option<(ConnId, Socket)>,
     connecting: Option<(ConnId, Connecting)>,
     refreshing: Option<TokenFuture>,
-    messages: mpsc::UnboundedSender<Data>,
+    messages: mpsc::Sender<Data>,
+    /// Messages the session delivered while the application's stream was full, oldest first.
+    /// While there are any the socket is not read, so this holds at most one burst ([`BURST`]).
+    undelivered: VecDeque<Data>,
     state: watch::Sender<ConnectionState>,
     stats: Arc<Mutex<Stats>>,
     ready_times: ReadyTimes,
@@ -222,6 +225,13 @@ impl Driver {
         loop {
             self.drain().await;
             if matches!(*self.state.borrow(), ConnectionState::Closed { .. }) {
+                // Messages the session delivered reach the application before the task ends
+                // (or go with its stream, if it dropped that).
+                while let Some(data) = self.undelivered.pop_front() {
+                    if self.messages.send(data).await.is_err() {
+                        self.discard_undelivered();
+                    }
+                }
                 break;
             }
             let deadline = self.core.lock().session.poll_timeout();
@@ -264,7 +274,19 @@ impl Driver {
                         }
                     }
                 }
-                frame = next_frame(&mut self.socket) => {
+                // A full stream stops the reading: the server's window then holds the rest.
+                permit = self.messages.clone().reserve_owned(), if !self.undelivered.is_empty() => {
+                    match permit {
+                        Ok(permit) => {
+                            if let Some(data) = self.undelivered.pop_front() {
+                                permit.send(data);
+                            }
+                            self.deliver_undelivered();
+                        }
+                        Err(_) => self.discard_undelivered(),
+                    }
+                }
+                frame = next_frame(&mut self.socket), if self.undelivered.is_empty() => {
                     // Frames that already arrived are taken in the same turn, so that one drain
                     // (one write) answers them all: a burst of messages gets one cumulative `ack`.
                     self.frame(frame);
@@ -455,7 +477,7 @@ impl Driver {
     fn open(&self) -> Connecting {
         let url = self.url.clone();
         let headers = self.headers.clone();
-        let tls = self.tls.clone();
+        let connector = self.connector.clone();
         let provider = self.token_provider.clone();
         Box::pin(async move {
             let fresh_token = match provider {
@@ -472,19 +494,9 @@ impl Driver {
                 HeaderValue::from_static(SUBPROTOCOL),
             );
             for (name, value) in headers {
-                let name = HeaderName::from_bytes(name.as_bytes())
-                    .map_err(|e| format!("bad header name: {e}"))?;
-                let value =
-                    HeaderValue::from_str(&value).map_err(|e| format!("bad header value: {e}"))?;
                 target.insert(name, value);
             }
-            let connector = tls.map(Connector::Rustls);
-            let (socket, response) = tokio_tungstenite::connect_async_tls_with_config(
-                request,
-                Some(socket_config()),
-                true,
-                connector,
-            )
+            let (socket, response) = connect(request, connector)
             .await
             .map_err(|problem| match problem {
                 tokio_tungstenite::tungstenite::Error::Protocol(
@@ -517,10 +529,7 @@ impl Driver {
                     .unwrap_or_default();
                 let held = shared.session.pending();
                 info!(session = %session_id, resumed, backlog, time_to_ready_ms = elapsed.as_millis() as u64, held_messages = held, "ready");
-                let mut stats = self
-                    .stats
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                let mut stats = lock(&self.stats);
                 stats.readies += 1;
                 self.ready_times.record(elapsed, &mut stats);
                 drop(stats);
@@ -544,7 +553,8 @@ impl Driver {
             }
             ClientEvent::Message { data } => {
                 self.count(|s| s.received += 1);
-                let _ = self.messages.send(data);
+                self.undelivered.push_back(data);
+                self.deliver_undelivered();
             }
             ClientEvent::Outcome { id, outcome } => {
                 self.count(|s| match &outcome {
@@ -611,10 +621,39 @@ impl Driver {
         }
     }
 
+    /// Hands the application what fits in its stream, in order.
+    fn deliver_undelivered(&mut self) {
+        while let Some(data) = self.undelivered.pop_front() {
+            match self.messages.try_send(data) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(data)) => {
+                    self.undelivered.push_front(data);
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(data)) => {
+                    self.undelivered.push_front(data);
+                    self.discard_undelivered();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The application dropped its stream of messages: what arrives is counted and let go.
+    fn discard_undelivered(&mut self) {
+        let count = self.undelivered.len() as u64;
+        self.undelivered.clear();
+        if count > 0 {
+            debug!(
+                count,
+                "messages received after the application dropped its stream"
+            );
+            self.count(|s| s.discarded += count);
+        }
+    }
+
     fn lock_stats(&self) -> MutexGuard<'_, Stats> {
-        self.stats
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.stats)
     }
 
     fn count(&self, update: impl FnOnce(&mut Stats)) {
@@ -626,6 +665,43 @@ impl Driver {
 /// read and held by every client; frames larger than 8 KiB still arrive, over several reads.
 fn socket_config() -> WebSocketConfig {
     WebSocketConfig::default().read_buffer_size(8 * 1024)
+}
+
+/// Opens the socket: with the TLS connector `connect` checked for `wss://`, plain for `ws://`.
+async fn connect(
+    request: tokio_tungstenite::tungstenite::handshake::client::Request,
+    connector: Option<Connector>,
+) -> Result<
+    (
+        Socket,
+        tokio_tungstenite::tungstenite::handshake::client::Response,
+    ),
+    tokio_tungstenite::tungstenite::Error,
+> {
+    #[cfg(any(
+        feature = "rustls-ring",
+        feature = "rustls-aws-lc-rs",
+        feature = "native-tls"
+    ))]
+    {
+        tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            Some(socket_config()),
+            true,
+            connector,
+        )
+        .await
+    }
+    #[cfg(not(any(
+        feature = "rustls-ring",
+        feature = "rustls-aws-lc-rs",
+        feature = "native-tls"
+    )))]
+    {
+        // Without a TLS feature only `ws://` gets this far (`connect` refuses `wss://`).
+        let _plain: Option<Connector> = connector;
+        tokio_tungstenite::connect_async_with_config(request, Some(socket_config()), true).await
+    }
 }
 
 async fn connecting(slot: &mut Option<(ConnId, Connecting)>) -> (ConnId, Opened) {

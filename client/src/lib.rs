@@ -9,7 +9,7 @@
 //! use readyws::{Client, Data, Outcome};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let client = Client::builder("ws://127.0.0.1:8080/ws").token("alice").connect();
+//! let client = Client::builder("ws://127.0.0.1:8080/ws").token("alice").connect()?;
 //! // No need to wait for the connection: the message is held until it is ready.
 //! let delivery = client.send(Data::serialize(&serde_json::json!({"text": "hi"}))?).await?;
 //! assert_eq!(delivery.await, Outcome::Acked);
@@ -36,12 +36,13 @@ mod stats;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use builder::{ClientBuilder, Overflow};
+pub use builder::{BuildError, ClientBuilder, DEFAULT_MESSAGE_BUFFER, Overflow};
 use driver::Core;
 pub use readyws_protocol::{
     BackoffConfig, ClientSession, CloseReason, Data, DisconnectReason, MessageId, OutboxLimits,
@@ -119,19 +120,32 @@ pub(crate) enum Command {
     },
 }
 
-/// A readyws client. Cheap to share by reference; dropping it closes the session.
-#[derive(Debug)]
+/// A readyws client: a cheap handle, [`Clone`] to share between tasks. When the last clone is
+/// dropped the session closes.
+#[derive(Clone, Debug)]
 pub struct Client {
-    core: Arc<Core>,
-    commands: mpsc::UnboundedSender<Command>,
-    state: watch::Receiver<ConnectionState>,
-    messages: Mutex<Option<mpsc::UnboundedReceiver<Data>>>,
-    stats: Arc<Mutex<Stats>>,
-    overflow: Overflow,
-    default_ttl: Option<Duration>,
+    handle: Arc<Handle>,
+}
+
+/// What every clone of a [`Client`] shares.
+#[derive(Debug)]
+pub(crate) struct Handle {
+    pub(crate) core: Arc<Core>,
+    pub(crate) commands: mpsc::UnboundedSender<Command>,
+    pub(crate) state: watch::Receiver<ConnectionState>,
+    pub(crate) messages: Mutex<Option<mpsc::Receiver<Data>>>,
+    pub(crate) stats: Arc<Mutex<Stats>>,
+    pub(crate) overflow: Overflow,
+    pub(crate) default_ttl: Option<Duration>,
 }
 
 impl Client {
+    pub(crate) fn new(handle: Handle) -> Self {
+        Client {
+            handle: Arc::new(handle),
+        }
+    }
+
     /// Starts configuring a client for `url` (`ws://` or `wss://`).
     pub fn builder(url: impl Into<String>) -> ClientBuilder {
         ClientBuilder::new(url.into())
@@ -142,7 +156,7 @@ impl Client {
     /// it fails at once with the message handed back ([`Overflow::Error`], the default) or waits
     /// for room ([`Overflow::Wait`]).
     pub async fn send(&self, data: Data) -> Result<Delivery, SendError> {
-        self.send_with_ttl(data, self.default_ttl).await
+        self.send_with_ttl(data, self.handle.default_ttl).await
     }
 
     /// As [`send`](Self::send), with this message's own time-to-live: if it cannot be
@@ -154,14 +168,14 @@ impl Client {
     ) -> Result<Delivery, SendError> {
         loop {
             // Registered before the attempt, so that room freed in between is not missed.
-            let room = self.core.room.notified();
+            let room = self.handle.core.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
             // The session is shared with the driver task: accepting a message is a call under a
             // lock, not a round trip to that task, which only needs a nudge to transmit it.
-            let error = match self.core.accept(data, ttl) {
+            let error = match self.handle.core.accept(data, ttl) {
                 Ok(delivery) => {
-                    self.core.wake.notify_one();
+                    self.handle.core.wake.notify_one();
                     return Ok(delivery);
                 }
                 Err(error) => error,
@@ -170,7 +184,7 @@ impl Client {
                 error.reason,
                 SendErrorReason::QueueFullCount { .. } | SendErrorReason::QueueFullBytes { .. }
             );
-            if !(full && self.overflow == Overflow::Wait) {
+            if !(full && self.handle.overflow == Overflow::Wait) {
                 return Err(error);
             }
             data = error.into_data();
@@ -193,27 +207,23 @@ impl Client {
     /// The messages the server sends, in order, each once. The stream can be taken once; a second
     /// call returns a stream that ends at once.
     pub fn messages(&self) -> Messages {
-        let receiver = self
-            .messages
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
+        let receiver = driver::lock(&self.handle.messages).take();
         Messages { receiver }
     }
 
     /// The connection state now.
     pub fn state(&self) -> ConnectionState {
-        self.state.borrow().clone()
+        self.handle.state.borrow().clone()
     }
 
     /// A receiver that sees every state change.
     pub fn watch_state(&self) -> watch::Receiver<ConnectionState> {
-        self.state.clone()
+        self.handle.state.clone()
     }
 
     /// Waits until the connection is ready; returns the close reason if the client ended first.
     pub async fn ready(&self) -> Result<(), CloseReason> {
-        let mut state = self.state.clone();
+        let mut state = self.handle.state.clone();
         loop {
             match &*state.borrow_and_update() {
                 ConnectionState::Ready { .. } => return Ok(()),
@@ -230,22 +240,27 @@ impl Client {
     /// 41xx refusal when no token provider is configured). With a token provider, the provider's
     /// answer before each attempt takes precedence.
     pub fn set_token(&self, token: impl Into<String>) {
-        let _ = self.commands.send(Command::SetToken(Some(token.into())));
+        let _ = self
+            .handle
+            .commands
+            .send(Command::SetToken(Some(token.into())));
     }
 
     /// The figures an operator asks for.
     pub fn stats(&self) -> Stats {
-        self.stats
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        driver::lock(&self.handle.stats).clone()
     }
 
     /// Ends the session: messages still unacknowledged get up to `grace` to finish (the client
     /// keeps reconnecting meanwhile); those left are reported.
     pub async fn close(&self, grace: Duration) -> CloseReport {
         let (done, report) = oneshot::channel();
-        if self.commands.send(Command::Close { grace, done }).is_err() {
+        if self
+            .handle
+            .commands
+            .send(Command::Close { grace, done })
+            .is_err()
+        {
             return CloseReport::default();
         }
         report.await.unwrap_or_default()
@@ -287,10 +302,12 @@ impl Future for Delivery {
     }
 }
 
-/// The server's messages, as a [`futures_core::Stream`].
+/// The server's messages, as a [`futures_core::Stream`]. It holds at most
+/// [`ClientBuilder::message_buffer`] messages; while it is full the client reads nothing more
+/// from the server, whose window then keeps the rest.
 #[derive(Debug)]
 pub struct Messages {
-    receiver: Option<mpsc::UnboundedReceiver<Data>>,
+    receiver: Option<mpsc::Receiver<Data>>,
 }
 
 impl futures_core::Stream for Messages {

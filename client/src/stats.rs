@@ -36,6 +36,9 @@ pub struct Stats {
     pub unconfirmed: u64,
     /// Messages received from the server.
     pub received: u64,
+    /// Messages received after the application dropped its [`crate::Messages`] stream, and so
+    /// let go (each was acknowledged to the server, which delivered it to this client).
+    pub discarded: u64,
     /// Bytes written to sockets (frame text).
     pub bytes_sent: u64,
     /// Bytes read from sockets (frame text).

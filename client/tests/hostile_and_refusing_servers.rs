@@ -52,7 +52,8 @@ async fn the_token_provider_is_called_again_after_a_41xx_goaway() {
             // The first token handed out has already expired; the refreshed one is good.
             async move { Some(if call == 0 { token(-60) } else { token(60) }) }
         })
-        .connect();
+        .connect()
+        .expect("a valid client configuration");
     let delivery = client
         .send(support::json(json!("hi")))
         .await
@@ -127,7 +128,7 @@ async fn garbage_from_a_fake_server_is_a_typed_error_and_a_reconnect() {
         let client = Client::builder(url)
             .token("alice")
             .backoff(Duration::from_millis(10), Duration::from_millis(50))
-            .connect();
+            .connect().expect("a valid client configuration");
         let _held = client.send(support::json(json!("kept"))).await.expect("accepted");
         let mut state = client.watch_state();
         let reason = loop {
@@ -151,7 +152,8 @@ async fn a_server_that_selects_no_subprotocol_ends_the_client_without_reconnecti
     let client = Client::builder(url)
         .token("alice")
         .backoff(Duration::from_millis(10), Duration::from_millis(50))
-        .connect();
+        .connect()
+        .expect("a valid client configuration");
     let delivery = client
         .send(support::json(json!("kept")))
         .await

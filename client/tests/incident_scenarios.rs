@@ -26,7 +26,9 @@ fn quick_options() -> ServerOptions {
 async fn a_message_sent_before_any_connection_exists_is_delivered() {
     let recorder = Recorder::default();
     let server = TestServer::start(quick_options(), recorder.handler()).await;
-    let client = fast(server.url(), "alice").connect();
+    let client = fast(server.url(), "alice")
+        .connect()
+        .expect("a valid client configuration");
     let delivery = client
         .send(support::json(json!({"n": 1})))
         .await
@@ -58,7 +60,9 @@ fn a_client_whose_runtime_is_gone_reports_instead_of_hanging() {
         .build()
         .expect("runtime");
     let (client, held) = client_runtime.block_on(async {
-        let client = fast(format!("ws://{address}/ws"), "alice").connect();
+        let client = fast(format!("ws://{address}/ws"), "alice")
+            .connect()
+            .expect("a valid client configuration");
         let held = client
             .send(support::json(json!("held")))
             .await
@@ -88,7 +92,9 @@ async fn a_connection_established_after_a_send_was_attempted_delivers_it() {
         .expect("bind");
     let front = Proxy::start(nothing.local_addr().expect("address")).await;
     drop(nothing);
-    let client = fast(front.url(), "alice").connect();
+    let client = fast(front.url(), "alice")
+        .connect()
+        .expect("a valid client configuration");
     let delivery = client
         .send(support::json(json!("early")))
         .await
@@ -116,7 +122,9 @@ async fn a_cold_start_delivers_messages_sent_meanwhile_once_and_in_order() {
         tokio::time::sleep(Duration::from_secs(2)).await;
         handle.mark_started();
     });
-    let client = fast(server.url(), "alice").connect();
+    let client = fast(server.url(), "alice")
+        .connect()
+        .expect("a valid client configuration");
     let mut deliveries = Vec::new();
     for n in 0..5 {
         deliveries.push(
@@ -149,7 +157,9 @@ async fn a_hundred_clients_each_receive_exactly_their_own_replies() {
     for user in 0..100 {
         let url = server.url();
         tasks.push(tokio::spawn(async move {
-            let client = fast(url, &format!("user{user}")).connect();
+            let client = fast(url, &format!("user{user}"))
+                .connect()
+                .expect("a valid client configuration");
             let mut replies = client.messages();
             for n in 0..5 {
                 // The replies prove delivery; the delivery handles are not needed.
@@ -186,7 +196,9 @@ async fn a_hundred_clients_each_receive_exactly_their_own_replies() {
 async fn messages_published_while_disconnected_arrive_after_reconnect_in_order() {
     let server = TestServer::start(quick_options(), AcceptAll).await;
     let proxy = Proxy::start(server.addr).await;
-    let client = fast(proxy.url(), "alice").connect();
+    let client = fast(proxy.url(), "alice")
+        .connect()
+        .expect("a valid client configuration");
     let mut messages = client.messages();
     client.ready().await.expect("ready");
     server.publish("alice", json!("before")).await;
@@ -234,7 +246,8 @@ async fn a_server_that_never_becomes_ready_is_retried_with_growing_delays() {
     let client = readyws::Client::builder(server.url())
         .token("alice")
         .backoff(Duration::from_millis(50), Duration::from_millis(1600))
-        .connect();
+        .connect()
+        .expect("a valid client configuration");
     let _pending = client
         .send(support::json(json!("held")))
         .await
@@ -277,7 +290,9 @@ async fn a_server_restart_that_loses_the_session_resends_unacked_messages() {
     let first = Recorder::default();
     let server = TestServer::start(quick_options(), first.handler()).await;
     let proxy = Proxy::start(server.addr).await;
-    let client = fast(proxy.url(), "alice").connect();
+    let client = fast(proxy.url(), "alice")
+        .connect()
+        .expect("a valid client configuration");
     client.ready().await.expect("ready");
     let ConnectionState::Ready {
         session_id: before, ..
@@ -335,7 +350,10 @@ async fn queue_overflow_fails_at_once_or_waits_for_room() {
         max_messages: 2,
         ..OutboxLimits::default()
     };
-    let client = fast(nowhere, "alice").queue(limits).connect();
+    let client = fast(nowhere, "alice")
+        .queue(limits)
+        .connect()
+        .expect("a valid client configuration");
     let _a = client.send(support::json(json!(1))).await.expect("room");
     let _b = client.send(support::json(json!(2))).await.expect("room");
     let refused = client
@@ -356,7 +374,8 @@ async fn queue_overflow_fails_at_once_or_waits_for_room() {
     let client = fast(server.url(), "alice")
         .queue(limits)
         .overflow(Overflow::Wait)
-        .connect();
+        .connect()
+        .expect("a valid client configuration");
     let first = client.send(support::json(json!(1))).await.expect("room");
     let second = client
         .send(support::json(json!(2)))
@@ -369,7 +388,9 @@ async fn queue_overflow_fails_at_once_or_waits_for_room() {
 
 #[tokio::test]
 async fn an_expired_time_to_live_is_reported() {
-    let client = fast("ws://127.0.0.1:9/ws".to_owned(), "alice").connect();
+    let client = fast("ws://127.0.0.1:9/ws".to_owned(), "alice")
+        .connect()
+        .expect("a valid client configuration");
     let delivery = client
         .send_with_ttl(
             support::json(json!("late")),
@@ -394,7 +415,9 @@ async fn a_refused_message_is_reported_and_later_ones_still_go_through() {
         }
     };
     let server = TestServer::start(quick_options(), handler).await;
-    let client = fast(server.url(), "alice").connect();
+    let client = fast(server.url(), "alice")
+        .connect()
+        .expect("a valid client configuration");
     let refused = client
         .send(support::json(json!("deny")))
         .await
@@ -418,7 +441,9 @@ async fn a_refused_message_is_reported_and_later_ones_still_go_through() {
 async fn close_reports_the_messages_still_in_flight() {
     let server = TestServer::start(quick_options(), AcceptAll).await;
     let proxy = Proxy::start(server.addr).await;
-    let client = fast(proxy.url(), "alice").connect();
+    let client = fast(proxy.url(), "alice")
+        .connect()
+        .expect("a valid client configuration");
     client.ready().await.expect("ready");
     proxy.swallow_client_bytes(true);
     let a = client

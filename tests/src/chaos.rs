@@ -345,7 +345,8 @@ pub async fn run(config: &ChaosConfig) -> ChaosReport {
                     .backoff(Duration::from_millis(20), Duration::from_millis(500))
                     .overflow(Overflow::Wait)
                     .jitter_seed(jitter_seed)
-                    .connect(),
+                    .connect()
+                    .expect("a valid client configuration"),
             );
             let received = Arc::new(Mutex::new(Vec::with_capacity(messages as usize)));
             let (sink, mut stream) = (Arc::clone(&received), client.messages());

@@ -61,7 +61,10 @@ async fn a_flood_to_a_user_who_is_away_meets_the_mailbox_bound_and_the_publisher
     }
     let depth = server.handle.mailbox_depth(&user).await;
     assert_eq!((refused, depth), (50, Ok(100)));
-    let client = Client::builder(server.ws_url()).token("away").connect();
+    let client = Client::builder(server.ws_url())
+        .token("away")
+        .connect()
+        .expect("a valid client configuration");
     let received = receive(&client, 100).await;
     let expected: Vec<String> = (0..100).map(|n| format!(r#"{{"n":{n}}}"#)).collect();
     assert_eq!(received, expected, "the first hundred, in order");
@@ -76,7 +79,10 @@ async fn a_flood_to_a_user_who_is_away_meets_the_mailbox_bound_and_the_publisher
         dropped += report.expect("accepted").dropped_oldest;
     }
     assert_eq!(dropped, 50);
-    let client = Client::builder(server.ws_url()).token("away").connect();
+    let client = Client::builder(server.ws_url())
+        .token("away")
+        .connect()
+        .expect("a valid client configuration");
     let received = receive(&client, 100).await;
     let expected: Vec<String> = (50..150).map(|n| format!(r#"{{"n":{n}}}"#)).collect();
     assert_eq!(received, expected, "the newest hundred, in order");
@@ -103,7 +109,10 @@ async fn a_thousand_silent_sockets_are_closed_at_the_hello_timeout_and_the_serve
     }
     let opened = Instant::now();
     // While they sit there, a real client still gets its round trip promptly.
-    let client = Client::builder(server.ws_url()).token("busy").connect();
+    let client = Client::builder(server.ws_url())
+        .token("busy")
+        .connect()
+        .expect("a valid client configuration");
     let delivery = client.send(numbered(7)).await.expect("accepted");
     assert_eq!(
         tokio::time::timeout(Duration::from_secs(2), delivery)
@@ -161,7 +170,8 @@ async fn a_sender_faster_than_the_server_is_held_by_the_window_and_its_queue() {
                 ..OutboxLimits::default()
             })
             .overflow(Overflow::Wait)
-            .connect(),
+            .connect()
+            .expect("a valid client configuration"),
     );
     let watcher = {
         let client = std::sync::Arc::clone(&client);
@@ -207,7 +217,10 @@ async fn a_frame_that_fits_the_limit_exactly_goes_through_and_one_byte_more_is_r
     const LIMIT: usize = 4096;
     let options = ServerOptions::default().protocol(ServerConfig::default().max_frame_bytes(LIMIT));
     let server = RunningServer::start(options, AcceptAll).await;
-    let client = Client::builder(server.ws_url()).token("sizes").connect();
+    let client = Client::builder(server.ws_url())
+        .token("sizes")
+        .connect()
+        .expect("a valid client configuration");
     // The text of `"xxx…"` whose `msg` frame with `id` is exactly `frame_bytes` long.
     let sized = |id: u64, frame_bytes: usize| {
         let empty = encode(&Frame::Msg(Msg {

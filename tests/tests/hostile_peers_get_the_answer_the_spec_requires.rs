@@ -191,7 +191,10 @@ async fn next(socket: &mut Socket) -> Result<serde_json::Value, Option<u16>> {
 async fn the_server_answers_every_broken_client_as_the_spec_requires() {
     let server = RunningServer::start(ServerOptions::default(), AcceptAll).await;
     // A well-behaved client of the same user, connected throughout.
-    let bystander = Client::builder(server.ws_url()).token("hostile").connect();
+    let bystander = Client::builder(server.ws_url())
+        .token("hostile")
+        .connect()
+        .expect("a valid client configuration");
     bystander.ready().await.expect("ready");
     for (name, stage, frames, answer) in SERVER_CASES {
         let mut socket = raw_client(&server.ws_url()).await;
@@ -322,7 +325,8 @@ async fn the_client_closes_every_broken_server_with_4010_and_keeps_its_messages(
         let client = Client::builder(url)
             .token("victim")
             .backoff(Duration::from_millis(20), Duration::from_millis(100))
-            .connect();
+            .connect()
+            .expect("a valid client configuration");
         // A message the client holds throughout: it must not be settled by the broken server.
         let delivery = client
             .send(Data::from_json(r#""keep me""#).expect("JSON"))

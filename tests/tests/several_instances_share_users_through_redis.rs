@@ -118,7 +118,10 @@ async fn a_publish_on_one_instance_reaches_the_user_connected_to_another() {
         let seen_by_a = Recorder::default();
         let a = RunningServer::start(options(&redis.url()).await, seen_by_a.clone()).await;
         let b = RunningServer::start(options(&redis.url()).await, AcceptAll).await;
-        let client = Client::builder(a.ws_url()).token("alice").connect();
+        let client = Client::builder(a.ws_url())
+            .token("alice")
+            .connect()
+            .expect("a valid client configuration");
         client.ready().await.expect("ready on A");
         let mut messages = client.messages();
 
@@ -166,7 +169,10 @@ async fn a_message_for_a_user_who_is_away_waits_in_redis_for_any_instance() {
         }
         wait_for_depth(&b.handle, "bob", 5).await;
 
-        let client = Client::builder(b.ws_url()).token("bob").connect();
+        let client = Client::builder(b.ws_url())
+            .token("bob")
+            .connect()
+            .expect("a valid client configuration");
         let mut messages = client.messages();
         assert_eq!(receive(&mut messages, 5).await, vec![0, 1, 2, 3, 4]);
         wait_for_depth(&a.handle, "bob", 0).await;
@@ -190,7 +196,8 @@ async fn a_killed_instance_loses_nothing_and_its_client_resumes_on_another() {
         let client = Client::builder(balancer.ws_url())
             .token("carol")
             .backoff(Duration::from_millis(50), Duration::from_millis(500))
-            .connect();
+            .connect()
+            .expect("a valid client configuration");
         client.ready().await.expect("ready on the first instance");
         let ConnectionState::Ready { session_id, .. } = client.state() else {
             panic!("ready");
@@ -268,7 +275,8 @@ async fn redis_restarted_under_load_delays_messages_and_loses_none() {
     let client = Client::builder(a.ws_url())
         .token("dora")
         .backoff(Duration::from_millis(50), Duration::from_millis(500))
-        .connect();
+        .connect()
+        .expect("a valid client configuration");
     client.ready().await.expect("ready");
     let mut messages = client.messages();
 
@@ -384,7 +392,10 @@ async fn a_held_message_expires_in_redis_only_while_its_user_has_no_session() {
             Ok(1),
             "held while a session of hal is kept"
         );
-        let client = Client::builder(server.ws_url()).token("hal").connect();
+        let client = Client::builder(server.ws_url())
+            .token("hal")
+            .connect()
+            .expect("a valid client configuration");
         let mut messages = client.messages();
         assert_eq!(receive(&mut messages, 1).await, vec![2]);
         wait_for_depth(&server.handle, "hal", 0).await;

@@ -1,16 +1,18 @@
-//! `wss://`: the client speaks TLS with rustls; the crypto provider is installed for you, so a
-//! certificate problem is an error to report and retry, never a panic.
+//! `wss://`: the client speaks TLS with the enabled feature's backend, whose configuration names
+//! its crypto provider itself (nothing process-wide is installed), so a certificate problem is an
+//! error to report and retry, never a panic.
+
+#![cfg(any(feature = "rustls-ring", feature = "rustls-aws-lc-rs", feature = "native-tls"))]
 
 mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use readyws::{Client, ConnectionState, DisconnectReason, Outcome};
+use readyws::{Client, ConnectionState, DisconnectReason};
 use readyws_server::ServerOptions;
 use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
-use serde_json::json;
-use support::{Recorder, TestServer};
+use support::TestServer;
 use tokio_rustls::TlsAcceptor;
 
 /// A TLS-terminating proxy for `localhost`, in front of the plain server; returns its port and
@@ -49,9 +51,10 @@ async fn tls_front(upstream: std::net::SocketAddr) -> (u16, CertificateDer<'stat
     (port, certificate)
 }
 
+#[cfg(any(feature = "rustls-ring", feature = "rustls-aws-lc-rs"))]
 #[tokio::test]
 async fn wss_delivers_with_the_servers_root_certificate() {
-    let recorder = Recorder::default();
+    let recorder = support::Recorder::default();
     let server = TestServer::start(ServerOptions::default(), recorder.handler()).await;
     let (port, certificate) = tls_front(server.addr).await;
     let mut roots = rustls::RootCertStore::empty();
@@ -66,16 +69,31 @@ async fn wss_delivers_with_the_servers_root_certificate() {
     let client = Client::builder(format!("wss://localhost:{port}/ws"))
         .token("alice")
         .tls_config(Arc::new(tls))
-        .connect();
+        .connect()
+        .expect("a valid client configuration");
     let delivery = client
-        .send(support::json(json!("over tls")))
+        .send(support::json(serde_json::json!("over tls")))
         .await
         .expect("accepted");
-    assert_eq!(delivery.await, Outcome::Acked);
-    assert_eq!(recorder.values(), vec![json!("over tls")]);
+    assert_eq!(delivery.await, readyws::Outcome::Acked);
+    assert_eq!(recorder.values(), vec![serde_json::json!("over tls")]);
     server.stop();
 }
 
+/// No process-wide crypto provider is installed by the client: the test process has none.
+#[tokio::test]
+async fn the_client_installs_no_process_wide_crypto_provider() {
+    let _client = Client::builder("wss://localhost:9/ws")
+        .connect()
+        .expect("a valid client configuration");
+    assert!(rustls::crypto::CryptoProvider::get_default().is_none());
+}
+
+#[cfg(any(
+    feature = "rustls-ring",
+    feature = "rustls-aws-lc-rs",
+    feature = "native-tls"
+))]
 #[tokio::test]
 async fn an_untrusted_certificate_is_reported_not_a_panic() {
     let server = TestServer::start(ServerOptions::default(), readyws_server::AcceptAll).await;
@@ -84,7 +102,8 @@ async fn an_untrusted_certificate_is_reported_not_a_panic() {
     let client = Client::builder(format!("wss://localhost:{port}/ws"))
         .token("alice")
         .backoff(Duration::from_millis(20), Duration::from_millis(100))
-        .connect();
+        .connect()
+        .expect("a valid client configuration");
     let mut state = client.watch_state();
     let reason = loop {
         state.changed().await.expect("client alive");
