@@ -2,7 +2,11 @@
 //! its crypto provider itself (nothing process-wide is installed), so a certificate problem is an
 //! error to report and retry, never a panic.
 
-#![cfg(any(feature = "rustls-ring", feature = "rustls-aws-lc-rs", feature = "native-tls"))]
+#![cfg(any(
+    feature = "rustls-ring",
+    feature = "rustls-aws-lc-rs",
+    feature = "native-tls"
+))]
 
 mod support;
 

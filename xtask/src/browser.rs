@@ -53,7 +53,7 @@ pub(crate) fn run(totals: &mut TestTotals) -> Result<(), String> {
     let runner = wasm_bindgen.with_file_name("wasm-bindgen-test-runner");
     // `cargo test --workspace` has built the binary with the workspace's features; building it
     // alone would resolve other features and rebuild half the tree.
-    if !workspace_root().join("target/debug/readyws").exists() {
+    if !crate::target_dir().join("debug").join("readyws").exists() {
         cargo(&["build", "-p", "readyws-cli"], &[])?;
     }
     match crate::wasm::typecheck_example() {
@@ -186,7 +186,7 @@ fn build_vite_app() -> Result<(), String> {
 /// to `wasm/pkg`), with the scripts of `wasm/tests/node/` and the shared check beside them.
 fn node_app() -> Result<PathBuf, String> {
     let root = workspace_root();
-    let dir = root.join("target").join("xtask").join("node-app");
+    let dir = crate::target_dir().join("xtask").join("node-app");
     let modules = dir.join("node_modules");
     std::fs::create_dir_all(&modules)
         .map_err(|e| format!("creating {}: {e}", modules.display()))?;
@@ -246,7 +246,7 @@ struct ServeProcess {
 impl ServeProcess {
     fn start(startup_delay_ms: u64, log: &Arc<Mutex<Vec<String>>>) -> Result<Self, String> {
         let root = workspace_root();
-        let binary = root.join("target").join("debug").join("readyws");
+        let binary = crate::target_dir().join("debug").join("readyws");
         let mut child = Command::new(&binary)
             .args([
                 "serve",

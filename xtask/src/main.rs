@@ -95,6 +95,19 @@ pub(crate) fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Cargo's output folder: `CARGO_TARGET_DIR` when it is set (relative to the workspace root,
+/// as Cargo reads it), `target/` otherwise.
+pub(crate) fn target_dir() -> PathBuf {
+    target_dir_from(env::var_os("CARGO_TARGET_DIR"))
+}
+
+fn target_dir_from(variable: Option<std::ffi::OsString>) -> PathBuf {
+    match variable {
+        Some(dir) if !dir.is_empty() => workspace_root().join(dir),
+        _ => workspace_root().join("target"),
+    }
+}
+
 fn test() -> Result<(), String> {
     let started = Instant::now();
     step("ensure the wasm32 target is installed", ensure_wasm_target)?;
@@ -279,7 +292,7 @@ fn bench() -> Result<(), String> {
         cargo(&["build", "--release", "-p", "readyws-bench"], &[])
     })?;
     let root = workspace_root();
-    let binary = root.join("target/release/readyws-bench");
+    let binary = target_dir().join("release").join("readyws-bench");
     let docs = root.join("docs");
     let sizes = format!("{},{}", package.wasm_gzip, package.glue_gzip);
     step("measure (readyws-bench run)", || {
@@ -402,4 +415,21 @@ pub(crate) fn gzip_len(path: &Path) -> Result<usize, String> {
         return Err(format!("gzip exited with {}", out.status));
     }
     Ok(out.stdout.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_output_folder_follows_cargo_target_dir() {
+        let root = workspace_root();
+        assert_eq!(target_dir_from(None), root.join("target"));
+        assert_eq!(target_dir_from(Some("".into())), root.join("target"));
+        assert_eq!(
+            target_dir_from(Some("/tmp/out".into())),
+            PathBuf::from("/tmp/out")
+        );
+        assert_eq!(target_dir_from(Some("build".into())), root.join("build"));
+    }
 }

@@ -150,7 +150,7 @@ pub(crate) fn ensure_debian_tool(binary: &str, package: &str) -> Result<(), Stri
 /// The npm tools of the build, under `target/xtask/npm`, installed when missing or at another
 /// version; returns the folder of their executables.
 pub(crate) fn ensure_npm_tools() -> Result<PathBuf, String> {
-    let dir = workspace_root().join("target").join("xtask").join("npm");
+    let dir = crate::target_dir().join("xtask").join("npm");
     let bin = dir.join("node_modules").join(".bin");
     let installed = |tool: &str, version: &str| {
         output(path_str(&bin.join(tool)).unwrap_or(tool), &["--version"])
@@ -239,8 +239,7 @@ pub(crate) fn build_package() -> Result<PackageSize, String> {
         ],
         &[],
     )?;
-    let built = root
-        .join("target")
+    let built = crate::target_dir()
         .join(WASM_TARGET)
         .join("wasm-release")
         .join("readyws_wasm.wasm");
@@ -333,14 +332,12 @@ pub(crate) fn print_profile() -> Result<(), String> {
             &[],
         )?;
     }
-    let root = workspace_root();
-    let built = root
-        .join("target")
+    let built = crate::target_dir()
         .join(WASM_TARGET)
         .join("wasm-release")
         .join("readyws_wasm.wasm");
     let wasm_opt = ensure_npm_tools()?.join("wasm-opt");
-    let out = root.join("target").join("xtask").join("named");
+    let out = crate::target_dir().join("xtask").join("named");
     output(
         path_str(&ensure_wasm_bindgen()?)?,
         &[
