@@ -39,7 +39,8 @@ enum Command {
     /// was lost, duplicated or reordered.
     Demo(demo::DemoArgs),
     /// Run the reference server: WebSocket endpoint at /ws, publish API at POST /api/publish,
-    /// and /healthz, /readyz, /metrics on the same port.
+    /// and /healthz, /readyz, /metrics on the same port (or the last two on --admin-listen).
+    /// Every flag can also be set by the environment variable shown with it.
     Serve(Box<ServeArgs>),
     /// A client for terminals and scripts: stdin lines become messages, received messages are
     /// printed on stdout as JSON lines; exits non-zero if a message sent was not acknowledged.
@@ -54,7 +55,7 @@ enum Command {
 #[derive(Args)]
 struct ServeArgs {
     /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "READYWS_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// Verify hello tokens as HS256 JWTs signed with this secret (`sub` is the user id).
     #[arg(
@@ -73,7 +74,12 @@ struct ServeArgs {
     #[arg(long, value_name = "FILE|URL", env = "READYWS_JWT_JWKS", conflicts_with_all = ["insecure_dev_auth", "jwt_secret", "jwt_public_key"])]
     jwt_jwks: Option<String>,
     /// Certificates (PEM) trusted for the JWKS URL besides the Web PKI roots.
-    #[arg(long, value_name = "PEM", requires = "jwt_jwks")]
+    #[arg(
+        long,
+        env = "READYWS_JWT_JWKS_CA",
+        value_name = "PEM",
+        requires = "jwt_jwks"
+    )]
     jwt_jwks_ca: Option<std::path::PathBuf>,
     /// Accept only JWTs whose `iss` is this.
     #[arg(long, env = "READYWS_JWT_ISSUER")]
@@ -90,7 +96,7 @@ struct ServeArgs {
     )]
     jwt_leeway: u64,
     /// INSECURE, development only: the hello token is taken as the user id, unchecked.
-    #[arg(long)]
+    #[arg(long, env = "READYWS_INSECURE_DEV_AUTH")]
     insecure_dev_auth: bool,
     /// Bearer key for POST /api/publish (the API is off without one).
     #[arg(long, env = "READYWS_API_KEY", hide_env_values = true)]
@@ -98,56 +104,97 @@ struct ServeArgs {
     /// Simulate a cold start: sockets wait in phase "starting" for this many milliseconds.
     #[arg(
         long,
+        env = "READYWS_STARTUP_DELAY",
         value_name = "MS",
         default_value_t = 0,
         alias = "startup-delay-ms"
     )]
     startup_delay: u64,
     /// How long a socket waits for start-up before goaway 4002.
-    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    #[arg(
+        long,
+        env = "READYWS_STARTUP_MAX_WAIT_MS",
+        value_name = "MS",
+        default_value_t = 30_000
+    )]
     startup_max_wait_ms: u64,
     /// The `retry_after_ms` of that goaway 4002.
-    #[arg(long, value_name = "MS", default_value_t = 5_000)]
+    #[arg(
+        long,
+        env = "READYWS_STARTUP_RETRY_AFTER_MS",
+        value_name = "MS",
+        default_value_t = 5_000
+    )]
     startup_retry_after_ms: u64,
     /// The server's ping interval.
-    #[arg(long, value_name = "MS", default_value_t = 25_000)]
+    #[arg(
+        long,
+        env = "READYWS_HEARTBEAT_MS",
+        value_name = "MS",
+        default_value_t = 25_000
+    )]
     heartbeat_ms: u64,
     /// Publish each accepted client message back to the same user, unchanged.
-    #[arg(long)]
+    #[arg(long, env = "READYWS_ECHO")]
     echo: bool,
     /// The largest frame either side may send.
-    #[arg(long, default_value_t = 1 << 20)]
+    #[arg(long, env = "READYWS_MAX_FRAME_BYTES", default_value_t = 1 << 20)]
     max_frame_bytes: usize,
     /// The most unacknowledged messages in flight per direction.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, env = "READYWS_MAX_INFLIGHT", default_value_t = 256)]
     max_inflight: u64,
     /// How long a session stays resumable after its connection drops.
-    #[arg(long, value_name = "MS", default_value_t = 120_000)]
+    #[arg(
+        long,
+        env = "READYWS_RESUME_WINDOW_MS",
+        value_name = "MS",
+        default_value_t = 120_000
+    )]
     resume_window_ms: u64,
     /// How long a socket may stay silent before its hello.
-    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "READYWS_HELLO_TIMEOUT_MS",
+        value_name = "MS",
+        default_value_t = 10_000
+    )]
     hello_timeout_ms: u64,
     /// Messages held per user.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, env = "READYWS_MAILBOX_MAX_MESSAGES", default_value_t = 1000)]
     mailbox_max_messages: usize,
     /// Bytes held per user.
-    #[arg(long, default_value_t = 1 << 20)]
+    #[arg(long, env = "READYWS_MAILBOX_MAX_BYTES", default_value_t = 1 << 20)]
     mailbox_max_bytes: usize,
     /// How long a held message may wait while no session holds it.
-    #[arg(long, value_name = "MS", default_value_t = 600_000)]
+    #[arg(
+        long,
+        env = "READYWS_MAILBOX_TTL_MS",
+        value_name = "MS",
+        default_value_t = 600_000
+    )]
     mailbox_ttl_ms: u64,
     /// What a full mailbox does.
-    #[arg(long, value_enum, default_value_t = Overflow::Reject)]
+    #[arg(long, env = "READYWS_MAILBOX_OVERFLOW", value_enum, default_value_t = Overflow::Reject)]
     mailbox_overflow: Overflow,
     /// At shutdown, retry_after_ms is spread uniformly over this window.
-    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "READYWS_SHUTDOWN_SPREAD_MS",
+        value_name = "MS",
+        default_value_t = 10_000
+    )]
     shutdown_spread_ms: u64,
     /// How long shutdown waits for connections to close.
-    #[arg(long, value_name = "MS", default_value_t = 5_000)]
+    #[arg(
+        long,
+        env = "READYWS_SHUTDOWN_GRACE_MS",
+        value_name = "MS",
+        default_value_t = 5_000
+    )]
     shutdown_grace_ms: u64,
     /// Also serve the files under this folder over HTTP (for example `wasm`, whose
     /// `examples/browser/` page then runs at /examples/browser/).
-    #[arg(long = "static", value_name = "DIR")]
+    #[arg(long = "static", env = "READYWS_STATIC", value_name = "DIR")]
     static_dir: Option<std::path::PathBuf>,
     /// Keep users, sessions and mailboxes in this Redis (`redis://host:port` for one primary,
     /// `redis-cluster://host:port,host:port` for a Redis Cluster), shared with every other
@@ -156,7 +203,12 @@ struct ServeArgs {
     #[arg(long, value_name = "URL", env = "READYWS_REDIS_URL")]
     redis: Option<String>,
     /// The prefix of every Redis key and channel; instances of one deployment share it.
-    #[arg(long, default_value = "readyws", requires = "redis")]
+    #[arg(
+        long,
+        env = "READYWS_REDIS_PREFIX",
+        default_value = "readyws",
+        requires = "redis"
+    )]
     redis_prefix: String,
     /// The most TCP connections open at once, HTTP and WebSocket together; at the bound the
     /// oldest connection still in its request head is closed to make room, or the new one gets
@@ -188,8 +240,25 @@ struct ServeArgs {
     write_timeout_ms: Option<u64>,
     /// Log level: error, warn, info, debug or trace. `RUST_LOG`, when set, takes precedence
     /// (for example `RUST_LOG=readyws_server=debug,info`).
-    #[arg(long, default_value = "info")]
+    #[arg(long, env = "READYWS_LOG", default_value = "info")]
     log: tracing::Level,
+    /// How log lines are written on stderr: `text` for people, `json` (one object per line) for
+    /// log collectors.
+    #[arg(long, env = "READYWS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Serve POST /api/publish and /metrics on this address only, instead of on --listen, which
+    /// then carries /ws (and /healthz, /readyz, which both answer): operators keep the internal
+    /// routes off the public port.
+    #[arg(long, env = "READYWS_ADMIN_LISTEN", value_name = "ADDRESS")]
+    admin_listen: Option<SocketAddr>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -238,13 +307,17 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             .map_err(|problem| format!("RUST_LOG={directives:?}: {problem}"))?,
         _ => tracing_subscriber::filter::Targets::new().with_default(args.log),
     };
-    tracing_subscriber::fmt()
+    let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .finish()
-        .with(filter)
-        .init();
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => subscriber
+            .with_ansi(std::io::stderr().is_terminal())
+            .finish()
+            .with(filter)
+            .init(),
+        LogFormat::Json => subscriber.json().finish().with(filter).init(),
+    }
     let ms = Duration::from_millis;
     let protocol = ServerConfig::default()
         .heartbeat(ms(args.heartbeat_ms.max(1)))
@@ -325,6 +398,17 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .local_addr()
         .map_err(|problem| problem.to_string())?;
     info!(%address, echo = args.echo, publish_api = args.api_key.is_some(), "readyws server listening; WebSocket endpoint at /ws");
+    let admin = match args.admin_listen {
+        Some(admin_address) => {
+            let admin = TcpListener::bind(admin_address)
+                .await
+                .map_err(|problem| format!("cannot listen on {admin_address}: {problem}"))?;
+            let bound = admin.local_addr().map_err(|problem| problem.to_string())?;
+            info!(address = %bound, "admin listener: /api/publish and /metrics");
+            Some(admin)
+        }
+        None => None,
+    };
     if args.startup_delay > 0 {
         let handle = server.handle();
         let delay = ms(args.startup_delay);
@@ -334,10 +418,15 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             info!("start-up complete");
         });
     }
-    server
-        .serve(listener, shutdown_signal())
-        .await
-        .map_err(|problem| format!("server error: {problem}"))
+    match admin {
+        Some(admin) => {
+            server
+                .serve_with_admin(listener, admin, shutdown_signal())
+                .await
+        }
+        None => server.serve(listener, shutdown_signal()).await,
+    }
+    .map_err(|problem| format!("server error: {problem}"))
 }
 
 /// The JWT authenticator the flags ask for, if any.

@@ -16,14 +16,30 @@ use serde_json::json;
 
 use crate::{PublishError, Readiness, ServerHandle, Shared, UserId};
 
-pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/ws", get(websocket))
-        .route("/api/publish", post(publish))
+/// Which of the server's routes a router carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Routes {
+    /// Every route, on one port.
+    All,
+    /// What clients reach: `/ws`, `/healthz`, `/readyz`.
+    Public,
+    /// What operators and backends reach: `/api/publish`, `/metrics`, `/healthz`, `/readyz`.
+    Admin,
+}
+
+pub(crate) fn router(shared: Arc<Shared>, routes: Routes) -> Router {
+    let mut router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(shared)
+        .route("/readyz", get(readyz));
+    if routes != Routes::Admin {
+        router = router.route("/ws", get(websocket));
+    }
+    if routes != Routes::Public {
+        router = router
+            .route("/api/publish", post(publish))
+            .route("/metrics", get(metrics));
+    }
+    router.with_state(shared)
 }
 
 /// The body of every refusal the server answers over HTTP, here and in `accept.rs`.

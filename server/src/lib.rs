@@ -432,6 +432,23 @@ impl Server {
     /// and `header_read_timeout`); [`Server::serve`] sets them from [`ServerOptions::deadlines`]
     /// and [`ServerOptions::limits`].
     pub fn router(&self) -> axum::Router {
+        self.routes(http::Routes::All)
+    }
+
+    /// The routes clients reach: `/ws`, `/healthz` and `/readyz` (and the fallback). With
+    /// [`Server::admin_router`] on another listener, the publish API and the metrics stay off the
+    /// public port. Starts the background task as [`Server::router`] does.
+    pub fn public_router(&self) -> axum::Router {
+        self.routes(http::Routes::Public)
+    }
+
+    /// The routes operators and backends reach: `POST /api/publish`, `/metrics`, `/healthz` and
+    /// `/readyz`.
+    pub fn admin_router(&self) -> axum::Router {
+        self.routes(http::Routes::Admin)
+    }
+
+    fn routes(&self, routes: http::Routes) -> axum::Router {
         if !self.shared.sweeper_started.swap(true, Ordering::SeqCst) {
             let shared = Arc::downgrade(&self.shared);
             if self.shared.custody.outlives_instance() {
@@ -442,10 +459,12 @@ impl Server {
             }
             tokio::spawn(hub::run_background(shared));
         }
-        let router = http::router(self.shared.clone());
+        let router = http::router(self.shared.clone(), routes);
         match &self.fallback {
-            Some(fallback) => router.fallback_service(fallback.clone()),
-            None => router,
+            Some(fallback) if routes != http::Routes::Admin => {
+                router.fallback_service(fallback.clone())
+            }
+            _ => router,
         }
     }
 
@@ -458,15 +477,42 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let handle = self.handle();
         let router = self.router();
+        self.serve_routers(vec![(listener, router)], shutdown).await
+    }
+
+    /// As [`Server::serve`], with the publish API and `/metrics` on `admin` only
+    /// ([`Server::admin_router`]) and the WebSocket endpoint on `public` only
+    /// ([`Server::public_router`]): operators keep the internal routes off the public port. Both
+    /// listeners share the server's bounds and deadlines.
+    pub async fn serve_with_admin(
+        self,
+        public: TcpListener,
+        admin: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let routers = vec![(public, self.public_router()), (admin, self.admin_router())];
+        self.serve_routers(routers, shutdown).await
+    }
+
+    async fn serve_routers(
+        self,
+        listeners: Vec<(TcpListener, axum::Router)>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let handle = self.handle();
         let (stop_accepting, stopped) = watch::channel(false);
-        let serving = tokio::spawn(accept::accept_loop(
-            listener,
-            router,
-            self.shared.clone(),
-            stopped,
-        ));
+        let serving: Vec<_> = listeners
+            .into_iter()
+            .map(|(listener, router)| {
+                tokio::spawn(accept::accept_loop(
+                    listener,
+                    router,
+                    self.shared.clone(),
+                    stopped.clone(),
+                ))
+            })
+            .collect();
         shutdown.await;
         handle.shutdown();
         let _ = stop_accepting.send(true);
@@ -475,7 +521,9 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         info!(open = handle.open_connections(), "shutdown complete");
-        serving.abort();
+        for task in serving {
+            task.abort();
+        }
         Ok(())
     }
 }
