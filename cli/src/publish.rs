@@ -1,14 +1,25 @@
 //! `readyws publish URL --user U DATA`: one call of a readyws server's publish API.
 //!
-//! The request is plain HTTP/1.1 (`POST /api/publish`, `Authorization: Bearer KEY`); the server's
-//! JSON answer is printed on stdout, and a refusal exits non-zero with the server's reason.
+//! The request goes through hyper (`POST /api/publish`, `Authorization: Bearer KEY`, marked
+//! sensitive), over TLS with rustls and the Web PKI roots for `https://`; the server's JSON answer
+//! is printed on stdout, and a refusal exits non-zero with the server's reason. A key that HTTP
+//! cannot carry in a header (a line break, a control character) is refused before anything is
+//! sent.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::header::{AUTHORIZATION, CONNECTION, CONTENT_TYPE, HOST, HeaderValue};
 
 use crate::connect::line_to_data;
+
+/// The largest answer read from the server.
+const MAX_ANSWER_BYTES: usize = 1 << 20;
+
+/// How long one call may take, connection and answer included.
+const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `readyws publish --help`.
 #[derive(clap::Args, Debug)]
@@ -24,56 +35,80 @@ pub(crate) struct PublishArgs {
     /// The server's publish API key.
     #[arg(long, env = "READYWS_API_KEY", hide_env_values = true)]
     api_key: String,
+    /// Certificates (PEM) trusted for an https:// URL besides the Web PKI roots, for a server
+    /// behind a private certificate authority.
+    #[arg(long, value_name = "PEM", env = "READYWS_CA")]
+    ca: Option<std::path::PathBuf>,
 }
 
-/// Where a request goes, from a `http://host:port/path` URL.
+/// Where a request goes: a parsed `http://` or `https://` URL, with `/api/publish` as the path
+/// when the URL names none.
 #[derive(Debug, PartialEq, Eq)]
 struct Target {
+    secure: bool,
+    /// The host as the resolver and TLS want it: an IPv6 address without its brackets.
     host: String,
     port: u16,
+    /// The `Host` header: the URL's authority.
+    authority: String,
     path: String,
 }
 
 fn target(url: &str) -> Result<Target, String> {
-    let rest = match url.split_once("://") {
-        Some(("http", rest)) => rest,
-        Some(("https", _)) => {
-            return Err(
-                "https is not supported by `readyws publish`; call the API with an HTTPS client, or through a local http endpoint".to_owned(),
-            );
+    let parsed = url::Url::parse(url).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    let secure = match parsed.scheme() {
+        "http" => false,
+        "https" => true,
+        other => {
+            return Err(format!(
+                "`{url}`: the scheme must be http or https, not {other}"
+            ));
         }
-        _ => return Err(format!("`{url}` is not an http:// URL")),
     };
-    let (authority, path) = match rest.find('/') {
-        Some(at) => (&rest[..at], &rest[at..]),
-        None => (rest, ""),
+    let host = match parsed.host() {
+        Some(url::Host::Ipv6(address)) => address.to_string(),
+        Some(host) => host.to_string(),
+        None => return Err(format!("`{url}` names no host")),
     };
-    let path = if path.is_empty() || path == "/" {
-        "/api/publish".to_owned()
-    } else {
-        path.to_owned()
+    let port = parsed
+        .port_or_known_default()
+        .ok_or_else(|| format!("`{url}` names no port"))?;
+    let authority = match parsed.port() {
+        Some(port) => format!("{}:{port}", parsed.host_str().unwrap_or_default()),
+        None => parsed.host_str().unwrap_or_default().to_owned(),
     };
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => (
-            host,
-            port.parse()
-                .map_err(|_| format!("`{port}` is not a port number"))?,
-        ),
-        _ => (authority, 80),
+    let path = match parsed.path() {
+        "" | "/" => "/api/publish".to_owned(),
+        path => match parsed.query() {
+            Some(query) => format!("{path}?{query}"),
+            None => path.to_owned(),
+        },
     };
-    if host.is_empty() {
-        return Err(format!("`{url}` names no host"));
-    }
     Ok(Target {
-        host: host.to_owned(),
+        secure,
+        host,
         port,
+        authority,
         path,
     })
 }
 
 /// Publishes; `Ok(true)` when the server accepted the message.
 pub(crate) async fn run(args: PublishArgs) -> Result<bool, String> {
-    let (accepted, body) = post(&args.url, &args.api_key, &args.user, &args.data).await?;
+    let extra_roots = match &args.ca {
+        Some(path) => {
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        }
+        None => Vec::new(),
+    };
+    let (accepted, body) = post(
+        &args.url,
+        &args.api_key,
+        &args.user,
+        &args.data,
+        &extra_roots,
+    )
+    .await?;
     if accepted {
         println!("{body}");
     } else {
@@ -82,13 +117,15 @@ pub(crate) async fn run(args: PublishArgs) -> Result<bool, String> {
     Ok(accepted)
 }
 
-/// POSTs `data` for `user` to the publish API at `url`; returns whether the server accepted it
-/// (a 2xx status) and the body of its answer.
-pub(crate) async fn post(
+/// POSTs `data` for `user` to the publish API at `url`, trusting the PEM certificates in
+/// `extra_roots` besides the Web PKI roots; returns whether the server accepted it (a 2xx status)
+/// and the body of its answer.
+async fn post(
     url: &str,
     api_key: &str,
     user: &str,
     data: &str,
+    extra_roots: &[u8],
 ) -> Result<(bool, String), String> {
     let body = serde_json::json!({
         "user": user,
@@ -96,7 +133,7 @@ pub(crate) async fn post(
             .map_err(|e| e.to_string())?,
     })
     .to_string();
-    let (status, body) = exchange(url, api_key, &body).await?;
+    let (status, body) = exchange_trusting(url, api_key, &body, extra_roots).await?;
     if (200..300).contains(&status) {
         Ok((true, body))
     } else {
@@ -111,66 +148,116 @@ pub(crate) async fn exchange(
     api_key: &str,
     body: &str,
 ) -> Result<(u16, String), String> {
-    let target = target(url)?;
-    let request = format!(
-        "POST {} HTTP/1.1\r\nHost: {}:{}\r\nAuthorization: Bearer {api_key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        target.path,
-        target.host,
-        target.port,
-        body.len()
-    );
-    let exchange = async {
-        let mut stream = TcpStream::connect((target.host.as_str(), target.port))
-            .await
-            .map_err(|e| format!("cannot connect to {}:{}: {e}", target.host, target.port))?;
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut response = Vec::new();
-        stream
-            .read_to_end(&mut response)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>(response)
-    };
-    let response = tokio::time::timeout(Duration::from_secs(30), exchange)
-        .await
-        .map_err(|_| "the server did not answer within 30 s".to_owned())??;
-    let response = String::from_utf8_lossy(&response);
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or("the server's answer is not HTTP")?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse::<u16>().ok())
-        .ok_or("the server's answer has no status")?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Ok((status, body.trim().to_owned()))
+    exchange_trusting(url, api_key, body, &[]).await
 }
 
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if size == 0 || after.len() < size {
-            break;
-        }
-        out.push_str(&after[..size]);
-        rest = after[size..].trim_start_matches("\r\n");
+async fn exchange_trusting(
+    url: &str,
+    api_key: &str,
+    body: &str,
+    extra_roots: &[u8],
+) -> Result<(u16, String), String> {
+    let target = target(url)?;
+    let tls = if target.secure {
+        Some(tls_config(extra_roots)?)
+    } else {
+        None
+    };
+    let mut authorization = HeaderValue::from_str(&format!("Bearer {api_key}"))
+        .map_err(|_| "the API key has characters an HTTP header cannot carry".to_owned())?;
+    authorization.set_sensitive(true);
+    let request = hyper::Request::post(&target.path)
+        .header(HOST, &target.authority)
+        .header(AUTHORIZATION, authorization)
+        .header(CONTENT_TYPE, "application/json")
+        // One request per connection: the server may close it as soon as it has answered.
+        .header(CONNECTION, "close")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .map_err(|e| format!("cannot build the request: {e}"))?;
+    tokio::time::timeout(TIMEOUT, send(&target, tls, request))
+        .await
+        .map_err(|_| format!("the server did not answer within {} s", TIMEOUT.as_secs()))?
+}
+
+async fn send(
+    target: &Target,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    request: hyper::Request<Full<Bytes>>,
+) -> Result<(u16, String), String> {
+    let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", target.authority))?;
+    if let Some(tls) = tls {
+        let name = rustls::pki_types::ServerName::try_from(target.host.clone())
+            .map_err(|e| format!("{} is not a TLS server name: {e}", target.host))?;
+        let stream = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS with {}: {e}", target.authority))?;
+        exchange_over(stream, request).await
+    } else {
+        exchange_over(tcp, request).await
     }
-    out
+}
+
+async fn exchange_over(
+    stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    request: hyper::Request<Full<Bytes>>,
+) -> Result<(u16, String), String> {
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("HTTP: {e}"))?;
+    let driving = tokio::spawn(connection);
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("the request failed: {e}"));
+    let answer = match response {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map(|body| {
+                    let text = String::from_utf8_lossy(&body.to_bytes()).trim().to_owned();
+                    (status, text)
+                })
+                .map_err(|e| format!("reading the answer: {e}"))
+        }
+        Err(problem) => Err(problem),
+    };
+    driving.abort();
+    answer
+}
+
+/// rustls with the Web PKI roots, the PEM certificates of `extra_roots`, and the ring provider,
+/// given to this configuration alone.
+fn tls_config(extra_roots: &[u8]) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if !extra_roots.is_empty() {
+        let mut added = 0;
+        for certificate in CertificateDer::pem_slice_iter(extra_roots) {
+            let certificate = certificate.map_err(|e| format!("--ca: {e}"))?;
+            roots.add(certificate).map_err(|e| format!("--ca: {e}"))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err("--ca: no certificate in the file".to_owned());
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 #[cfg(test)]
@@ -179,21 +266,42 @@ mod tests {
 
     #[test]
     fn urls_name_the_publish_endpoint() {
+        let plain = target("http://127.0.0.1:8080").unwrap();
         assert_eq!(
-            target("http://127.0.0.1:8080").unwrap(),
+            plain,
             Target {
+                secure: false,
                 host: "127.0.0.1".into(),
                 port: 8080,
+                authority: "127.0.0.1:8080".into(),
                 path: "/api/publish".into()
             }
         );
         assert_eq!(target("http://example.com/").unwrap().port, 80);
+        let secure = target("https://example.com").unwrap();
+        assert!(secure.secure);
+        assert_eq!(
+            (secure.port, secure.authority.as_str()),
+            (443, "example.com")
+        );
         assert_eq!(
             target("http://h:1/custom/publish").unwrap().path,
             "/custom/publish"
         );
-        assert!(target("https://example.com").unwrap_err().contains("https"));
+        let v6 = target("http://[::1]:8080").unwrap();
+        assert_eq!(
+            (v6.host.as_str(), v6.authority.as_str()),
+            ("::1", "[::1]:8080")
+        );
         assert!(target("ftp://example.com").is_err());
         assert!(target("http://h:notaport").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_key_with_a_line_break_is_refused_before_sending() {
+        let error = exchange("http://127.0.0.1:9", "key\r\nX-Injected: 1", "{}")
+            .await
+            .unwrap_err();
+        assert!(error.contains("API key"), "{error}");
     }
 }
