@@ -65,37 +65,9 @@ pub(crate) enum Status {
     Skip,
 }
 
-/// The rules `docs/PROTOCOL.md` defines: each prefix with its highest number (the numbers run
-/// from 1). A test reads the spec and keeps this in step.
-pub(crate) const SPEC_RULES: [(&str, u32); 15] = [
-    ("TR", 6),
-    ("FR", 12),
-    ("HS", 12),
-    ("SG", 4),
-    ("DL", 13),
-    ("OB", 3),
-    ("FC", 3),
-    ("RS", 9),
-    ("CU", 5),
-    ("HB", 5),
-    ("GA", 6),
-    ("RC", 6),
-    ("SE", 6),
-    ("PB", 4),
-    ("AP", 4),
-];
-
 /// Whether `id` (such as `FR-8`) is a rule of the spec.
 pub(crate) fn rule_exists(id: &str) -> bool {
-    let Some((prefix, number)) = id.split_once('-') else {
-        return false;
-    };
-    let Ok(number) = number.parse::<u32>() else {
-        return false;
-    };
-    SPEC_RULES
-        .iter()
-        .any(|(known, highest)| *known == prefix && (1..=*highest).contains(&number))
+    readyws_protocol::rules::rule_exists(id)
 }
 
 /// The rule ids a reason cites, bracketed (`[FR-1]`) or not (`FR-1:`): two capitals, a dash,
@@ -1724,32 +1696,6 @@ pub(crate) async fn run(args: CheckArgs) -> Result<bool, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_rule_table_is_the_specs() {
-        let spec =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/PROTOCOL.md"))
-                .expect("the spec");
-        let mut highest: std::collections::BTreeMap<String, u32> = Default::default();
-        for defined in spec.split("**[").skip(1) {
-            let Some((id, _)) = defined.split_once("]**") else {
-                continue;
-            };
-            let Some((prefix, number)) = id.split_once('-') else {
-                continue;
-            };
-            let Ok(number) = number.parse::<u32>() else {
-                continue;
-            };
-            let entry = highest.entry(prefix.to_owned()).or_default();
-            *entry = (*entry).max(number);
-        }
-        let table: std::collections::BTreeMap<String, u32> = SPEC_RULES
-            .iter()
-            .map(|(prefix, number)| ((*prefix).to_owned(), *number))
-            .collect();
-        assert_eq!(table, highest);
-    }
 
     #[test]
     fn citations_are_read_with_or_without_brackets_and_must_exist() {

@@ -70,6 +70,7 @@ mod inbox;
 mod json;
 mod outbox;
 mod prelude;
+pub mod rules;
 pub mod server;
 mod text;
 mod time;

@@ -14,6 +14,8 @@
 //! - `wasm`: builds the browser package into `wasm/pkg/` and prints the size of the `.wasm` and
 //!   of the JS glue, raw and gzipped, then the size profile by crate (`twiggy`, installed when
 //!   missing).
+//! - `package`: `cargo package` for the published crates, then each crate's own tests from its
+//!   unpacked package (the step of `test` alone).
 
 // A command-line tool: printing progress is its job.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -28,6 +30,8 @@ use std::time::Instant;
 mod browser;
 mod fuzz;
 mod wasm;
+
+use crate::wasm::path_str;
 
 pub(crate) const WASM_TARGET: &str = "wasm32-unknown-unknown";
 
@@ -74,8 +78,17 @@ fn main() -> ExitCode {
             fuzz::run(seconds)
         }
         Some("bench") => bench(),
+        Some("package") => {
+            let mut totals = TestTotals::default();
+            let result = step(
+                "cargo package, and each crate's tests from its package",
+                || package_and_test(&mut totals),
+            );
+            println!("{} passed, {} failed", totals.passed, totals.failed);
+            result
+        }
         _ => {
-            eprintln!("usage: cargo xtask <test|bench|wasm|browser|chaos|fuzz>");
+            eprintln!("usage: cargo xtask <test|bench|wasm|browser|chaos|fuzz|package>");
             return ExitCode::from(2);
         }
     };
@@ -118,10 +131,26 @@ fn test() -> Result<(), String> {
     step("redis-server is installed (multi-instance suites)", || {
         wasm::ensure_debian_tool("redis-server", "redis-server")
     })?;
+    step(
+        "prometheus and promtool are installed (operations rules)",
+        || wasm::ensure_debian_tool("promtool", "prometheus"),
+    )?;
+    step(
+        "OpenSSL headers are installed (the client's native-tls feature)",
+        ensure_openssl_headers,
+    )?;
     let mut totals = TestTotals::default();
     step("cargo test", || {
         cargo_test_with(&["test", "--workspace"], &[], &mut totals)
     })?;
+    step(
+        "feature matrix: the server without redis, the client with each TLS backend",
+        || feature_matrix(&mut totals),
+    )?;
+    step(
+        "cargo package, and each crate's tests from its package",
+        || package_and_test(&mut totals),
+    )?;
     step("cargo doc (warnings are errors)", || {
         cargo(
             &["doc", "--workspace", "--no-deps"],
@@ -170,6 +199,99 @@ fn test() -> Result<(), String> {
     );
     println!("{} passed, {} failed", totals.passed, totals.failed);
     Ok(())
+}
+
+/// The crates published together, in dependency order.
+const PUBLISHED: [&str; 5] = [
+    "readyws-protocol",
+    "readyws-hub",
+    "readyws",
+    "readyws-server",
+    "readyws-cli",
+];
+
+/// The builds that `cargo test --workspace` does not make, because it unifies features: the
+/// server alone (no `redis`), and the client with no TLS, with aws-lc-rs and with native-tls
+/// (ring, the default, is in the workspace run). Each client build runs the tests that depend on
+/// the backend.
+fn feature_matrix(totals: &mut TestTotals) -> Result<(), String> {
+    cargo_test_with(&["test", "-p", "readyws-server"], &[], totals)?;
+    for features in ["", "rustls-aws-lc-rs", "native-tls"] {
+        let mut args = vec!["test", "-p", "readyws", "--no-default-features"];
+        if !features.is_empty() {
+            args.extend(["--features", features]);
+        }
+        args.extend([
+            "--test",
+            "settings_that_cannot_work_fail_at_once",
+            "--test",
+            "wss_with_each_tls_backend",
+        ]);
+        cargo_test_with(&args, &[], totals)?;
+    }
+    Ok(())
+}
+
+/// `cargo package` for the published crates, then each crate's tests run from its unpacked
+/// package, with the others patched in from their packages too: what a user downloads builds and
+/// passes its own tests without the rest of the repository.
+fn package_and_test(totals: &mut TestTotals) -> Result<(), String> {
+    let mut args = vec!["package", "--no-verify", "--allow-dirty"];
+    for name in PUBLISHED {
+        args.extend(["-p", name]);
+    }
+    cargo(&args, &[])?;
+    let version = env!("CARGO_PKG_VERSION");
+    let packages = target_dir().join("package");
+    let unpacked = packages.join("unpacked");
+    if unpacked.exists() {
+        fs::remove_dir_all(&unpacked)
+            .map_err(|e| format!("clearing {}: {e}", unpacked.display()))?;
+    }
+    fs::create_dir_all(&unpacked).map_err(|e| format!("creating {}: {e}", unpacked.display()))?;
+    for name in PUBLISHED {
+        let archive = packages.join(format!("{name}-{version}.crate"));
+        output(
+            "tar",
+            &["-xzf", path_str(&archive)?, "-C", path_str(&unpacked)?],
+        )?;
+    }
+    let patches: Vec<String> = PUBLISHED
+        .iter()
+        .map(|name| {
+            let dir = unpacked.join(format!("{name}-{version}"));
+            format!("patch.crates-io.{name}.path=\"{}\"", dir.display())
+        })
+        .collect();
+    let lock = workspace_root().join("Cargo.lock");
+    let target = target_dir();
+    for name in PUBLISHED {
+        let dir = unpacked.join(format!("{name}-{version}"));
+        // The workspace's lock file, so that the package builds with the dependency versions
+        // the workspace was tested with (and reuses their builds).
+        fs::copy(&lock, dir.join("Cargo.lock")).map_err(|e| format!("copying Cargo.lock: {e}"))?;
+        let manifest = dir.join("Cargo.toml");
+        let mut args = vec!["test", "--manifest-path", path_str(&manifest)?];
+        for patch in &patches {
+            args.extend(["--config", patch.as_str()]);
+        }
+        cargo_test_with(&args, &[("CARGO_TARGET_DIR", path_str(&target)?)], totals)?;
+    }
+    Ok(())
+}
+
+/// The OpenSSL headers and `pkg-config`, which the client's `native-tls` feature builds against.
+fn ensure_openssl_headers() -> Result<(), String> {
+    let found = Command::new("pkg-config")
+        .args(["--exists", "openssl"])
+        .status()
+        .is_ok_and(|status| status.success());
+    if found {
+        println!("    libssl-dev already installed");
+        return Ok(());
+    }
+    wasm::ensure_debian_tool("pkg-config", "pkg-config")?;
+    wasm::install_debian_package("libssl-dev")
 }
 
 /// `cargo clippy` over `scope`, every target, warnings as errors.

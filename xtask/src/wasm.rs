@@ -124,6 +124,15 @@ pub(crate) fn ensure_debian_tool(binary: &str, package: &str) -> Result<(), Stri
         return Ok(());
     }
     println!("    installing Debian's {package} for {binary}");
+    install_debian_package(package).map_err(|error| {
+        format!(
+            "{error}\n  `{binary}` is missing and could not be installed: run `apt-get install {package}` as root"
+        )
+    })
+}
+
+/// `apt-get install package`, after an index update.
+pub(crate) fn install_debian_package(package: &str) -> Result<(), String> {
     let apt = |args: &[&str]| {
         Command::new("apt-get")
             .args(args)
@@ -140,11 +149,7 @@ pub(crate) fn ensure_debian_tool(binary: &str, package: &str) -> Result<(), Stri
     };
     apt(&["update", "-qq"])
         .and_then(|()| apt(&["install", "-y", "-qq", package]))
-        .map_err(|error| {
-            format!(
-                "{error}\n  `{binary}` is missing and could not be installed: run `apt-get install {package}` as root"
-            )
-        })
+        .map_err(|error| format!("{error}\n  run `apt-get install {package}` as root"))
 }
 
 /// The npm tools of the build, under `target/xtask/npm`, installed when missing or at another
@@ -529,7 +534,7 @@ fn package_json() -> Result<String, String> {
     ))
 }
 
-fn path_str(path: &Path) -> Result<&str, String> {
+pub(crate) fn path_str(path: &Path) -> Result<&str, String> {
     path.to_str()
         .ok_or_else(|| format!("{} is not UTF-8", path.display()))
 }

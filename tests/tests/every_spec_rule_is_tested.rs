@@ -1,6 +1,7 @@
 //! Keeps `docs/PROTOCOL.md` and the tests in step: every rule the specification defines is cited
-//! by a test of this crate or of the reference server (or is listed below with why not), and every
-//! rule a test cites exists.
+//! by a test of the protocol crate, the hub or the reference server (or is listed below with why
+//! not), and every rule a test cites exists. It reads the whole repository, so it lives here, in
+//! the repository's own suite, rather than in a published crate.
 
 use std::collections::BTreeSet;
 
@@ -13,9 +14,9 @@ const NOT_TESTABLE_HERE: [(&str, &str); 2] = [
     ("TR-5", "deployment advice: wss:// in production"),
 ];
 
-/// The test folders whose citations count: this crate's, the hub's (which owns the custody rules,
-/// §9) and the reference server's.
-const TEST_FOLDERS: [&str; 3] = ["tests", "../hub/tests", "../server/tests"];
+/// The test folders whose citations count: the protocol crate's, the hub's (which owns the custody
+/// rules, §9) and the reference server's.
+const TEST_FOLDERS: [&str; 3] = ["../protocol/tests", "../hub/tests", "../server/tests"];
 
 /// Sources whose `#[cfg(test)]` module holds unit tests that count too: rules whose interleavings
 /// only a test of the state itself can set up.
@@ -98,4 +99,31 @@ fn every_rule_in_the_specification_is_cited_by_a_test() {
         stale.is_empty(),
         "rules listed as owned elsewhere that the spec lacks: {stale:?}"
     );
+}
+
+/// `readyws_protocol::rules::RULE_FAMILIES`, which the conformance checker reads, names exactly
+/// the families the specification defines, each with its highest number.
+#[test]
+fn the_rule_table_is_the_specs() {
+    let spec = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/PROTOCOL.md"))
+        .expect("the spec");
+    let mut highest: std::collections::BTreeMap<String, u32> = Default::default();
+    for defined in spec.split("**[").skip(1) {
+        let Some((id, _)) = defined.split_once("]**") else {
+            continue;
+        };
+        let Some((prefix, number)) = id.split_once('-') else {
+            continue;
+        };
+        let Ok(number) = number.parse::<u32>() else {
+            continue;
+        };
+        let entry = highest.entry(prefix.to_owned()).or_default();
+        *entry = (*entry).max(number);
+    }
+    let table: std::collections::BTreeMap<String, u32> = readyws_protocol::rules::RULE_FAMILIES
+        .iter()
+        .map(|(prefix, number)| ((*prefix).to_owned(), *number))
+        .collect();
+    assert_eq!(table, highest);
 }
