@@ -320,3 +320,8 @@ impl futures_core::Stream for Messages {
         }
     }
 }
+
+/// The README's example, compiled as a doctest so that it cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -639,3 +639,8 @@ pub(crate) fn random_below(bound: u64) -> u64 {
     getrandom::getrandom(&mut bytes).expect("the OS random number generator is available");
     u64::from_le_bytes(bytes) % bound
 }
+
+/// The README's example, compiled as a doctest so that it cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -251,9 +251,11 @@ fn package_and_test(totals: &mut TestTotals) -> Result<(), String> {
     fs::create_dir_all(&unpacked).map_err(|e| format!("creating {}: {e}", unpacked.display()))?;
     for name in PUBLISHED {
         let archive = packages.join(format!("{name}-{version}.crate"));
+        // `-m`: the files get the time of extraction, not the archive's, so that Cargo rebuilds a
+        // package it built before from an older archive.
         output(
             "tar",
-            &["-xzf", path_str(&archive)?, "-C", path_str(&unpacked)?],
+            &["-xzmf", path_str(&archive)?, "-C", path_str(&unpacked)?],
         )?;
     }
     let patches: Vec<String> = PUBLISHED
