@@ -30,6 +30,20 @@ fn next_delay(client: &mut Client) -> Duration {
     at.saturating_since(client.now)
 }
 
+/// Fails the attempt the session opened at `now`; returns when it schedules the next one.
+fn fail_attempt(session: &mut ClientSession, now: Time) -> Time {
+    let Some(Action::Open { conn }) = session.poll_action() else {
+        panic!("the session opened no attempt")
+    };
+    session.handle_connect_failed(conn, "refused", now);
+    std::iter::from_fn(|| session.poll_event())
+        .find_map(|e| match e {
+            ClientEvent::Disconnected { reconnect_at, .. } => reconnect_at,
+            _ => None,
+        })
+        .expect("a reconnect is scheduled")
+}
+
 fn backoff(initial_ms: u64, max_ms: u64) -> BackoffConfig {
     BackoffConfig {
         initial: Duration::from_millis(initial_ms),
@@ -286,16 +300,7 @@ fn rc_1_backoff_is_exponential_with_jitter_that_survives_the_cap() {
         session.connect(Time::ZERO);
         let mut now = Time::ZERO;
         for failure in 0..12 {
-            let Some(Action::Open { conn }) = session.poll_action() else {
-                panic!("no open")
-            };
-            session.handle_connect_failed(conn, "refused", now);
-            let at = std::iter::from_fn(|| session.poll_event())
-                .find_map(|e| match e {
-                    ClientEvent::Disconnected { reconnect_at, .. } => reconnect_at,
-                    _ => None,
-                })
-                .expect("a reconnect is scheduled");
+            let at = fail_attempt(&mut session, now);
             let delay = at.saturating_since(now);
             assert!(delay >= Duration::from_millis(500) && delay < Duration::from_secs(30));
             if failure == 0 {
@@ -326,16 +331,7 @@ fn rc_1_a_long_outage_keeps_its_delays_at_the_cap() {
     session.connect(Time::ZERO);
     let mut now = Time::ZERO;
     for failure in 0..70 {
-        let Some(Action::Open { conn }) = session.poll_action() else {
-            panic!("no open after {failure} failures")
-        };
-        session.handle_connect_failed(conn, "refused", now);
-        let at = std::iter::from_fn(|| session.poll_event())
-            .find_map(|e| match e {
-                ClientEvent::Disconnected { reconnect_at, .. } => reconnect_at,
-                _ => None,
-            })
-            .expect("a reconnect is scheduled");
+        let at = fail_attempt(&mut session, now);
         let delay = at.saturating_since(now);
         assert!(
             delay < Duration::from_secs(30),
