@@ -103,3 +103,57 @@ pub(crate) fn median_f64(values: &[f64]) -> f64 {
     sorted.sort_by(f64::total_cmp);
     sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
 }
+
+/// User plus system CPU time of process `pid` (`self` for this one), all its threads, from
+/// `/proc/<pid>/stat` (fields 14 and 15, in clock ticks of [`clock_ticks_per_second`]).
+pub(crate) fn cpu_time(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name, field 2, is in parentheses and may hold spaces: count from after it.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let tick = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|value| value.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // Field 3 (state) is the first after the name: utime is field 14, stime field 15.
+    let ticks = tick(14 - 3) + tick(15 - 3);
+    Duration::from_secs_f64(ticks as f64 / clock_ticks_per_second() as f64)
+}
+
+/// The unit of `/proc`'s CPU times (`getconf CLK_TCK`; 100 on Linux unless it says otherwise).
+pub(crate) fn clock_ticks_per_second() -> u64 {
+    static TICKS: LazyLock<u64> = LazyLock::new(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .and_then(|text| text.trim().parse().ok())
+            .filter(|ticks| *ticks > 0)
+            .unwrap_or(100)
+    });
+    *TICKS
+}
+
+/// The lowest, middle and highest of a figure's runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct Spread {
+    pub(crate) min: f64,
+    pub(crate) median: f64,
+    pub(crate) max: f64,
+}
+
+impl Spread {
+    /// The spread of `values` (all zero for none).
+    pub(crate) fn of(values: &[f64]) -> Spread {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        Spread {
+            min: sorted.first().copied().unwrap_or(0.0),
+            median: median_f64(&sorted),
+            max: sorted.last().copied().unwrap_or(0.0),
+        }
+    }
+}

@@ -1,22 +1,80 @@
 //! The measurements the parent process takes itself: time to ready and throughput, each next to
-//! its raw tokio-tungstenite baseline, trials interleaved so that drift of the machine hits both.
+//! its raw tokio-tungstenite baselines, trials interleaved so that drift of the machine hits both.
+//! Every throughput run also reads the CPU time of the client (this process) and of the server
+//! process over the transfer ([`Meter`]).
 
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use readyws::{Client, Data, OutboxLimits, Outcome};
+use serde::Serialize;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::common::{RawFrame, payload, raw_ack, raw_msg};
+use crate::common::{RawFrame, cpu_time, payload, raw_ack, raw_msg};
+
+/// Frames the pipelined baseline writes before each flush: 64 KiB of messages, a burst as large
+/// as readyws's own writes reach under load.
+pub(crate) const PIPELINE_BURST: u64 = 64;
+
+/// What one throughput run measured.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub(crate) struct Sample {
+    /// Messages per second.
+    pub(crate) rate: f64,
+    /// CPU time (user + system) of the client process per message, in microseconds.
+    pub(crate) client_cpu_us: f64,
+    /// The same of the server process.
+    pub(crate) server_cpu_us: f64,
+}
+
+impl Sample {
+    /// Client and server CPU per message, in microseconds.
+    pub(crate) fn cpu_us(&self) -> f64 {
+        self.client_cpu_us + self.server_cpu_us
+    }
+}
+
+/// The clock and both processes' CPU counters at the start of a transfer.
+pub(crate) struct Meter {
+    client: String,
+    server: String,
+    client_cpu: Duration,
+    server_cpu: Duration,
+    started: Instant,
+}
+
+impl Meter {
+    /// Starts measuring: `client` and `server` are process ids (`self` for this process).
+    pub(crate) fn start(client: &str, server: &str) -> Meter {
+        Meter {
+            client: client.to_owned(),
+            server: server.to_owned(),
+            client_cpu: cpu_time(client),
+            server_cpu: cpu_time(server),
+            started: Instant::now(),
+        }
+    }
+
+    /// The figures of `messages` moved since [`Meter::start`].
+    pub(crate) fn stop(self, messages: usize) -> Sample {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let per_message = |spent: Duration| spent.as_secs_f64() * 1e6 / messages.max(1) as f64;
+        Sample {
+            rate: messages as f64 / elapsed,
+            client_cpu_us: per_message(cpu_time(&self.client).saturating_sub(self.client_cpu)),
+            server_cpu_us: per_message(cpu_time(&self.server).saturating_sub(self.server_cpu)),
+        }
+    }
+}
 
 /// Trials at the start of a series that warm caches and are not counted.
 const WARM_UP: usize = 20;
 
-/// Time from creating a readyws `Client` to `connection_ready`, and from starting a raw
-/// tokio-tungstenite connect to the answer of one request sent on it.
+/// Time from creating a readyws `Client` to `connection_ready`, and, with `raw_url`, alternating
+/// with it, from starting a raw tokio-tungstenite connect to the answer of one request sent on it.
 pub(crate) async fn time_to_ready(
     readyws_url: &str,
-    raw_url: &str,
+    raw_url: Option<&str>,
     trials: usize,
 ) -> Result<(Vec<Duration>, Vec<Duration>), String> {
     let mut readyws = Vec::with_capacity(trials);
@@ -34,38 +92,52 @@ pub(crate) async fn time_to_ready(
         let elapsed = started.elapsed();
         client.close(Duration::ZERO).await;
 
-        let started = Instant::now();
-        let (mut socket, _) = tokio_tungstenite::connect_async(raw_url)
-            .await
-            .map_err(|e| format!("raw connect: {e}"))?;
-        socket
-            .send(Message::Text(raw_msg(1, "{}").into()))
-            .await
-            .map_err(|e| format!("raw send: {e}"))?;
-        match socket.next().await {
-            Some(Ok(Message::Text(text)))
-                if serde_json::from_str::<RawFrame<'_>>(text.as_str())
-                    .is_ok_and(|f| f.kind == "ack") => {}
-            other => return Err(format!("the raw server answered {other:?}")),
-        }
-        let raw_elapsed = started.elapsed();
-        let _ = socket.close(None).await;
+        let raw_elapsed = match raw_url {
+            Some(url) => Some(raw_round_trip(url).await?),
+            None => None,
+        };
         if n >= WARM_UP {
             readyws.push(elapsed);
-            raw.push(raw_elapsed);
+            raw.extend(raw_elapsed);
         }
     }
     Ok((readyws, raw))
 }
 
+/// A raw tokio-tungstenite connect and one request's answer, timed.
+async fn raw_round_trip(url: &str) -> Result<Duration, String> {
+    let started = Instant::now();
+    let (mut socket, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .map_err(|e| format!("raw connect: {e}"))?;
+    socket
+        .send(Message::Text(raw_msg(1, "{}").into()))
+        .await
+        .map_err(|e| format!("raw send: {e}"))?;
+    match socket.next().await {
+        Some(Ok(Message::Text(text)))
+            if serde_json::from_str::<RawFrame<'_>>(text.as_str())
+                .is_ok_and(|f| f.kind == "ack") => {}
+        other => return Err(format!("the raw server answered {other:?}")),
+    }
+    let elapsed = started.elapsed();
+    let _ = socket.close(None).await;
+    Ok(elapsed)
+}
+
 /// Messages per second, each a 1 KiB JSON object acknowledged by the server: the readyws client
 /// through `Client::send` until every `Delivery` resolved `Acked`.
-pub(crate) async fn readyws_upload(url: &str, messages: usize, run: usize) -> Result<f64, String> {
+pub(crate) async fn readyws_upload(
+    url: &str,
+    server: &str,
+    messages: usize,
+    run: usize,
+) -> Result<Sample, String> {
     let client = Client::builder(url)
         .token(format!("upload-{run}"))
         .queue(OutboxLimits {
             max_messages: messages + 1,
-            max_bytes: 64 << 20,
+            max_bytes: (messages + 1) * 2048,
             max_message_bytes: 4096,
         })
         .connect()
@@ -74,7 +146,7 @@ pub(crate) async fn readyws_upload(url: &str, messages: usize, run: usize) -> Re
         .ready()
         .await
         .map_err(|r| format!("not ready: {r}"))?;
-    let started = Instant::now();
+    let meter = Meter::start("self", server);
     let mut deliveries = Vec::with_capacity(messages);
     for seq in 1..=messages as u64 {
         let data = Data::from_json(payload(seq)).map_err(|e| e.to_string())?;
@@ -86,18 +158,23 @@ pub(crate) async fn readyws_upload(url: &str, messages: usize, run: usize) -> Re
             return Err(format!("a message ended {outcome:?}"));
         }
     }
-    let rate = messages as f64 / started.elapsed().as_secs_f64();
+    let sample = meter.stop(messages);
     client.close(Duration::from_secs(1)).await;
-    Ok(rate)
+    Ok(sample)
 }
 
-/// The same with raw tokio-tungstenite: `msg` frames sent one `send` each, every `ack` parsed.
-pub(crate) async fn raw_upload(url: &str, messages: usize) -> Result<f64, String> {
+/// The naive baseline with raw tokio-tungstenite: `msg` frames sent one `send` (a write and a
+/// flush) each, every `ack` parsed.
+pub(crate) async fn naive_upload(
+    url: &str,
+    server: &str,
+    messages: usize,
+) -> Result<Sample, String> {
     let (socket, _) = tokio_tungstenite::connect_async(url)
         .await
         .map_err(|e| format!("raw connect: {e}"))?;
     let (mut write, mut read) = socket.split();
-    let started = Instant::now();
+    let meter = Meter::start("self", server);
     let sending = tokio::spawn(async move {
         for id in 1..=messages as u64 {
             let text = raw_msg(id, &payload(id));
@@ -118,21 +195,74 @@ pub(crate) async fn raw_upload(url: &str, messages: usize) -> Result<f64, String
             other => return Err(format!("raw socket ended: {other:?}")),
         }
     }
-    let rate = messages as f64 / started.elapsed().as_secs_f64();
+    let sample = meter.stop(messages);
     let write = sending.await.map_err(|e| e.to_string())?;
     if let Ok(mut socket) = write.reunite(read) {
         let _ = socket.close(None).await;
     }
-    Ok(rate)
+    Ok(sample)
+}
+
+/// The ceiling with raw tokio-tungstenite: `push` frames fed into the socket and flushed once per
+/// [`PIPELINE_BURST`], parsed by the server, never acknowledged but for one `ack` of the `end`
+/// frame that follows the last.
+pub(crate) async fn pipelined_upload(
+    url: &str,
+    server: &str,
+    messages: usize,
+) -> Result<Sample, String> {
+    let (mut socket, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .map_err(|e| format!("raw connect: {e}"))?;
+    let meter = Meter::start("self", server);
+    let count = messages as u64;
+    for id in 1..=count {
+        let text = raw_push(id, &payload(id));
+        socket
+            .feed(Message::Text(text.into()))
+            .await
+            .map_err(|e| format!("raw feed: {e}"))?;
+        if id % PIPELINE_BURST == 0 {
+            socket
+                .flush()
+                .await
+                .map_err(|e| format!("raw flush: {e}"))?;
+        }
+    }
+    let end = format!(r#"{{"type":"end","id":{count}}}"#);
+    socket
+        .send(Message::Text(end.into()))
+        .await
+        .map_err(|e| format!("raw send: {e}"))?;
+    match socket.next().await {
+        Some(Ok(Message::Text(text))) => {
+            let frame = serde_json::from_str::<RawFrame<'_>>(text.as_str())
+                .map_err(|e| format!("raw ack: {e}"))?;
+            if frame.kind != "ack" || frame.id != count {
+                return Err(format!("the raw server answered the end with `{text}`"));
+            }
+        }
+        other => return Err(format!("raw socket ended: {other:?}")),
+    }
+    let sample = meter.stop(messages);
+    let _ = socket.close(None).await;
+    Ok(sample)
+}
+
+/// `{"type":"push","id":N,"data":…}`: a `msg` frame of the pipelined baseline, which the raw server
+/// parses and does not acknowledge.
+pub(crate) fn raw_push(id: u64, data: &str) -> String {
+    format!(r#"{{"type":"push","id":{id},"data":{data}}}"#)
 }
 
 /// Messages per second from the server to the readyws client, each acknowledged: the server
 /// publishes them (asked by one message), the client counts them off its message stream.
 pub(crate) async fn readyws_download(
     url: &str,
+    server: &str,
     messages: usize,
     run: usize,
-) -> Result<f64, String> {
+) -> Result<Sample, String> {
     let client = Client::builder(url)
         .token(format!("download-{run}"))
         .connect()
@@ -142,7 +272,7 @@ pub(crate) async fn readyws_download(
         .ready()
         .await
         .map_err(|r| format!("not ready: {r}"))?;
-    let started = Instant::now();
+    let meter = Meter::start("self", server);
     let request = Data::from_json(format!(r#"{{"bench":"send","count":{messages}}}"#))
         .map_err(|e| e.to_string())?;
     client.send(request).await.map_err(|e| e.to_string())?;
@@ -153,17 +283,22 @@ pub(crate) async fn readyws_download(
             None => return Err("the message stream ended".to_owned()),
         }
     }
-    let rate = messages as f64 / started.elapsed().as_secs_f64();
+    let sample = meter.stop(messages);
     client.close(Duration::from_secs(1)).await;
-    Ok(rate)
+    Ok(sample)
 }
 
-/// The same with raw tokio-tungstenite: every `msg` parsed and answered with its `ack`.
-pub(crate) async fn raw_download(url: &str, messages: usize) -> Result<f64, String> {
+/// The naive baseline with raw tokio-tungstenite: the server sends with one `send` per frame, the
+/// client parses every `msg` and answers it with its `ack`, one `send` each.
+pub(crate) async fn naive_download(
+    url: &str,
+    server: &str,
+    messages: usize,
+) -> Result<Sample, String> {
     let (mut socket, _) = tokio_tungstenite::connect_async(url)
         .await
         .map_err(|e| format!("raw connect: {e}"))?;
-    let started = Instant::now();
+    let meter = Meter::start("self", server);
     let request = format!(r#"{{"type":"send","count":{messages}}}"#);
     socket
         .send(Message::Text(request.into()))
@@ -184,7 +319,39 @@ pub(crate) async fn raw_download(url: &str, messages: usize) -> Result<f64, Stri
             other => return Err(format!("raw socket ended: {other:?}")),
         }
     }
-    let rate = messages as f64 / started.elapsed().as_secs_f64();
+    let sample = meter.stop(messages);
     let _ = socket.close(None).await;
-    Ok(rate)
+    Ok(sample)
+}
+
+/// The ceiling the other way: one request makes the raw server feed the frames and flush once
+/// per [`PIPELINE_BURST`]; the client parses every one and acknowledges none.
+pub(crate) async fn pipelined_download(
+    url: &str,
+    server: &str,
+    messages: usize,
+) -> Result<Sample, String> {
+    let (mut socket, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .map_err(|e| format!("raw connect: {e}"))?;
+    let meter = Meter::start("self", server);
+    let request = format!(r#"{{"type":"pipe","count":{messages}}}"#);
+    socket
+        .send(Message::Text(request.into()))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut received = 0;
+    while received < messages {
+        match socket.next().await {
+            Some(Ok(Message::Text(text))) => {
+                serde_json::from_str::<RawFrame<'_>>(text.as_str())
+                    .map_err(|e| format!("raw msg: {e}"))?;
+                received += 1;
+            }
+            other => return Err(format!("raw socket ended: {other:?}")),
+        }
+    }
+    let sample = meter.stop(messages);
+    let _ = socket.close(None).await;
+    Ok(sample)
 }

@@ -3,9 +3,12 @@
 //! `cargo xtask bench`, which builds it in release mode, builds the browser package for its size,
 //! and writes `docs/BENCHMARKS.md` with the plots in `docs/bench/`.
 //!
-//! - `readyws-bench run --out DIR [--trials N] [--messages N] [--sessions N] [--package W,G]`:
-//!   every measurement; servers and the many-sessions clients run in child processes (this same
-//!   binary) so that each one's memory is its own.
+//! - `readyws-bench run --out DIR [--runs N] [--trials N] [--messages N] [--session-runs N]
+//!   [--sessions N] [--socketio DIR] [--package W,G]`: every measurement, each figure `--runs`
+//!   times (5; `--session-runs` for the many-sessions ones) for its spread; servers and the
+//!   many-sessions clients run in child processes (this same binary, or Node.js for the
+//!   Socket.IO peer installed in `--socketio`, default `bench/socketio`) so that each one's CPU
+//!   and memory are its own.
 //! - `readyws-bench server --kind readyws|raw`, `readyws-bench swarm --kind readyws|raw --url URL
 //!   --count N`: those children.
 
@@ -17,6 +20,7 @@ mod figures;
 mod plots;
 mod report;
 mod server;
+mod socketio;
 mod swarm;
 
 use std::path::PathBuf;
@@ -26,8 +30,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use crate::common::{median_f64, resident_bytes};
-use crate::report::{Figures, PackageSizes};
+use crate::common::resident_bytes;
+use crate::report::{Figures, PackageSizes, ReadyRuns, SessionRuns, SessionsRun, ThroughputRuns};
+use crate::socketio::SocketIo;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -65,10 +70,14 @@ fn main() -> ExitCode {
         Some("run") => {
             let settings = Settings {
                 out: PathBuf::from(flag("--out").unwrap_or_else(|| "docs".to_owned())),
-                trials: number("--trials", 1000),
-                messages: number("--messages", 20_000),
-                throughput_runs: number("--runs", 15),
+                trials: number("--trials", 200),
+                messages: number("--messages", 100_000),
+                runs: number("--runs", 5),
+                session_runs: number("--session-runs", 5),
                 sessions: number("--sessions", 10_000),
+                socketio: PathBuf::from(
+                    flag("--socketio").unwrap_or_else(|| "bench/socketio".to_owned()),
+                ),
                 package: flag("--package").and_then(|sizes| PackageSizes::parse(&sizes)),
                 command: std::env::var("READYWS_BENCH_COMMAND")
                     .unwrap_or_else(|_| format!("readyws-bench {}", args.join(" "))),
@@ -93,10 +102,17 @@ fn main() -> ExitCode {
 
 struct Settings {
     out: PathBuf,
+    /// Time-to-ready trials of each kind in each run.
     trials: usize,
+    /// Messages each way in each throughput run.
     messages: usize,
-    throughput_runs: usize,
+    /// Runs of the time-to-ready and throughput figures.
+    runs: usize,
+    /// Runs of the many-sessions figures.
+    session_runs: usize,
     sessions: usize,
+    /// The Socket.IO peer's folder, installed.
+    socketio: PathBuf,
     package: Option<PackageSizes>,
     command: String,
 }
@@ -109,15 +125,22 @@ struct Helper {
 }
 
 impl Helper {
+    /// This binary with `args`.
     fn spawn(args: &[&str]) -> Result<Helper, String> {
         let exe = std::env::current_exe().map_err(|e| format!("own path: {e}"))?;
-        let mut child = Command::new(exe)
-            .args(args)
+        let mut command = Command::new(exe);
+        command.args(args);
+        Helper::spawn_command(command, &format!("{args:?}"))
+    }
+
+    /// Any program, spoken to by lines on its standard input and output.
+    fn spawn_command(mut command: Command, what: &str) -> Result<Helper, String> {
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| format!("starting {args:?}: {e}"))?;
+            .map_err(|e| format!("starting {what}: {e}"))?;
         let stdin = child.stdin.take().ok_or("no stdin")?;
         let stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
         Ok(Helper {
@@ -172,94 +195,165 @@ fn progress(message: &str) {
 
 async fn run(settings: Settings) -> Result<(), String> {
     let started = Instant::now();
+    let socketio = SocketIo::at(&settings.socketio)?;
     // A few hundred over the sessions: the runtime, pipes, the servers' listeners.
     common::raise_open_file_limit(settings.sessions as u64 + 256)?;
-    let (_readyws_server, readyws_url) = Helper::server("readyws", None).await?;
-    let (_raw_server, raw_url) = Helper::server("raw", None).await?;
+    let (readyws_server, readyws_url) = Helper::server("readyws", None).await?;
+    let (raw_server, raw_url) = Helper::server("raw", None).await?;
     // The Redis store's figures come from a server on a redis-server of the run's own, with the
     // persistence the no-loss guarantee needs (appendfsync always).
     let redis = tokio::task::spawn_blocking(readyws_tests::cluster::RedisProcess::start)
         .await
         .map_err(|e| e.to_string())??;
-    let (_redis_server, redis_url) = Helper::server("readyws", Some(&redis.url())).await?;
+    let (redis_server, redis_url) = Helper::server("readyws", Some(&redis.url())).await?;
+    let (socketio_server, socketio_url) = socketio.server().await?;
+    let mut socketio_client = socketio.client()?;
+    let (readyws_pid, raw_pid, redis_pid, socketio_pid) = (
+        readyws_server.pid(),
+        raw_server.pid(),
+        redis_server.pid(),
+        socketio_server.pid(),
+    );
 
-    progress(&format!(
-        "time to ready, {} trials each, interleaved",
-        settings.trials
-    ));
-    let (ready_readyws, ready_raw) =
-        figures::time_to_ready(&readyws_url, &raw_url, settings.trials).await?;
-    progress("time to ready on the Redis store");
-    let (ready_redis, _) = figures::time_to_ready(&redis_url, &raw_url, settings.trials).await?;
-
-    progress(&format!(
-        "throughput, {} runs of {} messages each way",
-        settings.throughput_runs, settings.messages
-    ));
-    let mut upload = (Vec::new(), Vec::new());
-    let mut download = (Vec::new(), Vec::new());
-    let mut on_redis = (Vec::new(), Vec::new());
-    for run in 0..settings.throughput_runs {
-        upload
-            .0
-            .push(figures::readyws_upload(&readyws_url, settings.messages, run).await?);
-        upload
-            .1
-            .push(figures::raw_upload(&raw_url, settings.messages).await?);
-        download
-            .0
-            .push(figures::readyws_download(&readyws_url, settings.messages, run).await?);
-        download
-            .1
-            .push(figures::raw_download(&raw_url, settings.messages).await?);
-        on_redis
-            .0
-            .push(figures::readyws_upload(&redis_url, settings.messages, run).await?);
-        on_redis
-            .1
-            .push(figures::readyws_download(&redis_url, settings.messages, run).await?);
+    let mut ready = ReadyRuns::default();
+    let mut throughput = ThroughputRuns::default();
+    let n = settings.messages;
+    for run in 0..settings.runs {
         progress(&format!(
-            "run {run}: up {:.0} vs raw {:.0}, down {:.0} vs raw {:.0} messages/s; on Redis up {:.0}, down {:.0}",
-            upload.0[run],
-            upload.1[run],
-            download.0[run],
-            download.1[run],
-            on_redis.0[run],
-            on_redis.1[run]
+            "run {} of {}: time to ready, {} trials of each",
+            run + 1,
+            settings.runs,
+            settings.trials
+        ));
+        let (readyws, raw) =
+            figures::time_to_ready(&readyws_url, Some(&raw_url), settings.trials).await?;
+        ready.readyws.push(readyws);
+        ready.raw.push(raw);
+        let (on_redis, _) = figures::time_to_ready(&redis_url, None, settings.trials).await?;
+        ready.redis.push(on_redis);
+        ready.socketio.push(
+            socketio::time_to_ready(&mut socketio_client, &socketio_url, settings.trials).await?,
+        );
+
+        progress(&format!(
+            "run {}: throughput, {n} messages each way",
+            run + 1
+        ));
+        let t = &mut throughput;
+        t.readyws
+            .up
+            .push(figures::readyws_upload(&readyws_url, &readyws_pid, n, run).await?);
+        t.naive
+            .up
+            .push(figures::naive_upload(&raw_url, &raw_pid, n).await?);
+        t.pipelined
+            .up
+            .push(figures::pipelined_upload(&raw_url, &raw_pid, n).await?);
+        t.socketio.up.push(
+            socketio::throughput(&mut socketio_client, &socketio_pid, &socketio_url, "up", n)
+                .await?,
+        );
+        t.redis
+            .up
+            .push(figures::readyws_upload(&redis_url, &redis_pid, n, run).await?);
+        t.readyws
+            .down
+            .push(figures::readyws_download(&readyws_url, &readyws_pid, n, run).await?);
+        t.naive
+            .down
+            .push(figures::naive_download(&raw_url, &raw_pid, n).await?);
+        t.pipelined
+            .down
+            .push(figures::pipelined_download(&raw_url, &raw_pid, n).await?);
+        t.socketio.down.push(
+            socketio::throughput(
+                &mut socketio_client,
+                &socketio_pid,
+                &socketio_url,
+                "down",
+                n,
+            )
+            .await?,
+        );
+        t.redis
+            .down
+            .push(figures::readyws_download(&redis_url, &redis_pid, n, run).await?);
+        let last = |samples: &[figures::Sample]| samples.last().map_or(0.0, |s| s.rate);
+        progress(&format!(
+            "run {}: messages/s up: readyws {:.0}, naive {:.0}, pipelined {:.0}, Socket.IO {:.0}, on Redis {:.0}; down: readyws {:.0}, naive {:.0}, pipelined {:.0}, Socket.IO {:.0}, on Redis {:.0}",
+            run + 1,
+            last(&t.readyws.up),
+            last(&t.naive.up),
+            last(&t.pipelined.up),
+            last(&t.socketio.up),
+            last(&t.redis.up),
+            last(&t.readyws.down),
+            last(&t.naive.down),
+            last(&t.pipelined.down),
+            last(&t.socketio.down),
+            last(&t.redis.down),
         ));
     }
-    drop((_readyws_server, _raw_server, _redis_server));
+    drop((
+        readyws_server,
+        raw_server,
+        redis_server,
+        socketio_server,
+        socketio_client,
+    ));
 
     let count = settings.sessions.to_string();
-    progress(&format!("{} raw sessions at once", settings.sessions));
-    let (raw_sessions, _) = many_sessions("raw", None, &count).await?;
-    progress(&format!("{} readyws sessions at once", settings.sessions));
-    let (readyws_sessions, storm) = many_sessions("readyws", None, &count).await?;
-    progress(&format!(
-        "{} readyws sessions at once on the Redis store",
-        settings.sessions
-    ));
-    let (redis_sessions, storm_redis) =
-        many_sessions("readyws", Some(&redis.url()), &count).await?;
+    let mut many = SessionRuns::default();
+    for run in 0..settings.session_runs {
+        let label = format!("run {} of {}:", run + 1, settings.session_runs);
+        progress(&format!(
+            "{label} {} raw sessions at once",
+            settings.sessions
+        ));
+        let (raw, _) = many_sessions("raw", None, &count).await?;
+        many.raw.push(raw.per_session(settings.sessions));
+        progress(&format!(
+            "{label} {} readyws sessions at once, then a restart",
+            settings.sessions
+        ));
+        let (readyws, storm) = many_sessions("readyws", None, &count).await?;
+        many.readyws.push(readyws.per_session(settings.sessions));
+        many.storms
+            .push(storm.ok_or("the readyws swarm ran no storm")?);
+        progress(&format!("{label} the same on the Redis store"));
+        let (on_redis, storm) = many_sessions("readyws", Some(&redis.url()), &count).await?;
+        many.redis.push(on_redis.per_session(settings.sessions));
+        many.storms_redis
+            .push(storm.ok_or("the readyws swarm on Redis ran no storm")?);
+        progress(&format!(
+            "{label} {} Socket.IO sockets at once",
+            settings.sessions
+        ));
+        let opened = socketio.open_many(settings.sessions).await?;
+        many.socketio.push(SessionsRun {
+            ready_ms: opened.ready_ms,
+            failed: opened.failed,
+            client_bytes: per_session(
+                opened.client_rss_before,
+                opened.client_rss_after,
+                settings.sessions,
+            ),
+            server_bytes: per_session(
+                opened.server_rss_before,
+                opened.server_rss_after,
+                settings.sessions,
+            ),
+        });
+    }
 
     let figures = Figures {
+        runs: settings.runs,
         trials: settings.trials,
-        ready_readyws,
-        ready_raw,
         messages: settings.messages,
-        upload_readyws: median_f64(&upload.0),
-        upload_raw: median_f64(&upload.1),
-        download_readyws: median_f64(&download.0),
-        download_raw: median_f64(&download.1),
-        ready_redis,
-        upload_redis: median_f64(&on_redis.0),
-        download_redis: median_f64(&on_redis.1),
         sessions: settings.sessions,
-        raw_sessions,
-        readyws_sessions,
-        storm: storm.ok_or("the readyws swarm ran no storm")?,
-        redis_sessions,
-        storm_redis: storm_redis.ok_or("the readyws swarm on Redis ran no storm")?,
+        ready,
+        throughput,
+        many,
         package: settings.package,
         command: settings.command,
         elapsed: started.elapsed(),
@@ -275,11 +369,27 @@ async fn run(settings: Settings) -> Result<(), String> {
     }
 }
 
+/// Resident memory grown per session.
+fn per_session(before: u64, after: u64, sessions: usize) -> f64 {
+    after.saturating_sub(before) as f64 / sessions.max(1) as f64
+}
+
 /// The figures of `count` sessions of `kind` opened at once, each side in a fresh process.
-pub(crate) struct Sessions {
-    pub(crate) opened: swarm::Opened,
-    pub(crate) server_rss_before: u64,
-    pub(crate) server_rss_after: u64,
+struct Sessions {
+    opened: swarm::Opened,
+    server_rss_before: u64,
+    server_rss_after: u64,
+}
+
+impl Sessions {
+    fn per_session(&self, sessions: usize) -> SessionsRun {
+        SessionsRun {
+            ready_ms: self.opened.ready_ms,
+            failed: self.opened.failed,
+            client_bytes: per_session(self.opened.rss_before, self.opened.rss_after, sessions),
+            server_bytes: per_session(self.server_rss_before, self.server_rss_after, sessions),
+        }
+    }
 }
 
 async fn many_sessions(

@@ -1,11 +1,12 @@
-//! `docs/BENCHMARKS.md`: the table of one run, its plots, and how each baseline is built.
+//! `docs/BENCHMARKS.md`: the tables of one run with every figure's spread, its plots, and how
+//! each contender is built and measured.
 
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::Sessions;
-use crate::common::{MESSAGE_BYTES, median};
+use crate::common::{MESSAGE_BYTES, Spread, median};
+use crate::figures::Sample;
 use crate::swarm::{STORM_BUCKET_MS, Storm};
 
 /// The browser package's gzipped sizes, as `cargo xtask bench` measured them.
@@ -43,78 +44,252 @@ const BROWSER_ANCHORS: [(&str, &str, u64); 7] = [
     ("@rails/actioncable", "8.1.400", 3_047),
 ];
 
+/// Time-to-ready trials of each run, by contender.
+#[derive(Default)]
+pub(crate) struct ReadyRuns {
+    pub(crate) readyws: Vec<Vec<Duration>>,
+    /// Raw tokio-tungstenite: connect and one round trip.
+    pub(crate) raw: Vec<Vec<Duration>>,
+    /// readyws with the server on the Redis store.
+    pub(crate) redis: Vec<Vec<Duration>>,
+    pub(crate) socketio: Vec<Vec<Duration>>,
+}
+
+/// Each run's samples, both ways.
+#[derive(Default)]
+pub(crate) struct Both {
+    /// Client → server.
+    pub(crate) up: Vec<Sample>,
+    /// Server → client.
+    pub(crate) down: Vec<Sample>,
+}
+
+/// Throughput runs by contender.
+#[derive(Default)]
+pub(crate) struct ThroughputRuns {
+    pub(crate) readyws: Both,
+    /// Raw tokio-tungstenite, one `send` per frame and an `ack` per message.
+    pub(crate) naive: Both,
+    /// Raw tokio-tungstenite, frames fed and flushed per burst, no acknowledgements.
+    pub(crate) pipelined: Both,
+    pub(crate) socketio: Both,
+    /// readyws with the server on the Redis store.
+    pub(crate) redis: Both,
+}
+
+/// What one run of many sessions opened at once measured.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SessionsRun {
+    pub(crate) ready_ms: f64,
+    pub(crate) failed: usize,
+    /// Growth of the client process's resident memory per session.
+    pub(crate) client_bytes: f64,
+    /// The same of the server process.
+    pub(crate) server_bytes: f64,
+}
+
+/// The many-sessions runs by contender, and the restarts of the readyws ones.
+#[derive(Default)]
+pub(crate) struct SessionRuns {
+    pub(crate) readyws: Vec<SessionsRun>,
+    pub(crate) raw: Vec<SessionsRun>,
+    pub(crate) redis: Vec<SessionsRun>,
+    pub(crate) socketio: Vec<SessionsRun>,
+    pub(crate) storms: Vec<Storm>,
+    pub(crate) storms_redis: Vec<Storm>,
+}
+
 /// Everything one run measured.
 pub(crate) struct Figures {
+    pub(crate) runs: usize,
     pub(crate) trials: usize,
-    pub(crate) ready_readyws: Vec<Duration>,
-    pub(crate) ready_raw: Vec<Duration>,
     pub(crate) messages: usize,
-    pub(crate) upload_readyws: f64,
-    pub(crate) upload_raw: f64,
-    pub(crate) download_readyws: f64,
-    pub(crate) download_raw: f64,
-    /// Time to ready with the server on the Redis store.
-    pub(crate) ready_redis: Vec<Duration>,
-    pub(crate) upload_redis: f64,
-    pub(crate) download_redis: f64,
     pub(crate) sessions: usize,
-    pub(crate) raw_sessions: Sessions,
-    pub(crate) readyws_sessions: Sessions,
-    pub(crate) storm: Storm,
-    /// The same sessions and restart with the server on the Redis store.
-    pub(crate) redis_sessions: Sessions,
-    pub(crate) storm_redis: Storm,
+    pub(crate) ready: ReadyRuns,
+    pub(crate) throughput: ThroughputRuns,
+    pub(crate) many: SessionRuns,
     pub(crate) package: Option<PackageSizes>,
     pub(crate) command: String,
     pub(crate) elapsed: Duration,
 }
 
+/// The spread of each run's median, in microseconds.
+pub(crate) fn ready_spread(runs: &[Vec<Duration>]) -> Spread {
+    let medians: Vec<f64> = runs
+        .iter()
+        .map(|trials| median(trials).as_secs_f64() * 1e6)
+        .collect();
+    Spread::of(&medians)
+}
+
+/// The spread over runs of `ours / theirs`, run by run: both measured in the same run, so that
+/// the machine's drift between runs cancels out.
+fn ratio_spread(ours: &[f64], theirs: &[f64]) -> Spread {
+    let ratios: Vec<f64> = ours
+        .iter()
+        .zip(theirs)
+        .map(|(a, b)| a / b.max(f64::MIN_POSITIVE))
+        .collect();
+    Spread::of(&ratios)
+}
+
+pub(crate) fn rates(samples: &[Sample]) -> Vec<f64> {
+    samples.iter().map(|s| s.rate).collect()
+}
+
+pub(crate) fn cpus(samples: &[Sample]) -> Vec<f64> {
+    samples.iter().map(Sample::cpu_us).collect()
+}
+
+fn ready_medians(runs: &[Vec<Duration>]) -> Vec<f64> {
+    runs.iter()
+        .map(|trials| median(trials).as_secs_f64() * 1e6)
+        .collect()
+}
+
+/// One target: the figure, its ratio's spread over runs, the bound and which way it holds.
+struct Target {
+    what: String,
+    ratio: Spread,
+    bound: f64,
+    /// `true`: the ratio must be at least the bound; `false`: at most.
+    at_least: bool,
+}
+
+impl Target {
+    fn met(&self) -> bool {
+        if self.at_least {
+            self.ratio.median >= self.bound
+        } else {
+            self.ratio.median <= self.bound
+        }
+    }
+}
+
 impl Figures {
-    fn ready_medians(&self) -> (Duration, Duration) {
-        (median(&self.ready_readyws), median(&self.ready_raw))
+    /// Every target, with the median of its run-by-run ratios.
+    fn targets(&self) -> Vec<Target> {
+        let t = &self.throughput;
+        let mut targets = Vec::new();
+        for (way, ours, naive, pipelined, socketio, redis) in [
+            (
+                "client → server",
+                &t.readyws.up,
+                &t.naive.up,
+                &t.pipelined.up,
+                &t.socketio.up,
+                &t.redis.up,
+            ),
+            (
+                "server → client",
+                &t.readyws.down,
+                &t.naive.down,
+                &t.pipelined.down,
+                &t.socketio.down,
+                &t.redis.down,
+            ),
+        ] {
+            let target = |what: String, ratio, bound, at_least| Target {
+                what,
+                ratio,
+                bound,
+                at_least,
+            };
+            targets.push(target(
+                format!("messages/s {way}: readyws / naive raw"),
+                ratio_spread(&rates(ours), &rates(naive)),
+                1.0,
+                true,
+            ));
+            targets.push(target(
+                format!("messages/s {way}: readyws / pipelined raw ceiling"),
+                ratio_spread(&rates(ours), &rates(pipelined)),
+                0.5,
+                true,
+            ));
+            targets.push(target(
+                format!("CPU per message {way}: readyws / naive raw"),
+                ratio_spread(&cpus(ours), &cpus(naive)),
+                1.5,
+                false,
+            ));
+            targets.push(target(
+                format!("messages/s {way}: readyws / Socket.IO 4"),
+                ratio_spread(&rates(ours), &rates(socketio)),
+                3.0,
+                true,
+            ));
+            targets.push(target(
+                format!("messages/s {way}: readyws on Redis / in memory"),
+                ratio_spread(&rates(redis), &rates(ours)),
+                0.5,
+                true,
+            ));
+        }
+        targets.insert(
+            0,
+            Target {
+                what: "time to ready: readyws / raw connect + one round trip".to_owned(),
+                ratio: ratio_spread(
+                    &ready_medians(&self.ready.readyws),
+                    &ready_medians(&self.ready.raw),
+                ),
+                bound: 1.2,
+                at_least: false,
+            },
+        );
+        targets
     }
 
-    pub(crate) fn ready_ratio(&self) -> f64 {
-        let (readyws, raw) = self.ready_medians();
-        readyws.as_secs_f64() / raw.as_secs_f64()
-    }
-
-    fn per_session(&self, before: u64, after: u64) -> f64 {
-        after.saturating_sub(before) as f64 / self.sessions.max(1) as f64
-    }
-
-    fn storm_span_s(&self) -> f64 {
-        let buckets = &self.storm.attempts;
-        let first = buckets.iter().position(|n| *n > 0).unwrap_or(0);
-        (buckets.len().saturating_sub(first)) as f64 * STORM_BUCKET_MS as f64 / 1000.0
-    }
-
-    fn storm_peak_share(&self) -> f64 {
-        let total: u64 = self.storm.attempts.iter().sum();
-        let peak = self.storm.attempts.iter().copied().max().unwrap_or(0);
-        peak as f64 / total.max(1) as f64
-    }
-
-    fn storm_lost(&self) -> usize {
-        self.storm.sent - self.storm.acked
+    fn storms_lost(storms: &[Storm]) -> usize {
+        storms.iter().map(|s| s.sent - s.acked).sum()
     }
 }
 
-/// Until every session of a storm was ready again.
-fn ready_again(storm: &Storm) -> String {
-    storm
-        .all_ready_ms
-        .map_or(format!("never ({} ready again)", storm.ready_again), |ms| {
-            format!("{:.2} s", ms / 1000.0)
-        })
+fn storm_span_s(storm: &Storm) -> f64 {
+    let buckets = &storm.attempts;
+    let first = buckets.iter().position(|n| *n > 0).unwrap_or(0);
+    (buckets.len().saturating_sub(first)) as f64 * STORM_BUCKET_MS as f64 / 1000.0
 }
 
-fn micros(duration: Duration) -> String {
-    format!("{:.0} µs", duration.as_secs_f64() * 1e6)
+fn storm_peak_share(storm: &Storm) -> f64 {
+    let total: u64 = storm.attempts.iter().sum();
+    let peak = storm.attempts.iter().copied().max().unwrap_or(0);
+    peak as f64 / total.max(1) as f64
+}
+
+/// `min / median / max` of a spread, each end formatted by `one`.
+fn spread(values: Spread, one: impl Fn(f64) -> String) -> String {
+    format!(
+        "{} / **{}** / {}",
+        one(values.min),
+        one(values.median),
+        one(values.max)
+    )
+}
+
+fn rate(value: f64) -> String {
+    thousands(value.round() as u64)
+}
+
+fn micros(value: f64) -> String {
+    format!("{value:.0}")
+}
+
+fn micros_fine(value: f64) -> String {
+    format!("{value:.2}")
 }
 
 fn kib(bytes: f64) -> String {
-    format!("{:.1} KiB", bytes / 1024.0)
+    format!("{:.1}", bytes / 1024.0)
+}
+
+fn seconds_from_ms(ms: f64) -> String {
+    format!("{:.2}", ms / 1000.0)
+}
+
+fn ratio(value: f64) -> String {
+    format!("{value:.2}×")
 }
 
 fn thousands(value: u64) -> String {
@@ -129,76 +304,69 @@ fn thousands(value: u64) -> String {
     out
 }
 
-/// The headline, for the terminal.
+/// The headline, for the terminal: every target's median ratio.
 pub(crate) fn summary(figures: &Figures) -> String {
-    format!(
-        "time to ready {:.2}x raw (target <= 1.2); throughput with acks {:.2}x raw client->server, {:.2}x server->client (target >= 0.8); on Redis: time to ready {:.2}x in-memory (target <= 2), throughput {:.2}x / {:.2}x in-memory (target >= 0.5); {} sessions ready in {:.1} s ({} failed); storm: all ready again in {}, {} lost; written in {:.0} s",
-        figures.ready_ratio(),
-        figures.upload_readyws / figures.upload_raw,
-        figures.download_readyws / figures.download_raw,
-        median(&figures.ready_redis).as_secs_f64() / figures.ready_medians().0.as_secs_f64(),
-        figures.upload_redis / figures.upload_readyws,
-        figures.download_redis / figures.download_readyws,
-        figures.sessions,
-        figures.readyws_sessions.opened.ready_ms / 1000.0,
-        figures.readyws_sessions.opened.failed,
-        figures
-            .storm
-            .all_ready_ms
-            .map_or("never".to_owned(), |ms| format!("{:.1} s", ms / 1000.0)),
-        figures.storm_lost(),
-        figures.elapsed.as_secs_f64(),
-    )
+    let mut parts: Vec<String> = figures
+        .targets()
+        .iter()
+        .map(|t| {
+            format!(
+                "{}: {:.2}x [{:.2}-{:.2}] (target {} {}){}",
+                t.what,
+                t.ratio.median,
+                t.ratio.min,
+                t.ratio.max,
+                if t.at_least { ">=" } else { "<=" },
+                t.bound,
+                if t.met() { "" } else { " MISSED" }
+            )
+        })
+        .collect();
+    parts.push(format!(
+        "storms: {} lost in memory, {} on Redis; written in {:.0} s",
+        Figures::storms_lost(&figures.many.storms),
+        Figures::storms_lost(&figures.many.storms_redis),
+        figures.elapsed.as_secs_f64()
+    ));
+    parts.join("\n")
 }
 
-/// What went wrong that must not: sessions that never became ready, a storm that did not end,
-/// messages not acknowledged.
+/// What went wrong that must not: readyws sessions that never became ready, a storm that did not
+/// end, messages not acknowledged, a raw baseline session that failed (its figure would be off).
 pub(crate) fn broken_guarantees(figures: &Figures) -> Vec<String> {
     let mut broken = Vec::new();
-    for (kind, sessions) in [
-        ("readyws", &figures.readyws_sessions),
-        ("raw", &figures.raw_sessions),
+    let m = &figures.many;
+    for (kind, runs) in [
+        ("readyws", &m.readyws),
+        ("raw", &m.raw),
+        ("readyws on Redis", &m.redis),
     ] {
-        if sessions.opened.failed > 0 {
+        let failed: usize = runs.iter().map(|r| r.failed).sum();
+        if failed > 0 {
             broken.push(format!(
-                "{} {kind} sessions of {} never became ready",
-                sessions.opened.failed, figures.sessions
+                "{failed} {kind} sessions of {} runs of {} never became ready",
+                runs.len(),
+                figures.sessions
             ));
         }
     }
-    if figures.storm.all_ready_ms.is_none() {
-        broken.push(format!(
-            "after the restart only {} of {} sessions were ready again",
-            figures.storm.ready_again, figures.sessions
-        ));
-    }
-    if figures.storm_redis.all_ready_ms.is_none() {
-        broken.push(format!(
-            "on Redis, after the restart only {} of {} sessions were ready again",
-            figures.storm_redis.ready_again, figures.sessions
-        ));
-    }
-    let lost_on_redis = figures.storm_redis.sent - figures.storm_redis.acked;
-    if lost_on_redis > 0 {
-        broken.push(format!(
-            "on Redis, {lost_on_redis} of the storm's {} messages were not acknowledged ({})",
-            figures.storm_redis.sent,
-            figures.storm_redis.not_acked.join(", ")
-        ));
-    }
-    if figures.redis_sessions.opened.failed > 0 {
-        broken.push(format!(
-            "{} readyws sessions on Redis of {} never became ready",
-            figures.redis_sessions.opened.failed, figures.sessions
-        ));
-    }
-    if figures.storm_lost() > 0 {
-        broken.push(format!(
-            "{} of the storm's {} messages were not acknowledged ({})",
-            figures.storm_lost(),
-            figures.storm.sent,
-            figures.storm.not_acked.join(", ")
-        ));
+    for (store, storms) in [("in memory", &m.storms), ("on Redis", &m.storms_redis)] {
+        for storm in storms {
+            if storm.all_ready_ms.is_none() {
+                broken.push(format!(
+                    "{store}, after a restart only {} of {} sessions were ready again",
+                    storm.ready_again, figures.sessions
+                ));
+            }
+            if storm.sent > storm.acked {
+                broken.push(format!(
+                    "{store}, {} of a storm's {} messages were not acknowledged ({})",
+                    storm.sent - storm.acked,
+                    storm.sent,
+                    storm.not_acked.join(", ")
+                ));
+            }
+        }
     }
     broken
 }
@@ -212,167 +380,224 @@ pub(crate) fn write(docs: &Path, figures: &Figures) -> Result<(), String> {
 
 fn markdown(f: &Figures) -> String {
     let mut md = String::new();
-    let raw = &f.raw_sessions;
-    let ours = &f.readyws_sessions;
     let _ = writeln!(
         md,
         "# Benchmarks\n\n\
-         What readiness and delivery guarantees cost over a bare WebSocket: each readyws figure next \
-         to a baseline built with raw tokio-tungstenite and measured **in the same run**, on \
-         127.0.0.1. This page is written by the benchmark itself; run it again to refresh it.\n\n\
+         What readiness and delivery guarantees cost, next to what a user would otherwise build or \
+         pick: raw tokio-tungstenite written the usual way (the **naive** baseline), raw \
+         tokio-tungstenite pipelined with no acknowledgements at all (the **ceiling**), and \
+         **Socket.IO 4** on Node.js with acknowledgement callbacks (the peer). Everything is \
+         measured **in the same run**, on 127.0.0.1, and every figure is given as \
+         min / **median** / max over its runs, so that the noise of the machine shows. This page \
+         is written by the benchmark itself; run it again to refresh it.\n\n\
          - Command: `{}` (release build; {:.0} s for the measurements)\n\
+         - Runs: {} of time to ready ({} trials of each contender per run) and of throughput \
+         ({} messages each way per run); {} of the {}-session figures\n\
          - Date: {} (UTC)\n\
          - Machine: {}\n",
         f.command,
         f.elapsed.as_secs_f64(),
+        f.runs,
+        f.trials,
+        thousands(f.messages as u64),
+        f.many.readyws.len(),
+        thousands(f.sessions as u64),
         today(),
         machine()
     );
+
     let _ = writeln!(
         md,
-        "## Figures\n\n\
-         | # | figure | readyws | baseline | ratio | target |\n\
-         |---|---|---:|---:|---:|---|"
+        "## Targets\n\n\
+         Each ratio is taken run by run (both figures of a ratio come from the same run) and given \
+         as min / **median** / max over the runs; a target holds when the median does.\n\n\
+         | figure | ratio | target | |\n|---|---:|---|---|"
     );
-    let _ = writeln!(
-        md,
-        "| 1 | time to ready, median of {} | {} | {} | **{:.2}×** | ≤ 1.2× |",
-        f.trials,
-        micros(f.ready_medians().0),
-        micros(f.ready_medians().1),
-        f.ready_ratio()
-    );
-    let _ = writeln!(
-        md,
-        "| 2a | acknowledged {MESSAGE_BYTES}-byte messages/s, client → server | {} | {} | **{:.2}×** | ≥ 0.8× |",
-        thousands(f.upload_readyws as u64),
-        thousands(f.upload_raw as u64),
-        f.upload_readyws / f.upload_raw
-    );
-    let _ = writeln!(
-        md,
-        "| 2b | acknowledged {MESSAGE_BYTES}-byte messages/s, server → client | {} | {} | **{:.2}×** | ≥ 0.8× |",
-        thousands(f.download_readyws as u64),
-        thousands(f.download_raw as u64),
-        f.download_readyws / f.download_raw
-    );
-    let _ = writeln!(
-        md,
-        "| 3a | {} sessions opened at once: time until all ready | {:.2} s ({} failed) | {:.2} s ({} failed) | {:.2}× | all ready |",
-        thousands(f.sessions as u64),
-        ours.opened.ready_ms / 1000.0,
-        ours.opened.failed,
-        raw.opened.ready_ms / 1000.0,
-        raw.opened.failed,
-        ours.opened.ready_ms / raw.opened.ready_ms
-    );
-    let client_ours = f.per_session(ours.opened.rss_before, ours.opened.rss_after);
-    let client_raw = f.per_session(raw.opened.rss_before, raw.opened.rss_after);
-    let server_ours = f.per_session(ours.server_rss_before, ours.server_rss_after);
-    let server_raw = f.per_session(raw.server_rss_before, raw.server_rss_after);
-    let _ = writeln!(
-        md,
-        "| 3b | client memory per session (resident) | {} | {} | {:.2}× | |",
-        kib(client_ours),
-        kib(client_raw),
-        client_ours / client_raw.max(1.0)
-    );
-    let _ = writeln!(
-        md,
-        "| 3c | server memory per session (resident) | {} | {} | {:.2}× | |",
-        kib(server_ours),
-        kib(server_raw),
-        server_ours / server_raw.max(1.0)
-    );
-    let _ = writeln!(
-        md,
-        "| 4a | restart storm: until all {} sessions are ready again | {} | opening them: {:.2} s | | spread, nothing lost |",
-        thousands(f.sessions as u64),
-        f.storm.all_ready_ms.map_or(
-            format!("never ({} ready again)", f.storm.ready_again),
-            |ms| format!("{:.2} s", ms / 1000.0)
-        ),
-        ours.opened.ready_ms / 1000.0,
-    );
-    let _ = writeln!(
-        md,
-        "| 4b | restart storm: messages sent during it, acknowledged / lost | {} / {} | | | 0 lost |",
-        thousands(f.storm.acked as u64),
-        f.storm_lost()
-    );
-    let _ = writeln!(
-        md,
-        "| 4c | restart storm: connection attempts spread over / largest {STORM_BUCKET_MS} ms share | {:.1} s / {:.1} % | | | spread |",
-        f.storm_span_s(),
-        f.storm_peak_share() * 100.0
-    );
-    match f.package {
-        Some(package) => {
-            let _ = writeln!(
-                md,
-                "| 5 | browser package, gzipped (`.wasm` {} + JS glue {}) | {} B | socket.io-client {} B | {:.2}× | |",
-                thousands(package.wasm_gzip),
-                thousands(package.glue_gzip),
-                thousands(package.total()),
-                thousands(BROWSER_ANCHORS[0].2),
-                package.total() as f64 / BROWSER_ANCHORS[0].2 as f64
-            );
-        }
-        None => {
-            let _ = writeln!(
-                md,
-                "| 5 | browser package, gzipped | not built in this run | | | |"
-            );
-        }
-    }
-    if !f.storm.not_acked.is_empty() {
+    for target in f.targets() {
         let _ = writeln!(
             md,
-            "\nMessages of the storm that did not end acknowledged (first ten): {}",
-            f.storm.not_acked.join(", ")
+            "| {} | {} | {} {} | {} |",
+            target.what,
+            spread(target.ratio, ratio),
+            if target.at_least { "≥" } else { "≤" },
+            ratio(target.bound),
+            if target.met() { "met" } else { "**missed**" }
         );
     }
-    let redis_ready = median(&f.ready_redis);
+
+    let t = &f.throughput;
     let _ = writeln!(
         md,
-        "\n## The Redis store\n\n\
-         The same readyws server and clients, the server keeping its records in a `redis-server` \
-         of the run's own on loopback (a single primary, `appendonly yes`, `appendfsync always`: \
-         every commit is on disk before it is answered), next to the in-memory figures above.\n\n\
-         | figure | in memory | on Redis | ratio | target |\n|---|---:|---:|---:|---|\n\
-         | time to ready, median of {} | {} | {} | **{:.2}×** | ≤ 2× |\n\
-         | acknowledged {MESSAGE_BYTES}-byte messages/s, client → server | {} | {} | **{:.2}×** | ≥ 0.5× |\n\
-         | acknowledged {MESSAGE_BYTES}-byte messages/s, server → client | {} | {} | **{:.2}×** | ≥ 0.5× |\n\
-         | {} sessions opened at once: time until all ready | {:.2} s | {:.2} s | {:.2}× | all ready |\n\
-         | restart storm: until all are ready again | {} | {} | | spread |\n\
-         | restart storm: messages sent during it, acknowledged / lost | {} / {} | {} / {} | | 0 lost |",
-        f.trials,
-        micros(f.ready_medians().0),
-        micros(redis_ready),
-        redis_ready.as_secs_f64() / f.ready_medians().0.as_secs_f64(),
-        thousands(f.upload_readyws as u64),
-        thousands(f.upload_redis as u64),
-        f.upload_redis / f.upload_readyws,
-        thousands(f.download_readyws as u64),
-        thousands(f.download_redis as u64),
-        f.download_redis / f.download_readyws,
-        thousands(f.sessions as u64),
-        f.readyws_sessions.opened.ready_ms / 1000.0,
-        f.redis_sessions.opened.ready_ms / 1000.0,
-        f.redis_sessions.opened.ready_ms / f.readyws_sessions.opened.ready_ms,
-        ready_again(&f.storm),
-        ready_again(&f.storm_redis),
-        thousands(f.storm.acked as u64),
-        f.storm.sent - f.storm.acked,
-        thousands(f.storm_redis.acked as u64),
-        f.storm_redis.sent - f.storm_redis.acked,
+        "\n## Throughput and CPU per message\n\n\
+         Acknowledged {MESSAGE_BYTES}-byte JSON messages per second over one connection, and the \
+         CPU time (user + system, client process + server process, from `/proc/<pid>/stat`) spent \
+         per message during the transfer, in microseconds. The ceiling acknowledges nothing.\n\n\
+         | contender | client → server, messages/s | CPU µs/message | server → client, messages/s | CPU µs/message |\n\
+         |---|---:|---:|---:|---:|"
     );
+    for (name, both) in [
+        ("readyws", &t.readyws),
+        ("raw tokio-tungstenite, naive", &t.naive),
+        ("raw tokio-tungstenite, pipelined ceiling", &t.pipelined),
+        ("Socket.IO 4 (Node.js)", &t.socketio),
+        ("readyws, server on Redis", &t.redis),
+    ] {
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {} | {} | {} |",
+            spread(Spread::of(&rates(&both.up)), rate),
+            spread(Spread::of(&cpus(&both.up)), micros_fine),
+            spread(Spread::of(&rates(&both.down)), rate),
+            spread(Spread::of(&cpus(&both.down)), micros_fine),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nThe CPU split, medians in µs per message (client + server):\n\n\
+         | contender | client → server | server → client |\n|---|---:|---:|"
+    );
+    for (name, both) in [
+        ("readyws", &t.readyws),
+        ("raw, naive", &t.naive),
+        ("raw, pipelined ceiling", &t.pipelined),
+        ("Socket.IO 4", &t.socketio),
+        ("readyws on Redis", &t.redis),
+    ] {
+        let split = |samples: &[Sample]| {
+            let client: Vec<f64> = samples.iter().map(|s| s.client_cpu_us).collect();
+            let server: Vec<f64> = samples.iter().map(|s| s.server_cpu_us).collect();
+            format!(
+                "{:.2} + {:.2}",
+                Spread::of(&client).median,
+                Spread::of(&server).median
+            )
+        };
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {} |",
+            split(&both.up),
+            split(&both.down)
+        );
+    }
+
+    let r = &f.ready;
+    let _ = writeln!(
+        md,
+        "\n## Time to ready\n\n\
+         The median of each run's {} trials, in microseconds; min / **median** / max over the runs.\n\n\
+         | contender | time to ready, µs | ratio to raw connect + one round trip |\n|---|---:|---:|",
+        f.trials
+    );
+    let raw_medians = ready_medians(&r.raw);
+    for (name, runs) in [
+        ("readyws: `connect()` → `ready()`", &r.readyws),
+        ("raw tokio-tungstenite: connect + one round trip", &r.raw),
+        ("Socket.IO 4: `io()` → `connect`", &r.socketio),
+        ("readyws, server on Redis", &r.redis),
+    ] {
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {} |",
+            spread(ready_spread(runs), micros),
+            spread(ratio_spread(&ready_medians(runs), &raw_medians), ratio)
+        );
+    }
+
+    let m = &f.many;
+    let _ = writeln!(
+        md,
+        "\n## {} sessions opened at once\n\n\
+         | contender | until all ready, s | failed (all runs) | client KiB/session | server KiB/session |\n\
+         |---|---:|---:|---:|---:|",
+        thousands(f.sessions as u64)
+    );
+    for (name, runs) in [
+        ("readyws", &m.readyws),
+        ("raw tokio-tungstenite", &m.raw),
+        ("Socket.IO 4", &m.socketio),
+        ("readyws, server on Redis", &m.redis),
+    ] {
+        let of = |field: fn(&SessionsRun) -> f64| {
+            Spread::of(&runs.iter().map(field).collect::<Vec<_>>())
+        };
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {} | {} | {} |",
+            spread(of(|r| r.ready_ms), seconds_from_ms),
+            runs.iter().map(|r| r.failed).sum::<usize>(),
+            spread(of(|r| r.client_bytes), kib),
+            spread(of(|r| r.server_bytes), kib),
+        );
+    }
+
+    let _ = writeln!(
+        md,
+        "\n## Restart storm\n\n\
+         Every one of the {} readyws sessions ready, then the server restarts gracefully \
+         (method 5 below).\n\n\
+         | figure | in memory | on Redis | target |\n|---|---:|---:|---|",
+        thousands(f.sessions as u64)
+    );
+    let storm_spread = |storms: &[Storm], field: fn(&Storm) -> f64| {
+        Spread::of(&storms.iter().map(field).collect::<Vec<_>>())
+    };
+    let never = |storms: &[Storm]| storms.iter().filter(|s| s.all_ready_ms.is_none()).count();
+    let _ = writeln!(
+        md,
+        "| until all are ready again, s | {} | {} | all, spread |\n\
+         | runs in which some never were | {} | {} | 0 |\n\
+         | messages sent during it, acknowledged / lost (all runs) | {} / {} | {} / {} | 0 lost |\n\
+         | connection attempts spread over, s | {} | {} | spread |\n\
+         | largest {STORM_BUCKET_MS} ms share of the attempts, % | {} | {} | |",
+        spread(
+            storm_spread(&m.storms, |s| s.all_ready_ms.unwrap_or(f64::NAN)),
+            seconds_from_ms
+        ),
+        spread(
+            storm_spread(&m.storms_redis, |s| s.all_ready_ms.unwrap_or(f64::NAN)),
+            seconds_from_ms
+        ),
+        never(&m.storms),
+        never(&m.storms_redis),
+        thousands(m.storms.iter().map(|s| s.acked as u64).sum()),
+        Figures::storms_lost(&m.storms),
+        thousands(m.storms_redis.iter().map(|s| s.acked as u64).sum()),
+        Figures::storms_lost(&m.storms_redis),
+        spread(storm_spread(&m.storms, storm_span_s), |v| format!("{v:.1}")),
+        spread(storm_spread(&m.storms_redis, storm_span_s), |v| format!(
+            "{v:.1}"
+        )),
+        spread(storm_spread(&m.storms, storm_peak_share), |v| format!(
+            "{:.1}",
+            v * 100.0
+        )),
+        spread(
+            storm_spread(&m.storms_redis, storm_peak_share),
+            |v| format!("{:.1}", v * 100.0)
+        ),
+    );
+    for (store, storms) in [("in memory", &m.storms), ("on Redis", &m.storms_redis)] {
+        let not_acked: Vec<&str> = storms
+            .iter()
+            .flat_map(|s| s.not_acked.iter().map(String::as_str))
+            .take(10)
+            .collect();
+        if !not_acked.is_empty() {
+            let _ = writeln!(
+                md,
+                "\nStorm messages {store} that did not end acknowledged (first ten): {}",
+                not_acked.join(", ")
+            );
+        }
+    }
+
     let _ = writeln!(
         md,
         "\n## Plots\n\n\
-         ![Time to ready, cumulative](bench/time_to_ready.svg)\n\n\
-         ![Throughput with acknowledgements](bench/throughput.svg)\n\n\
-         ![Connection attempts during the restart storm](bench/reconnect_storm.svg)\n"
+         ![Time to ready, cumulative, one line per run](bench/time_to_ready.svg)\n\n\
+         ![Throughput with acknowledgements, median and range of the runs](bench/throughput.svg)\n\n\
+         ![CPU per message, median and range of the runs](bench/cpu_per_message.svg)\n\n\
+         ![Connection attempts during the restart storm, one line per run](bench/reconnect_storm.svg)\n"
     );
     let _ = writeln!(
         md,
@@ -380,8 +605,15 @@ fn markdown(f: &Figures) -> String {
          Each package's client entry point bundled alone with esbuild 0.25 (`--bundle --minify \
          --format=esm --platform=browser`), then `gzip -9`, measured on 2026-11-29; the readyws \
          figure is `wasm/pkg/` as `cargo xtask wasm` builds it (binaryen's `wasm-opt -Oz \
-         --converge` on wasm-bindgen's output, minified glue).\n\n\
-         | package | version | min + gzip | readyws / it |\n|---|---|---:|---:|"
+         --converge` on wasm-bindgen's output, minified glue){}.\n\n\
+         | package | version | min + gzip | readyws / it |\n|---|---|---:|---:|",
+        f.package
+            .map_or(", not built in this run".to_owned(), |p| format!(
+                ": {} B (`.wasm` {} + JS glue {})",
+                thousands(p.total()),
+                thousands(p.wasm_gzip),
+                thousands(p.glue_gzip)
+            ))
     );
     for (name, version, bytes) in BROWSER_ANCHORS {
         let ratio = f.package.map_or("—".to_owned(), |p| {
@@ -397,45 +629,69 @@ fn markdown(f: &Figures) -> String {
     md
 }
 
-/// How each baseline is built: the prose half of the page.
+/// How each contender is built: the prose half of the page.
 const BASELINES: &str = r#"
-## How each figure and its baseline are measured
+## How each figure and each contender are measured
 
-Every server runs in a process of its own (the same binary, `readyws-bench server`), and the
-many-sessions clients too (`readyws-bench swarm`), so that each memory figure is one process's
-own. Trials of a figure and of its baseline alternate, so that drift of the machine hits both.
+Every server runs in a process of its own (readyws and raw: the same binary, `readyws-bench
+server`; Socket.IO: `node server.mjs`), and the many-sessions clients too (`readyws-bench swarm`,
+`node client.mjs`), so that each CPU and memory figure is one process's own. The Rust clients of
+the time-to-ready and throughput figures run in the measuring process itself; the Socket.IO ones
+in one Node.js process that it commands. Within a run the contenders take turns, so that drift of
+the machine hits all of them; the runs show how much it moves.
 
-1. **Time to ready.** readyws: from `Client::builder(url).connect()` to `ready()` returning,
-   that is the TCP connect, the WebSocket upgrade, `welcome`, `hello` and `connection_ready`.
-   Baseline: `tokio_tungstenite::connect_async` to the raw server, then one request (a `msg`
-   frame) and its answer (an `ack` frame): the physical floor of any readiness handshake, which
-   needs the socket open and one round trip. Twenty warm-up trials of each are not counted.
-2. **Throughput with acknowledgements.** readyws: 1 KiB JSON objects (`{"seq":N,"text":"…"}`)
-   sent with `Client::send` to the reference server until every `Delivery` resolved `Acked`;
-   the other way, one request makes the server publish them to the client and the client counts
-   them off its message stream (acknowledging them as the protocol does). Baseline: the same
-   `msg` frames, built with `format!`, sent with tokio-tungstenite's `send` to a
-   tokio-tungstenite server that parses every frame with serde_json (type, id, and the data
-   checked to be JSON, as the readyws codec does) and answers each with an `ack` frame, which
-   the client parses too; the other way, the raw server sends the frames and the client parses
-   and acknowledges each. The median of the runs is reported. readyws comes out ahead because
-   both of its sides write every frame due and flush once, and answer a burst of messages with
-   one cumulative `ack`, where the baseline, written the usual way, makes one `send` (a write
-   and a flush) per frame and one `ack` per message.
-3. **Many sessions.** One process opens all sessions at once against one server process
-   (readyws: `Client`s, each driven by its own task; baseline: raw connections, each with one
-   request and answer, held open). Both raise their open-file limit to the hard limit, and the
-   listeners accept bursts of 4,096. Memory is the growth of resident memory (`VmRSS`) from
-   before the first session to all ready, divided by the number of sessions. The baseline keeps
-   tokio-tungstenite's default 128 KiB read buffer, which is most of its figure; readyws reads
-   8 KiB at a time on both sides, and any tokio-tungstenite application could do the same.
-4. **Reconnect storm.** With every readyws session ready, the server restarts gracefully: each
+1. **The contenders.**
+   - *readyws*: `readyws::Client` against `readyws-server` (in memory, or on Redis).
+   - *Naive raw baseline*: tokio-tungstenite as an application is usually written without
+     readyws: every frame sent with `send` (one write and one flush), every `msg` frame parsed
+     with serde_json (type, id, and the data checked to be JSON, as the readyws codec does) and
+     answered with its own `ack` frame, which the other side parses too.
+   - *Pipelined raw ceiling*: the same frames, built and parsed the same way, but fed into the
+     socket and flushed once per 64 frames, and never acknowledged (the sender learns the end from
+     one `ack` of a final `end` frame). Nothing that acknowledges each message can beat it on one
+     connection: it is the physical ceiling of moving and parsing these frames.
+   - *Socket.IO 4*: `socket.io` and `socket.io-client` 4.8.4 on Node.js (with `bufferutil` and
+     `utf-8-validate`, as Socket.IO recommends for speed), pinned by
+     `bench/socketio/package-lock.json` and installed by `cargo xtask bench` with `npm ci`. The
+     clients use the WebSocket transport only (`transports: ["websocket"]`), the fastest
+     configuration, which skips the long-polling start. Messages are `emit`ted with an
+     acknowledgement callback, which the other side calls.
+2. **Time to ready.** readyws: from `Client::builder(url).connect()` to `ready()` returning, that
+   is the TCP connect, the WebSocket upgrade, `welcome`, `hello` and `connection_ready`. Raw: a
+   `connect_async`, then one request (a `msg` frame) and its answer (an `ack` frame): the floor of
+   any readiness handshake, which needs the socket open and one round trip; its trials alternate
+   with readyws's. Socket.IO: from `io(url)` to the `connect` event, timed by Node.js. Twenty
+   warm-up trials of each are not counted.
+3. **Throughput with acknowledgements.** Client → server: 1 KiB JSON objects
+   (`{"seq":N,"text":"…"}`) sent until every one was acknowledged (readyws: every `Delivery`
+   resolved `Acked`; Socket.IO: every callback ran). Server → client: one request makes the
+   server send them (readyws: `ServerHandle::publish`, 64 at a time, as a backend with work for
+   one user does; Socket.IO: `emit` with a callback each), and the client counts them until the
+   last, acknowledging each as its protocol does. readyws's outbox and the server's mailbox are
+   sized to take a whole run.
+4. **CPU per message.** User + system time of the client process and of the server process, read
+   from `/proc/<pid>/stat` (all threads) right before and after the transfer (after the connect),
+   divided by the messages. Its resolution is the kernel's clock tick (10 ms), a few percent of a
+   run's CPU time. On a shared machine it moves far less than messages/s, which depend on how the
+   two cores are shared at that moment.
+5. **Many sessions.** One process opens all sessions at once against one fresh server process
+   (readyws: `Client`s, each driven by its own task; raw: connections, each with one request and
+   answer; Socket.IO: `io()` sockets), and holds them open. The Rust ones raise their open-file
+   limit to the hard limit (Node.js inherits it), and the listeners accept bursts of 4,096. Memory
+   is the growth of resident memory (`VmRSS`) from before the first session to all ready, divided
+   by the number of sessions. The raw baseline keeps tokio-tungstenite's default 128 KiB read
+   buffer, which is most of its figure; readyws reads 8 KiB at a time on both sides, and any
+   tokio-tungstenite application could do the same.
+6. **Restart storm.** With every readyws session ready, the server restarts gracefully: each
    session gets `goaway` 4000 with `retry_after_ms` spread over 5 s, then a new server, with
-   fresh state, listens on the same port in the same process (sessions start anew there, and
-   the clients resend what was not acknowledged). Each client sends one message as the restart begins and one a second later. The
-   histogram counts the clients' connection attempts (`Stats::connection_attempts`) in 100 ms
-   buckets; the storm ends when every client is ready again.
-5. **Browser package size.** See the table above.
+   fresh state (or the same Redis), listens on the same port in the same process, and the clients
+   resend what was not acknowledged. Each client sends one message as the restart begins and one
+   a second later. The plot counts the clients' connection attempts (`Stats::connection_attempts`)
+   in 100 ms buckets; the storm ends when every client is ready again.
+7. **The Redis store.** The same readyws server and clients, the server keeping its records in a
+   `redis-server` of the run's own on loopback: a single primary, `appendonly yes`, `appendfsync
+   always`, so that every commit is on disk before it is answered.
+8. **Browser package size.** See the table above.
 "#;
 
 /// Today's date in UTC, `YYYY-MM-DD`.

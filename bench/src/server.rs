@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::common::{RawFrame, listener, payload, raise_open_file_limit, raw_ack, raw_msg};
+use crate::figures::PIPELINE_BURST;
 
 /// How long the graceful restart spreads the sessions' return over.
 pub(crate) const RESTART_SPREAD: Duration = Duration::from_secs(5);
@@ -94,8 +95,8 @@ fn start_readyws(
 ) -> Running {
     let options = ServerOptions::default()
         .mailbox(MailboxLimits {
-            max_messages: 100_000,
-            max_bytes: 256 << 20,
+            max_messages: 1_000_000,
+            max_bytes: 1 << 30,
             ttl: Duration::from_secs(600),
             overflow: OverflowPolicy::RejectNew,
         })
@@ -156,9 +157,12 @@ impl InboundHandler for BenchHandler {
     }
 }
 
-/// The baseline: plain tokio-tungstenite, written as an application without readyws would be.
-/// Every frame is parsed; a `msg` gets an `ack`; a `send` request makes it send that many `msg`
-/// frames and read the client's `ack`s until the last one.
+/// The baselines: plain tokio-tungstenite. Every frame is parsed. The naive one is written as an
+/// application without readyws would be: a `msg` gets an `ack`; a `send` request makes it send
+/// that many `msg` frames, one `send` each, and read the client's `ack`s until the last one. The
+/// pipelined ceiling: `push` frames are only counted, and an `end` frame answered with an `ack`
+/// of that count; a `pipe` request makes it feed that many `msg` frames, flushing once per
+/// [`PIPELINE_BURST`], and expect no `ack`.
 async fn raw_server(listener: tokio::net::TcpListener) {
     while let Ok((stream, _)) = listener.accept().await {
         let _ = stream.set_nodelay(true);
@@ -166,11 +170,38 @@ async fn raw_server(listener: tokio::net::TcpListener) {
             let Ok(mut socket) = tokio_tungstenite::accept_async(stream).await else {
                 return;
             };
+            // `push` frames of the pipelined baseline since its last `end`.
+            let mut pushed = 0u64;
             while let Some(Ok(Message::Text(text))) = socket.next().await {
                 let Ok(frame) = serde_json::from_str::<RawFrame<'_>>(text.as_str()) else {
                     return;
                 };
                 match frame.kind {
+                    "push" => pushed += 1,
+                    "end" => {
+                        let received = std::mem::take(&mut pushed);
+                        if socket
+                            .send(Message::Text(raw_ack(received).into()))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    "pipe" => {
+                        for id in 1..=frame.count {
+                            let text = raw_msg(id, &payload(id));
+                            if socket.feed(Message::Text(text.into())).await.is_err() {
+                                return;
+                            }
+                            if id % PIPELINE_BURST == 0 && socket.flush().await.is_err() {
+                                return;
+                            }
+                        }
+                        if socket.flush().await.is_err() {
+                            return;
+                        }
+                    }
                     "msg"
                         if socket
                             .send(Message::Text(raw_ack(frame.id).into()))

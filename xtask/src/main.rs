@@ -416,6 +416,11 @@ fn bench() -> Result<(), String> {
         cargo(&["build", "--release", "-p", "readyws-bench"], &[])
     })?;
     let root = workspace_root();
+    let socketio = root.join("bench").join("socketio");
+    step(
+        "install the Socket.IO peer (npm ci in bench/socketio)",
+        || install_socketio_peer(&socketio),
+    )?;
     let binary = target_dir().join("release").join("readyws-bench");
     let docs = root.join("docs");
     let sizes = format!("{},{}", package.wasm_gzip, package.glue_gzip);
@@ -424,6 +429,8 @@ fn bench() -> Result<(), String> {
             .args(["run", "--out"])
             .arg(&docs)
             .args(["--package", &sizes])
+            .arg("--socketio")
+            .arg(&socketio)
             .env("READYWS_BENCH_COMMAND", "cargo xtask bench")
             .status()
             .map_err(|e| format!("starting {}: {e}", binary.display()))?;
@@ -435,6 +442,27 @@ fn bench() -> Result<(), String> {
     })?;
     println!("wrote docs/BENCHMARKS.md and docs/bench/*.svg");
     Ok(())
+}
+
+/// Installs the Socket.IO server and client at the versions of `bench/socketio/package-lock.json`.
+fn install_socketio_peer(dir: &Path) -> Result<(), String> {
+    let out = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+        .current_dir(dir)
+        .output()
+        .map_err(|e| {
+            format!("could not run npm (the Socket.IO peer needs Node.js and npm; Debian: apt-get install nodejs npm): {e}")
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "npm ci in {} failed: {}{}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
 }
 
 pub(crate) fn step<T>(name: &str, run: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
