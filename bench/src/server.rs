@@ -123,7 +123,7 @@ fn start_readyws(
 struct BenchHandler;
 
 /// Publishes of one request under way at once.
-const PUBLISHES_IN_FLIGHT: usize = 64;
+const PUBLISHES_IN_FLIGHT: usize = 1024;
 
 impl InboundHandler for BenchHandler {
     fn on_message<'a>(&'a self, server: &'a ServerHandle, message: Inbound<'a>) -> Reply<'a> {

@@ -25,8 +25,8 @@ use std::time::Duration;
 pub use custody::{Attach, ConnId, Copies, FreshCredentials, HubEvent, HubLimits, Taken};
 pub use gate::{Gate, Goaway, StartupGate, StoreTrouble, goaway_for};
 pub use record::{
-    Digest, Holder, Kept, Leases, RecordHead, Rules, Saved, StoredHead, TokenDigest, UserRecord,
-    withdraw_from,
+    Digest, HeldChanges, Holder, Kept, Leases, RecordHead, Rules, Saved, StoredHead, TokenDigest,
+    UserRecord, withdraw_from,
 };
 
 /// The authenticated identity a session belongs to [SE-3].

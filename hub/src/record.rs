@@ -281,6 +281,28 @@ pub struct UserRecord {
     held: BTreeMap<u64, Held>,
     bytes: usize,
     sessions: BTreeMap<String, SessionEntry>,
+    /// The held messages removed since [`UserRecord::mark_held`], for a store that writes each
+    /// held message apart: it then writes what a change did, not every message the user has
+    /// waiting. Not stored.
+    #[serde(skip)]
+    held_log: Option<HeldLog>,
+}
+
+/// What [`UserRecord::held_log`] remembers: the newest id at the mark (every message added
+/// since has a greater one) and the ids removed since, of those held at the mark.
+#[derive(Clone, Debug, Default)]
+struct HeldLog {
+    newest_at_mark: u64,
+    removed: Vec<u64>,
+}
+
+/// The held messages one change removed and added ([`UserRecord::held_changes`]).
+#[derive(Debug)]
+pub struct HeldChanges<'r> {
+    /// Ids of the messages held at the mark and gone now.
+    pub removed: Vec<u64>,
+    /// The messages added since the mark and still held, oldest first: id, expiry, data.
+    pub added: Vec<(u64, Time, &'r Data)>,
 }
 
 /// A record without its held messages ([`UserRecord::head`]): what a store that keeps each
@@ -328,6 +350,39 @@ impl UserRecord {
         }
     }
 
+    /// Starts remembering which held messages go, so that [`UserRecord::held_changes`] can say
+    /// what a change did in the time of what it changed (a store calls it before each change).
+    pub fn mark_held(&mut self) {
+        self.held_log = Some(HeldLog {
+            newest_at_mark: self.last_record,
+            removed: Vec::new(),
+        });
+    }
+
+    /// The held messages removed and added since [`UserRecord::mark_held`]; `None` without a
+    /// mark (the store then writes the whole record).
+    pub fn held_changes(&self) -> Option<HeldChanges<'_>> {
+        let log = self.held_log.as_ref()?;
+        Some(HeldChanges {
+            removed: log.removed.clone(),
+            added: self
+                .held
+                .range(log.newest_at_mark + 1..)
+                .map(|(id, held)| (*id, held.expires_at, &held.data))
+                .collect(),
+        })
+    }
+
+    /// Notes that held message `id` is gone, when a mark asks for it.
+    fn log_removed(&mut self, id: u64) {
+        if let Some(log) = &mut self.held_log {
+            // One added and removed since the mark was never written: nothing to remove.
+            if id <= log.newest_at_mark {
+                log.removed.push(id);
+            }
+        }
+    }
+
     /// Each held message: its id, when it expires, and its data; oldest first.
     pub fn held_messages(&self) -> impl Iterator<Item = (u64, Time, &Data)> + '_ {
         self.held
@@ -360,6 +415,7 @@ impl UserRecord {
             held,
             bytes,
             sessions,
+            held_log: None,
         }
     }
 
@@ -438,6 +494,7 @@ impl UserRecord {
                     let Some((id, oldest)) = self.held.pop_first() else {
                         break;
                     };
+                    self.log_removed(id);
                     self.bytes -= oldest.data.len();
                     dropped.push(id);
                 }
@@ -715,6 +772,7 @@ impl UserRecord {
         let Some(record) = self.held.remove(&held) else {
             return;
         };
+        self.log_removed(held);
         self.bytes -= record.data.len();
         // The copies queued on the other sessions stay [CU-4], within each session's bounds.
         let bound = rules.protocol.outbox.max_messages;
@@ -843,14 +901,19 @@ impl UserRecord {
         }
         let before = self.held.len();
         let mut bytes = 0;
-        self.held.retain(|_, held| {
+        let mut gone = Vec::new();
+        self.held.retain(|id, held| {
             let keep = held.expires_at > now;
             if !keep {
                 bytes += held.data.len();
+                gone.push(*id);
             }
             keep
         });
         self.bytes -= bytes;
+        for id in gone {
+            self.log_removed(id);
+        }
         let expired = before - self.held.len();
         if expired > 0 {
             info!(user = ?user.as_str(), expired, "held messages expired before any session took them");
@@ -986,6 +1049,68 @@ mod tests {
             .publish(&rules(), &UserId::new("alice"), data, now, &mut events)
             .expect("room");
         events
+    }
+
+    /// What a store that writes held messages apart is told a change did: the messages added
+    /// since the mark and the ones gone, whichever way they went (settled, dropped to make room,
+    /// expired), and nothing about those untouched or added and gone within the change.
+    #[test]
+    fn held_changes_name_what_a_change_added_and_removed() {
+        let user = UserId::new("alice");
+        let mut record = UserRecord::default();
+        assert!(record.held_changes().is_none(), "no mark, no changes");
+        for text in ["a", "b", "c", "d"] {
+            publish(&mut record, text, Time::from_millis(0));
+        }
+        record.mark_held();
+        let changes = record.held_changes().expect("marked");
+        assert!(changes.removed.is_empty() && changes.added.is_empty());
+
+        let mut events = VecDeque::new();
+        record.copy_settled(&rules(), &user, 2, &Outcome::Acked, &mut events);
+        publish(&mut record, "e", Time::from_millis(0));
+        publish(&mut record, "f", Time::from_millis(0));
+        // Added and settled within the change: never written, so nothing to remove.
+        record.copy_settled(&rules(), &user, 6, &Outcome::Acked, &mut events);
+        let changes = record.held_changes().expect("marked");
+        assert_eq!(changes.removed, vec![2]);
+        assert_eq!(
+            changes
+                .added
+                .iter()
+                .map(|(id, _, _)| *id)
+                .collect::<Vec<_>>(),
+            vec![5]
+        );
+
+        // Dropped to make room for a new one.
+        let mut tight = rules();
+        tight.limits.mailbox.max_messages = record.held_len();
+        tight.limits.mailbox.overflow = OverflowPolicy::DropOldest;
+        record.mark_held();
+        let data = Data::from_json("\"g\"").expect("JSON");
+        record
+            .publish(&tight, &user, data, Time::from_millis(0), &mut events)
+            .expect("room made");
+        let changes = record.held_changes().expect("marked");
+        assert_eq!(changes.removed, vec![1]);
+        assert_eq!(
+            changes
+                .added
+                .iter()
+                .map(|(id, _, _)| *id)
+                .collect::<Vec<_>>(),
+            vec![7]
+        );
+
+        // Expired while the user has no session.
+        record.mark_held();
+        let later = Time::from_millis(0) + rules().limits.mailbox.ttl + Duration::from_millis(1);
+        record.sweep(&rules(), &user, later, &|_| true, &mut events);
+        let changes = record.held_changes().expect("marked");
+        assert_eq!(changes.removed, vec![3, 4, 5, 7]);
+        assert!(changes.added.is_empty());
+        assert_eq!(record.held_len(), 0);
     }
 
     fn resume_of(session: &ServerSession) -> Resume {

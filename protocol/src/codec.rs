@@ -186,16 +186,21 @@ pub(crate) fn decode_from<const FROM_SERVER: bool>(
     } else {
         Role::Client
     };
-    let (value, lone_surrogate) =
-        json::validate_frame(text).map_err(|error| DecodeError::InvalidJson {
-            detail: error.message(),
-        })?;
-    let invalid_json = |error: json::InvalidJson| DecodeError::InvalidJson {
-        detail: error.message(),
+    let (members, lone_surrogate) = match json::frame_members(text) {
+        Some(read) => read,
+        None => {
+            let (value, lone_surrogate) =
+                json::validate_frame(text).map_err(|error| DecodeError::InvalidJson {
+                    detail: error.message(),
+                })?;
+            let members = json::members(value)
+                .map_err(|error| DecodeError::InvalidJson {
+                    detail: error.message(),
+                })?
+                .ok_or(DecodeError::NotAnObject)?;
+            (members, lone_surrogate)
+        }
     };
-    let members = json::members(value)
-        .map_err(invalid_json)?
-        .ok_or(DecodeError::NotAnObject)?;
     let kind = read_kind(&members, sender)?;
     let object = Object {
         members: &members,

@@ -159,17 +159,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes `record` for `user` if the stored version is still `expected` (0: no record
     /// yet); an empty record is removed. The index of deadlines gets `deadline` unless it holds
-    /// an earlier one: it may say a record is due before it is, never after. `held_before`,
-    /// when given, lists the held messages of the record at `expected` (oldest first): a store
-    /// that keeps each held message apart then writes only the messages added and removes only
-    /// those gone, instead of the whole record.
+    /// an earlier one: it may say a record is due before it is, never after. With
+    /// `incremental`, `record` was marked ([`UserRecord::mark_held`]) when it was the record at
+    /// `expected`: a store that keeps each held message apart then writes only the messages
+    /// added and removes only those gone ([`UserRecord::held_changes`]), instead of the whole
+    /// record.
     fn commit<'a>(
         &'a self,
         user: &'a UserId,
         expected: u64,
         record: &'a UserRecord,
         deadline: Option<Time>,
-        held_before: Option<&'a [u64]>,
+        incremental: bool,
     ) -> BoxFuture<'a, Result<Commit, StoreError>>;
 
     /// Up to `limit` users whose indexed deadline is at or before `now`; their entries now say
@@ -274,7 +275,7 @@ pub trait Store: Send + Sync + 'static {
                     None => (self.load(user).await?, false),
                 };
                 let before = record.deadline();
-                let held_before = record.held_ids();
+                record.mark_held();
                 if !change(&mut record) {
                     if from_cache {
                         // Nothing to write, so nothing checks the version: what `change` saw
@@ -290,10 +291,7 @@ pub trait Store: Send + Sync + 'static {
                     (Some(before), Some(after)) if after >= before => None,
                     (_, after) => after,
                 };
-                match self
-                    .commit(user, version, &record, deadline, Some(&held_before))
-                    .await?
-                {
+                match self.commit(user, version, &record, deadline, true).await? {
                     Commit::Done(now) => {
                         return Ok(Some(Written {
                             previous: version,
@@ -438,7 +436,7 @@ impl Store for MemoryStore {
         expected: u64,
         record: &'a UserRecord,
         deadline: Option<Time>,
-        _held_before: Option<&'a [u64]>,
+        _incremental: bool,
     ) -> BoxFuture<'a, Result<Commit, StoreError>> {
         let mut memory = lock(&self.inner);
         memory.index(user, deadline, true);

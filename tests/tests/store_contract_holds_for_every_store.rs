@@ -98,7 +98,7 @@ async fn a_commit_on_an_outdated_version_is_refused() {
 
         let one = with_message(fresh.record.clone(), &alice, 1, at(0));
         let Commit::Done(first) = store
-            .commit(&alice, 0, &one, None, None)
+            .commit(&alice, 0, &one, None, false)
             .await
             .expect("commit")
         else {
@@ -116,14 +116,14 @@ async fn a_commit_on_an_outdated_version_is_refused() {
         let two = with_message(read.record.clone(), &alice, 2, at(0));
         let stale = with_message(one.clone(), &alice, 3, at(0));
         let Commit::Done(second) = store
-            .commit(&alice, first, &two, None, None)
+            .commit(&alice, first, &two, None, false)
             .await
             .expect("commit")
         else {
             panic!("{name}: a commit on the current version is written");
         };
         match store
-            .commit(&alice, first, &stale, None, None)
+            .commit(&alice, first, &stale, None, false)
             .await
             .expect("commit")
         {
@@ -147,7 +147,7 @@ async fn a_commit_on_an_outdated_version_is_refused() {
         );
         assert!(
             store
-                .commit(&alice, 0, &stale, None, None)
+                .commit(&alice, 0, &stale, None, false)
                 .await
                 .expect("commit")
                 .is_conflict(),
@@ -163,7 +163,7 @@ async fn an_empty_record_is_removed() {
         let bo = UserId::new("bo");
         let one = with_message(UserRecord::default(), &bo, 1, at(0));
         let Commit::Done(version) = store
-            .commit(&bo, 0, &one, None, None)
+            .commit(&bo, 0, &one, None, false)
             .await
             .expect("commit")
         else {
@@ -182,7 +182,7 @@ async fn an_empty_record_is_removed() {
         assert!(record.is_empty());
         assert!(matches!(
             store
-                .commit(&bo, version, &record, None, None)
+                .commit(&bo, version, &record, None, false)
                 .await
                 .expect("commit"),
             Commit::Done(_)
@@ -318,7 +318,7 @@ async fn held_messages_read_back_whole_after_commits_of_what_changed() {
         // A whole record replaces the stored one.
         let replacement = with_message(UserRecord::continuing_after(1_000), &fay, 7, at(0));
         let Commit::Done(_) = store
-            .commit(&fay, version, &replacement, None, None)
+            .commit(&fay, version, &replacement, None, false)
             .await
             .expect("commit")
         else {
@@ -344,7 +344,7 @@ async fn the_deadline_index_is_never_late_and_claims_run_out() {
         let dee = UserId::new("dee");
         let one = with_message(UserRecord::default(), &dee, 1, at(0));
         let Commit::Done(v1) = store
-            .commit(&dee, 0, &one, Some(at(1_000)), None)
+            .commit(&dee, 0, &one, Some(at(1_000)), false)
             .await
             .expect("commit")
         else {
@@ -361,7 +361,7 @@ async fn the_deadline_index_is_never_late_and_claims_run_out() {
         // A later deadline never hides the earlier one.
         let two = with_message(one.clone(), &dee, 2, at(0));
         let Commit::Done(_) = store
-            .commit(&dee, v1, &two, Some(at(3_000)), None)
+            .commit(&dee, v1, &two, Some(at(3_000)), false)
             .await
             .expect("commit")
         else {
@@ -412,7 +412,7 @@ async fn a_settle_never_hides_an_earlier_deadline() {
         let eve = UserId::new("eve");
         let one = with_message(UserRecord::default(), &eve, 1, at(0));
         let Commit::Done(v1) = store
-            .commit(&eve, 0, &one, Some(at(100)), None)
+            .commit(&eve, 0, &one, Some(at(100)), false)
             .await
             .expect("commit")
         else {
@@ -423,7 +423,7 @@ async fn a_settle_never_hides_an_earlier_deadline() {
         // Meanwhile another instance commits with an earlier deadline than the settle's.
         let two = with_message(one, &eve, 2, at(0));
         let Commit::Done(_) = store
-            .commit(&eve, v1, &two, Some(at(500)), None)
+            .commit(&eve, v1, &two, Some(at(500)), false)
             .await
             .expect("commit")
         else {
@@ -608,7 +608,7 @@ async fn refuses_while_down(name: &str, store: &RedisStore) {
     );
     let record = with_message(UserRecord::default(), &user, 1, at(0));
     let error = store
-        .commit(&user, 0, &record, None, None)
+        .commit(&user, 0, &record, None, false)
         .await
         .expect_err("Redis is down");
     assert!(
