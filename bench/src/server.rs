@@ -122,7 +122,8 @@ fn start_readyws(
 /// A `{"bench": …, "count": n}` request makes the server publish `n` messages to its sender.
 struct BenchHandler;
 
-/// Publishes of one request under way at once.
+/// Publishes of one request under way at once: as many as one commit of the server takes
+/// together (`MAX_PUBLISH_BATCH`), so that on a store whose commits are round trips they can.
 const PUBLISHES_IN_FLIGHT: usize = 1024;
 
 impl InboundHandler for BenchHandler {

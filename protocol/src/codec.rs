@@ -186,7 +186,13 @@ pub(crate) fn decode_from<const FROM_SERVER: bool>(
     } else {
         Role::Client
     };
-    let (members, lone_surrogate) = match json::frame_members(text) {
+    // The one-pass read is left out of the browser build, where each byte of code is paid for
+    // in the package and a client decodes one connection's frames.
+    #[cfg(not(target_arch = "wasm32"))]
+    let fast = json::frame_members(text);
+    #[cfg(target_arch = "wasm32")]
+    let fast = None;
+    let (members, lone_surrogate) = match fast {
         Some(read) => read,
         None => {
             let (value, lone_surrogate) =

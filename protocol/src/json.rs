@@ -81,6 +81,7 @@ fn validate_whole<'a>(reader: &mut Reader<'a>) -> Result<&'a str, InvalidJson> {
 /// object, or not valid), which the caller then reads the long way, [`validate_frame`] then
 /// [`members`], for the same answer and error as always: only the common case is sped up, and
 /// the payload, most of a frame's bytes, is scanned once instead of twice.
+#[cfg(not(target_arch = "wasm32"))]
 pub(crate) fn frame_members(text: &str) -> Option<(Vec<Member<'_>>, bool)> {
     let mut reader = Reader::new(text);
     reader.lone_surrogates = LoneSurrogates::Noted(false);
