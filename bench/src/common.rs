@@ -105,21 +105,26 @@ pub(crate) fn median_f64(values: &[f64]) -> f64 {
 }
 
 /// User plus system CPU time of process `pid` (`self` for this one), all its threads, from
-/// `/proc/<pid>/stat` (fields 14 and 15, in clock ticks of [`clock_ticks_per_second`]).
+/// `/proc/<pid>/stat` (in clock ticks of [`clock_ticks_per_second`]).
 pub(crate) fn cpu_time(pid: &str) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The command name, field 2, is in parentheses and may hold spaces: count from after it.
+    Duration::from_secs_f64(cpu_ticks(&stat) as f64 / clock_ticks_per_second() as f64)
+}
+
+/// Fields 14 and 15 (utime, stime) of a `/proc/<pid>/stat` line, summed; 0 if it has none.
+fn cpu_ticks(stat: &str) -> u64 {
+    // The command name, field 2, is in parentheses and may hold spaces and parentheses: count
+    // from after the last `)`.
     let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let tick = |index: usize| {
+    let field = |number: usize| {
+        // Field 3 (the state) is the first after the name.
         fields
-            .get(index)
+            .get(number - 3)
             .and_then(|value| value.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    // Field 3 (state) is the first after the name: utime is field 14, stime field 15.
-    let ticks = tick(14 - 3) + tick(15 - 3);
-    Duration::from_secs_f64(ticks as f64 / clock_ticks_per_second() as f64)
+    field(14) + field(15)
 }
 
 /// The unit of `/proc`'s CPU times (`getconf CLK_TCK`; 100 on Linux unless it says otherwise).
@@ -155,5 +160,35 @@ impl Spread {
             median: median_f64(&sorted),
             max: sorted.last().copied().unwrap_or(0.0),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CPU fields are found after a command name that holds spaces and parentheses.
+    #[test]
+    fn cpu_ticks_are_read_after_the_command_name() {
+        let stat = "4242 (node (a) b) S 1 4242 4242 0 -1 4194304 5000 0 12 0 731 129 0 0 20 0 \
+                    11 0 9000 1000000 5000";
+        assert_eq!(cpu_ticks(stat), 731 + 129);
+        assert_eq!(cpu_ticks(""), 0);
+        assert_eq!(cpu_ticks("1 (short) S 1"), 0);
+    }
+
+    /// The spread of a figure's runs: its ends and its middle.
+    #[test]
+    fn a_spread_is_the_lowest_middle_and_highest_run() {
+        let spread = Spread::of(&[3.0, 1.0, 5.0, 2.0, 4.0]);
+        assert_eq!(
+            spread,
+            Spread {
+                min: 1.0,
+                median: 3.0,
+                max: 5.0
+            }
+        );
+        assert_eq!(Spread::of(&[]), Spread::default());
     }
 }

@@ -165,7 +165,8 @@ fn bars(
             drawn.push((x, Spread::of(&figure(&pick(both))), *color, i));
         }
     }
-    let max_y = drawn.iter().map(|(_, s, _, _)| s.max).fold(1e-9, f64::max) * 1.15;
+    // Headroom above the tallest whisker for the legend.
+    let max_y = drawn.iter().map(|(_, s, _, _)| s.max).fold(1e-9, f64::max) * 1.7;
     let root = SVGBackend::new(path, (860, 460)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let mut chart = ChartBuilder::on(&root)
@@ -195,10 +196,17 @@ fn bars(
         .enumerate()
     {
         let x = group as f64 * width + centre;
+        // Just above the group's tallest whisker, below the legend.
+        let top = drawn
+            .iter()
+            .skip(group * contenders.len())
+            .take(contenders.len())
+            .map(|(_, spread, _, _)| spread.max)
+            .fold(0.0, f64::max);
         chart
             .draw_series(std::iter::once(Text::new(
                 label,
-                (x - 0.8, max_y * 0.97),
+                (x - 0.8, top * 1.1 + max_y * 0.04),
                 ("sans-serif", 15),
             )))
             .map_err(|e| e.to_string())?;
