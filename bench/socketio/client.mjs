@@ -36,6 +36,21 @@ function connect(url) {
   });
 }
 
+/**
+ * Connects, says so, waits for the go-ahead, then times `move` until it calls `done` and answers
+ * with the messages per second.
+ */
+async function transfer(url, n, goAhead, move) {
+  const socket = await connect(url);
+  say({ connected: true });
+  await goAhead();
+  const started = performance.now();
+  await new Promise((done) => move(socket, done));
+  const rate = n / ((performance.now() - started) / 1000);
+  socket.close();
+  say({ rate });
+}
+
 obey(async ([command, url, count], goAhead) => {
   const n = Number(count);
   switch (command) {
@@ -51,44 +66,26 @@ obey(async ([command, url, count], goAhead) => {
       say({ micros });
       return;
     }
-    case "up": {
-      const socket = await connect(url);
-      say({ connected: true });
-      await goAhead();
-      const started = performance.now();
-      await new Promise((resolve) => {
+    case "up":
+      return transfer(url, n, goAhead, (socket, done) => {
         let acked = 0;
         for (let seq = 1; seq <= n; seq++) {
           socket.emit("msg", payload(seq), () => {
             acked += 1;
-            if (acked === n) resolve();
+            if (acked === n) done();
           });
         }
       });
-      const rate = n / ((performance.now() - started) / 1000);
-      socket.close();
-      say({ rate });
-      return;
-    }
-    case "down": {
-      const socket = await connect(url);
-      say({ connected: true });
-      await goAhead();
-      const started = performance.now();
-      await new Promise((resolve) => {
+    case "down":
+      return transfer(url, n, goAhead, (socket, done) => {
         let received = 0;
         socket.on("msg", (_data, ack) => {
           ack();
           received += 1;
-          if (received === n) resolve();
+          if (received === n) done();
         });
         socket.emit("send", n);
       });
-      const rate = n / ((performance.now() - started) / 1000);
-      socket.close();
-      say({ rate });
-      return;
-    }
     case "swarm": {
       const started = performance.now();
       const opened = await Promise.allSettled(Array.from({ length: n }, () => connect(url)));

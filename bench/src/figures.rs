@@ -295,11 +295,33 @@ pub(crate) async fn naive_download(
     server: &str,
     messages: usize,
 ) -> Result<Sample, String> {
+    raw_download(url, server, messages, false).await
+}
+
+/// The ceiling the other way: one request makes the raw server feed the frames and flush once
+/// per [`PIPELINE_BURST`]; the client parses every one and acknowledges none.
+pub(crate) async fn pipelined_download(
+    url: &str,
+    server: &str,
+    messages: usize,
+) -> Result<Sample, String> {
+    raw_download(url, server, messages, true).await
+}
+
+/// One request for `messages` frames (`pipe`: fed and flushed per burst, or `send`: one `send`
+/// each), every one parsed, and acknowledged unless `pipelined`.
+async fn raw_download(
+    url: &str,
+    server: &str,
+    messages: usize,
+    pipelined: bool,
+) -> Result<Sample, String> {
     let (mut socket, _) = tokio_tungstenite::connect_async(url)
         .await
         .map_err(|e| format!("raw connect: {e}"))?;
     let meter = Meter::start("self", server);
-    let request = format!(r#"{{"type":"send","count":{messages}}}"#);
+    let kind = if pipelined { "pipe" } else { "send" };
+    let request = format!(r#"{{"type":"{kind}","count":{messages}}}"#);
     socket
         .send(Message::Text(request.into()))
         .await
@@ -311,42 +333,12 @@ pub(crate) async fn naive_download(
                 let frame = serde_json::from_str::<RawFrame<'_>>(text.as_str())
                     .map_err(|e| format!("raw msg: {e}"))?;
                 received += 1;
-                socket
-                    .send(Message::Text(raw_ack(frame.id).into()))
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            other => return Err(format!("raw socket ended: {other:?}")),
-        }
-    }
-    let sample = meter.stop(messages);
-    let _ = socket.close(None).await;
-    Ok(sample)
-}
-
-/// The ceiling the other way: one request makes the raw server feed the frames and flush once
-/// per [`PIPELINE_BURST`]; the client parses every one and acknowledges none.
-pub(crate) async fn pipelined_download(
-    url: &str,
-    server: &str,
-    messages: usize,
-) -> Result<Sample, String> {
-    let (mut socket, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .map_err(|e| format!("raw connect: {e}"))?;
-    let meter = Meter::start("self", server);
-    let request = format!(r#"{{"type":"pipe","count":{messages}}}"#);
-    socket
-        .send(Message::Text(request.into()))
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut received = 0;
-    while received < messages {
-        match socket.next().await {
-            Some(Ok(Message::Text(text))) => {
-                serde_json::from_str::<RawFrame<'_>>(text.as_str())
-                    .map_err(|e| format!("raw msg: {e}"))?;
-                received += 1;
+                if !pipelined {
+                    socket
+                        .send(Message::Text(raw_ack(frame.id).into()))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
             }
             other => return Err(format!("raw socket ended: {other:?}")),
         }

@@ -1051,6 +1051,10 @@ mod tests {
         events
     }
 
+    fn added_ids(changes: &HeldChanges<'_>) -> Vec<u64> {
+        changes.added.iter().map(|(id, _, _)| *id).collect()
+    }
+
     /// What a store that writes held messages apart is told a change did: the messages added
     /// since the mark and the ones gone, whichever way they went (settled, dropped to make room,
     /// expired), and nothing about those untouched or added and gone within the change.
@@ -1074,14 +1078,7 @@ mod tests {
         record.copy_settled(&rules(), &user, 6, &Outcome::Acked, &mut events);
         let changes = record.held_changes().expect("marked");
         assert_eq!(changes.removed, vec![2]);
-        assert_eq!(
-            changes
-                .added
-                .iter()
-                .map(|(id, _, _)| *id)
-                .collect::<Vec<_>>(),
-            vec![5]
-        );
+        assert_eq!(added_ids(&changes), vec![5]);
 
         // Dropped to make room for a new one.
         let mut tight = rules();
@@ -1094,14 +1091,7 @@ mod tests {
             .expect("room made");
         let changes = record.held_changes().expect("marked");
         assert_eq!(changes.removed, vec![1]);
-        assert_eq!(
-            changes
-                .added
-                .iter()
-                .map(|(id, _, _)| *id)
-                .collect::<Vec<_>>(),
-            vec![7]
-        );
+        assert_eq!(added_ids(&changes), vec![7]);
 
         // Expired while the user has no session.
         record.mark_held();
