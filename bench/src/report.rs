@@ -114,12 +114,8 @@ pub(crate) struct Figures {
 }
 
 /// The spread of each run's median, in microseconds.
-pub(crate) fn ready_spread(runs: &[Vec<Duration>]) -> Spread {
-    let medians: Vec<f64> = runs
-        .iter()
-        .map(|trials| median(trials).as_secs_f64() * 1e6)
-        .collect();
-    Spread::of(&medians)
+fn ready_spread(runs: &[Vec<Duration>]) -> Spread {
+    Spread::of(&ready_medians(runs))
 }
 
 /// The spread over runs of `ours / theirs`, run by run: both measured in the same run, so that
@@ -141,6 +137,7 @@ pub(crate) fn cpus(samples: &[Sample]) -> Vec<f64> {
     samples.iter().map(Sample::cpu_us).collect()
 }
 
+/// Each run's median, in microseconds.
 fn ready_medians(runs: &[Vec<Duration>]) -> Vec<f64> {
     runs.iter()
         .map(|trials| median(trials).as_secs_f64() * 1e6)
