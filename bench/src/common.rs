@@ -12,6 +12,10 @@ use tokio::net::{TcpListener, TcpSocket};
 /// The size of every benchmark message's JSON, in bytes.
 pub(crate) const MESSAGE_BYTES: usize = 1024;
 
+/// The `bench` member of the message the readyws bench server publishes in place of the rest
+/// when a publish fails: `{"bench":"failed","reason":…}`.
+pub(crate) const BENCH_FAILED: &str = "failed";
+
 /// Padding, made once: building it per message would weigh on both sides of every comparison.
 static FILLER: LazyLock<String> = LazyLock::new(|| "x".repeat(MESSAGE_BYTES));
 

@@ -279,6 +279,10 @@ pub(crate) async fn readyws_download(
     let mut received = 0;
     while received < messages {
         match stream.next().await {
+            // The payloads start with `{"seq"`: only the server's failure report is a `bench`.
+            Some(data) if data.as_json().starts_with(r#"{"bench""#) => {
+                return Err(format!("the server failed to publish: {}", data.as_json()));
+            }
             Some(_) => received += 1,
             None => return Err("the message stream ended".to_owned()),
         }

@@ -11,6 +11,9 @@
 //!   and memory are its own.
 //! - `readyws-bench server --kind readyws|raw`, `readyws-bench swarm --kind readyws|raw --url URL
 //!   --count N`: those children.
+//! - `readyws-bench transfer --contender readyws|naive|pipelined --direction up|down --url URL
+//!   --server-pid PID [--messages N] [--runs N]`: one throughput figure against a server started
+//!   with `server`, each run's figures as a JSON line: for a profiler attached to either side.
 
 // A measuring tool: its report is its output.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -67,6 +70,14 @@ fn main() -> ExitCode {
             &flag("--url").unwrap_or_default(),
             number("--count", 10_000),
         )),
+        Some("transfer") => runtime.block_on(transfer(
+            &flag("--contender").unwrap_or_default(),
+            &flag("--direction").unwrap_or_default(),
+            &flag("--url").unwrap_or_default(),
+            &flag("--server-pid").unwrap_or_default(),
+            number("--messages", 100_000),
+            number("--runs", 1),
+        )),
         Some("run") => {
             let settings = Settings {
                 out: PathBuf::from(flag("--out").unwrap_or_else(|| "docs".to_owned())),
@@ -98,6 +109,35 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `runs` transfers of `messages` by one contender in one direction, each printed as it ends.
+async fn transfer(
+    contender: &str,
+    direction: &str,
+    url: &str,
+    server_pid: &str,
+    messages: usize,
+    runs: usize,
+) -> Result<(), String> {
+    for run in 0..runs {
+        let sample = match (contender, direction) {
+            ("readyws", "up") => figures::readyws_upload(url, server_pid, messages, run).await,
+            ("readyws", "down") => figures::readyws_download(url, server_pid, messages, run).await,
+            ("naive", "up") => figures::naive_upload(url, server_pid, messages).await,
+            ("naive", "down") => figures::naive_download(url, server_pid, messages).await,
+            ("pipelined", "up") => figures::pipelined_upload(url, server_pid, messages).await,
+            ("pipelined", "down") => figures::pipelined_download(url, server_pid, messages).await,
+            _ => Err(format!(
+                "no transfer `{contender}` `{direction}` (readyws|naive|pipelined, up|down)"
+            )),
+        }?;
+        println!(
+            "{}",
+            serde_json::to_string(&sample).map_err(|e| e.to_string())?
+        );
+    }
+    Ok(())
 }
 
 struct Settings {

@@ -10,13 +10,15 @@ use futures_util::{SinkExt, StreamExt};
 use readyws::Data;
 use readyws_server::{
     Decision, Inbound, InboundHandler, InsecureDevAuth, MailboxLimits, OverflowPolicy, Reply,
-    Server, ServerHandle, ServerOptions,
+    Server, ServerHandle, ServerOptions, UserId,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::common::{RawFrame, listener, payload, raise_open_file_limit, raw_ack, raw_msg};
+use crate::common::{
+    BENCH_FAILED, RawFrame, listener, payload, raise_open_file_limit, raw_ack, raw_msg,
+};
 use crate::figures::PIPELINE_BURST;
 
 /// How long the graceful restart spreads the sessions' return over.
@@ -136,25 +138,32 @@ impl InboundHandler for BenchHandler {
             .ok()
             .and_then(|request| request.get("count").and_then(serde_json::Value::as_u64))
             .unwrap_or(0);
-        // Up to PUBLISHES_IN_FLIGHT publishes at a time, as a backend with work for one user
-        // sends them: on a store whose commits are round trips, those waiting go together.
-        Reply::later(async move {
-            let mut published = futures_util::stream::iter(1..=count)
-                .map(|seq| {
-                    let data = Data::from_json(payload(seq)).expect("the payload is JSON");
-                    server.publish(message.user, data)
-                })
-                .buffer_unordered(PUBLISHES_IN_FLIGHT);
-            while let Some(result) = published.next().await {
-                if let Err(error) = result {
-                    return Decision::Refuse {
-                        code: "unavailable".to_owned(),
-                        reason: error.to_string(),
-                    };
-                }
-            }
-            Decision::Accept
+        // The publishing is handed off, as the handler's documentation asks of work that takes
+        // long: a backend's publishes to a user do not hold up that user's connection, so the
+        // messages go out while later ones are still being published.
+        tokio::spawn(publish_to(server.clone(), message.user.clone(), count));
+        Reply::Now(Decision::Accept)
+    }
+}
+
+/// Publishes `count` payloads to `user`, up to [`PUBLISHES_IN_FLIGHT`] at a time, as a backend
+/// with work for one user sends them: on a store whose commits are round trips, those waiting go
+/// together. A publish that fails is told to the user in a [`BENCH_FAILED`] message, which the
+/// measuring client reports.
+async fn publish_to(server: ServerHandle, user: UserId, count: u64) {
+    let mut published = futures_util::stream::iter(1..=count)
+        .map(|seq| {
+            let data = Data::from_json(payload(seq)).expect("the payload is JSON");
+            server.publish(&user, data)
         })
+        .buffer_unordered(PUBLISHES_IN_FLIGHT);
+    while let Some(result) = published.next().await {
+        if let Err(error) = result {
+            let report = serde_json::json!({ "bench": BENCH_FAILED, "reason": error.to_string() });
+            let report = Data::from_json(report.to_string()).expect("serde_json writes JSON");
+            let _ = server.publish(&user, report).await;
+            return;
+        }
     }
 }
 
