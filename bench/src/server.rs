@@ -124,9 +124,13 @@ fn start_readyws(
 /// A `{"bench": …, "count": n}` request makes the server publish `n` messages to its sender.
 struct BenchHandler;
 
-/// Publishes of one request under way at once: as many as one commit of the server takes
-/// together (`MAX_PUBLISH_BATCH`), so that on a store whose commits are round trips they can.
-const PUBLISHES_IN_FLIGHT: usize = 1024;
+/// Publishes of one request under way at once. On a store whose commits are round trips, those
+/// waiting go together in one commit; a quarter of what one commit takes (`MAX_PUBLISH_BATCH`,
+/// 1,024) keeps each commit short, so that the connection's own commits, which wait their turn
+/// behind the publishes' for the same user, come round often (on Redis, 256 in flight moved
+/// 0.7–0.8 × 10^5 messages/s to 1.0–1.35 × 10^5, with 64, 128 and 256 alike; in memory it
+/// changes nothing).
+const PUBLISHES_IN_FLIGHT: usize = 256;
 
 impl InboundHandler for BenchHandler {
     fn on_message<'a>(&'a self, server: &'a ServerHandle, message: Inbound<'a>) -> Reply<'a> {

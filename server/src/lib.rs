@@ -66,7 +66,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use readyws_protocol::{Data, ServerConfig, Time};
+use readyws_protocol::{Data, Time};
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -77,6 +77,9 @@ pub use auth::{
 };
 pub use options::{Deadlines, MailboxLimits, OverflowPolicy, ServerLimits, ServerOptions};
 pub use readyws_hub::UserRecord;
+/// The protocol settings [`ServerOptions::protocol`] takes (window, frame size, heartbeat,
+/// resume window), so that an application needs no direct dependency on the protocol crate.
+pub use readyws_protocol::ServerConfig;
 #[cfg(feature = "redis")]
 pub use redis_store::{CLUSTER_SCHEME, DEADLINE_SHARDS, RedisStore};
 pub use store::{
