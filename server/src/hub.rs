@@ -199,15 +199,9 @@ pub(crate) const MAX_PUBLISH_BATCH: usize = 1024;
 /// A publish waiting for the commit of its user's batch.
 struct Waiting {
     data: Data,
-    reply: oneshot::Sender<Turn>,
-}
-
-/// What a waiting publish hears.
-enum Turn {
-    /// Its batch was committed: this is its outcome.
-    Done(Result<PublishReport, PublishError>),
-    /// It leads the next batch, starting with its own message.
-    Lead(Data),
+    reply: oneshot::Sender<Result<PublishReport, PublishError>>,
+    /// When it was published: a batch is committed at the time of its oldest publish.
+    now: Time,
 }
 
 /// The rules across connections, over a [`Store`].
@@ -386,7 +380,7 @@ impl Custody {
     /// arrive while one of them is committing wait and go together in the next commit, in the
     /// order they arrived.
     pub(crate) async fn publish(
-        &self,
+        self: &Arc<Self>,
         user: &UserId,
         data: Data,
         now: Time,
@@ -405,15 +399,15 @@ impl Custody {
         enum Role {
             Lead(Data),
             Alone(Data),
-            Wait(oneshot::Receiver<Turn>),
+            Wait(oneshot::Receiver<Result<PublishReport, PublishError>>),
         }
         let role = {
             let mut batches = lock(&self.batches);
             match batches.get_mut(user) {
                 Some(queue) if queue.len() < MAX_PUBLISH_BATCH => {
-                    let (reply, turn) = oneshot::channel();
-                    queue.push_back(Waiting { data, reply });
-                    Role::Wait(turn)
+                    let (reply, outcome) = oneshot::channel();
+                    queue.push_back(Waiting { data, reply, now });
+                    Role::Wait(outcome)
                 }
                 // The batch is full: this one commits alone.
                 Some(_) => Role::Alone(data),
@@ -423,68 +417,71 @@ impl Custody {
                 }
             }
         };
-        match role {
-            Role::Lead(data) => self.lead_batch(user, data, now).await,
-            Role::Alone(data) => {
-                let mut results = self.publish_all(user, vec![data], now).await;
-                results.pop().expect("one result per message")
+        let outcome = match role {
+            Role::Wait(outcome) => outcome,
+            // A commit under way runs to its end even if its publisher stops waiting: it may
+            // carry other publishes of the same user, whose publishers wait for its outcome.
+            // So the commits run in a task of their own, one task for a whole run of batches
+            // rather than one per publish.
+            Role::Lead(data) => {
+                let (reply, outcome) = oneshot::channel();
+                let first = Waiting { data, reply, now };
+                tokio::spawn(Arc::clone(self).run_batches(user.clone(), first));
+                outcome
             }
-            Role::Wait(turn) => match turn.await {
-                Ok(Turn::Done(result)) => result,
-                Ok(Turn::Lead(mine)) => self.lead_batch(user, mine, now).await,
-                // The leader was dropped mid-commit (the server is going away): whether the
-                // message was written is unknown, which the publisher is told.
-                Err(_) => Err(PublishError::Unavailable(StoreError::Unavailable {
-                    operation: "publish",
-                    attempts: 1,
-                    detail: "the publish that was committing this one's batch was cancelled"
-                        .to_owned(),
-                })),
-            },
-        }
+            Role::Alone(data) => {
+                let (reply, outcome) = oneshot::channel();
+                let custody = Arc::clone(self);
+                let user = user.clone();
+                tokio::spawn(async move {
+                    let mut results = custody.publish_all(&user, vec![data], now).await;
+                    let _ = reply.send(results.pop().expect("one result per message"));
+                });
+                outcome
+            }
+        };
+        // The task was dropped mid-commit (the runtime is stopping): whether the message was
+        // written is unknown, which the publisher is told.
+        outcome.await.unwrap_or_else(|_| {
+            Err(PublishError::Unavailable(StoreError::Unavailable {
+                operation: "publish",
+                attempts: 1,
+                detail: "the commit of this publish was cancelled (the runtime is stopping)"
+                    .to_owned(),
+            }))
+        })
     }
 
-    /// Commits `mine` and every publish waiting for `user`, then hands the lead to the oldest
-    /// publish that arrived meanwhile (or ends the batch).
-    async fn lead_batch(
-        &self,
-        user: &UserId,
-        mine: Data,
-        now: Time,
-    ) -> Result<PublishReport, PublishError> {
-        let waiting: Vec<Waiting> = lock(&self.batches)
-            .get_mut(user)
-            .map(|queue| queue.drain(..).collect())
-            .unwrap_or_default();
-        let mut batch = Vec::with_capacity(waiting.len() + 1);
-        batch.push(mine);
-        let mut replies = Vec::with_capacity(waiting.len());
-        for Waiting { data, reply } in waiting {
-            batch.push(data);
-            replies.push(reply);
-        }
-        let mut results = self.publish_all(user, batch, now).await.into_iter();
-        let mine = results.next().expect("one result per message");
-        for (reply, result) in replies.into_iter().zip(results) {
-            let _ = reply.send(Turn::Done(result));
-        }
-        let mut batches = lock(&self.batches);
+    /// Commits `first` and every publish waiting for `user`, tells each publisher its outcome,
+    /// and goes on with the publishes that arrived meanwhile until none wait.
+    async fn run_batches(self: Arc<Self>, user: UserId, first: Waiting) {
+        let mut next = Some(first);
         loop {
-            match batches.get_mut(user).and_then(VecDeque::pop_front) {
-                Some(Waiting { data, reply }) => {
-                    if reply.send(Turn::Lead(data)).is_ok() {
-                        break;
-                    }
-                    // That publisher stopped waiting before its message was taken: it was
-                    // not published, and the next one leads.
+            let waiting: Vec<Waiting> = {
+                let mut batches = lock(&self.batches);
+                let queue = batches.get_mut(&user).map(|queue| queue.drain(..));
+                next.take().into_iter().chain(queue.into_iter().flatten()).collect()
+            };
+            let Some(now) = waiting.first().map(|first| first.now) else {
+                // Nothing arrived during the last commit: the batches of this user end, under
+                // the same lock a new publish would queue under.
+                let mut batches = lock(&self.batches);
+                if batches.get(&user).is_none_or(VecDeque::is_empty) {
+                    batches.remove(&user);
+                    return;
                 }
-                None => {
-                    batches.remove(user);
-                    break;
-                }
+                continue;
+            };
+            let (batch, replies): (Vec<Data>, Vec<_>) = waiting
+                .into_iter()
+                .map(|Waiting { data, reply, .. }| (data, reply))
+                .unzip();
+            let results = self.publish_all(&user, batch, now).await;
+            for (reply, result) in replies.into_iter().zip(results) {
+                // A publisher that stopped waiting is not told; its message went with the rest.
+                let _ = reply.send(result);
             }
         }
-        mine
     }
 
     /// Accepts `batch` for `user` in one change, each message on its own terms.

@@ -298,7 +298,7 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) struct Shared {
     options: ServerOptions,
     protocol: ServerConfig,
-    custody: Custody,
+    custody: Arc<Custody>,
     authenticator: Box<dyn Authenticator>,
     handler: Box<dyn InboundHandler>,
     started: watch::Sender<bool>,
@@ -385,7 +385,7 @@ impl Server {
             .store
             .clone()
             .unwrap_or_else(|| Arc::new(MemoryStore::new()));
-        let custody = Custody::new(store, protocol.clone(), options.hub_limits());
+        let custody = Arc::new(Custody::new(store, protocol.clone(), options.hub_limits()));
         let epoch_unix_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| {
@@ -567,22 +567,7 @@ impl ServerHandle {
             });
         }
         let now = self.shared.now();
-        if !self.shared.custody.outlives_instance() {
-            return self.shared.custody.publish(user, data, now).await;
-        }
-        // A commit under way runs to its end even if the caller stops waiting: it may carry
-        // other publishes of the same user, whose publishers wait for its outcome.
-        let (shared, user) = (self.shared.clone(), user.clone());
-        let published =
-            tokio::spawn(async move { shared.custody.publish(&user, data, now).await }).await;
-        published.unwrap_or_else(|_| {
-            Err(PublishError::Unavailable(StoreError::Unavailable {
-                operation: "publish",
-                attempts: 1,
-                detail: "the publish task ended before its commit (the runtime is stopping)"
-                    .to_owned(),
-            }))
-        })
+        self.shared.custody.publish(user, data, now).await
     }
 
     /// Marks start-up complete: waiting sockets get `connection_ready` [SG-2].
