@@ -485,6 +485,37 @@ end
 return 1
 ";
 
+/// The hash field of held message `id`: `m:<id>`. Written straight into the command, as
+/// [`HeldValue`] is: formatting a string per field first was a sixth of a commit's CPU.
+struct HeldField(u64);
+
+impl redis::ToRedisArgs for HeldField {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        use std::io::Write as _;
+        // Writing into the command's own buffer cannot fail.
+        let _ = write!(out.writer_for_next_arg(), "m:{}", self.0);
+    }
+}
+
+impl redis::ToSingleRedisArg for HeldField {}
+
+/// The value of a held message's field: its expiry in milliseconds, a space, its data.
+struct HeldValue<'a> {
+    expires_at_ms: u64,
+    json: &'a str,
+}
+
+impl redis::ToRedisArgs for HeldValue<'_> {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        use std::io::Write as _;
+        let mut arg = out.writer_for_next_arg();
+        let _ = write!(arg, "{} ", self.expires_at_ms);
+        let _ = arg.write_all(self.json.as_bytes());
+    }
+}
+
+impl redis::ToSingleRedisArg for HeldValue<'_> {}
+
 /// A script named by its SHA-1: sent as `EVALSHA`, and in full only to a Redis that does not
 /// have it yet (just started, or flushed), so a commit does not carry the script's text.
 struct Lua {
@@ -615,14 +646,13 @@ impl Store for RedisStore {
                     .arg(if whole { "1" } else { "0" })
                     .arg(removed.len());
                 for id in &removed {
-                    pipe.arg(format!("m:{id}"));
+                    pipe.arg(HeldField(*id));
                 }
                 for (id, expires_at, data) in &added {
-                    pipe.arg(format!("m:{id}")).arg(format!(
-                        "{} {}",
-                        millis(*expires_at),
-                        data.as_json()
-                    ));
+                    pipe.arg(HeldField(*id)).arg(HeldValue {
+                        expires_at_ms: millis(*expires_at),
+                        json: data.as_json(),
+                    });
                 }
                 pipe
             };
