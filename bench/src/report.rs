@@ -662,8 +662,10 @@ the machine hits all of them; the runs show how much it moves.
 3. **Throughput with acknowledgements.** Client → server: 1 KiB JSON objects
    (`{"seq":N,"text":"…"}`) sent until every one was acknowledged (readyws: every `Delivery`
    resolved `Acked`; Socket.IO: every callback ran). Server → client: one request makes the
-   server send them (readyws: `ServerHandle::publish`, up to 1,024 under way at once, as a backend
-   with work for one user has them, and as many as the server commits together; Socket.IO: `emit` with a callback each), and the client counts them until the
+   server send them (readyws: the handler hands the request to a task of its own, as its
+   documentation asks of long work, which calls `ServerHandle::publish` with up to 256 under way
+   at once, as a backend with work for one user has them; Socket.IO: `emit` with a callback
+   each), and the client counts them until the
    last, acknowledging each as its protocol does. readyws's outbox and the server's mailbox are
    sized to take a whole run.
 4. **CPU per message.** User + system time of the client process and of the server process, read
