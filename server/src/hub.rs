@@ -460,7 +460,10 @@ impl Custody {
             let waiting: Vec<Waiting> = {
                 let mut batches = lock(&self.batches);
                 let queue = batches.get_mut(&user).map(|queue| queue.drain(..));
-                next.take().into_iter().chain(queue.into_iter().flatten()).collect()
+                next.take()
+                    .into_iter()
+                    .chain(queue.into_iter().flatten())
+                    .collect()
             };
             let Some(now) = waiting.first().map(|first| first.now) else {
                 // Nothing arrived during the last commit: the batches of this user end, under

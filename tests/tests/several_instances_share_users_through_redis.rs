@@ -3,7 +3,8 @@
 //! user reaches; an instance killed outright loses nothing, its client resuming on another with
 //! `resumed: true`; a Redis killed and restarted under load delays messages without losing any;
 //! a held message expires only while its user has no session; and a Redis that is down is
-//! reported to the publisher, with the reason, and counted. Each test runs its own
+//! reported to the publisher, with the reason, and counted; publishers that stop waiting hold up
+//! no other publish to the same user. Each test runs its own
 //! `redis-server` on a free loopback port; the first four run again on a Redis Cluster of three
 //! loopback nodes.
 
@@ -451,5 +452,68 @@ async fn a_redis_that_is_down_is_reported_to_the_publisher_and_counted() {
         page.contains(r#"readyws_store_failures_total{operation="load"}"#),
         "{page}"
     );
+    server.stop().await;
+}
+
+/// Publishes to one user that arrive while one of them commits go together in the next commit.
+/// A publisher that stops waiting (here: dropped after its first poll) holds up none of the
+/// others, and its message, already taken into a batch, is committed and delivered in its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_whose_publishers_stop_waiting_hold_up_none_of_the_others() {
+    let redis = RedisProcess::start().expect("redis-server");
+    let server = RunningServer::start(options(&redis.url()).await, AcceptAll).await;
+    let client = Client::builder(server.ws_url())
+        .token("ivy")
+        .connect()
+        .expect("a valid client configuration");
+    client.ready().await.expect("ready");
+    let mut messages = client.messages();
+    let ivy = UserId::new("ivy");
+
+    // One after another: every third publisher gives up at once, most often as the one whose
+    // commit the next ones wait for.
+    for n in 0..300 {
+        let publish = server.handle.publish(&ivy, numbered(n));
+        if n % 3 == 0 {
+            let _ = tokio::time::timeout(Duration::ZERO, publish).await;
+        } else {
+            let report = tokio::time::timeout(PATIENCE, publish)
+                .await
+                .expect("a publish ends in time")
+                .expect("stored in Redis");
+            assert_eq!(report.delivered, 1, "ivy is live");
+        }
+    }
+    assert_eq!(
+        receive(&mut messages, 300).await,
+        (0..300).collect::<Vec<_>>()
+    );
+
+    // All at once, every fourth publisher giving up: the others all end, accepted.
+    let publishes = (300..500).map(|n| {
+        let publish = server.handle.publish(&ivy, numbered(n));
+        async move {
+            if n % 4 == 0 {
+                let _ = tokio::time::timeout(Duration::ZERO, publish).await;
+                None
+            } else {
+                Some(tokio::time::timeout(PATIENCE, publish).await)
+            }
+        }
+    });
+    for outcome in futures_util::future::join_all(publishes)
+        .await
+        .into_iter()
+        .flatten()
+    {
+        outcome
+            .expect("a publish ends in time")
+            .expect("stored in Redis");
+    }
+    let mut late = receive(&mut messages, 200).await;
+    late.sort_unstable();
+    assert_eq!(late, (300..500).collect::<Vec<_>>());
+    wait_for_depth(&server.handle, "ivy", 0).await;
+    client.close(Duration::from_secs(1)).await;
     server.stop().await;
 }
