@@ -351,3 +351,55 @@ async fn raw_download(
     let _ = socket.close(None).await;
     Ok(sample)
 }
+
+/// Fields in each command of [`redis_hold_and_release`]: as many as one commit of the readyws
+/// server writes at a time (its script writes a thousand per `HSET`).
+pub(crate) const HOLD_BATCH: usize = 256;
+/// Commands of [`redis_hold_and_release`] under way at once on its one connection.
+pub(crate) const HOLD_IN_FLIGHT: usize = 16;
+
+/// Redis alone doing the part of custody that touches the disk, for the same messages: each
+/// 1 KiB payload written as a field of one hash (`HSET`), then deleted (`HDEL`), in commands of
+/// [`HOLD_BATCH`] fields, [`HOLD_IN_FLIGHT`] under way at once, on the run's own `redis-server`
+/// (the one readyws's figures on Redis use). Messages per second over both: the store's own
+/// ceiling for holding each message until it is acknowledged, with no WebSocket and no rules.
+pub(crate) async fn redis_hold_and_release(
+    url: &str,
+    messages: usize,
+    run: usize,
+) -> Result<f64, String> {
+    let client = redis::Client::open(url).map_err(|e| format!("redis client: {e}"))?;
+    let connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| format!("connecting to redis: {e}"))?;
+    let key = format!("bench:hold:{run}");
+    let ids: Vec<u64> = (1..=messages as u64).collect();
+    let started = Instant::now();
+    for deleting in [false, true] {
+        let commands: Vec<redis::Cmd> = ids
+            .chunks(HOLD_BATCH)
+            .map(|chunk| {
+                let mut command = redis::cmd(if deleting { "HDEL" } else { "HSET" });
+                command.arg(&key);
+                for id in chunk {
+                    command.arg(format!("m:{id}"));
+                    if !deleting {
+                        command.arg(payload(*id));
+                    }
+                }
+                command
+            })
+            .collect();
+        let mut replies = futures_util::stream::iter(commands)
+            .map(|command| {
+                let mut connection = connection.clone();
+                async move { command.query_async::<redis::Value>(&mut connection).await }
+            })
+            .buffer_unordered(HOLD_IN_FLIGHT);
+        while let Some(reply) = replies.next().await {
+            reply.map_err(|e| format!("redis: {e}"))?;
+        }
+    }
+    Ok(messages as f64 / started.elapsed().as_secs_f64())
+}

@@ -14,6 +14,8 @@
 //! - `readyws-bench transfer --contender readyws|naive|pipelined --direction up|down --url URL
 //!   --server-pid PID [--messages N] [--runs N]`: one throughput figure against a server started
 //!   with `server`, each run's figures as a JSON line: for a profiler attached to either side.
+//! - `readyws-bench hold --url REDIS_URL [--messages N] [--runs N]`: Redis alone holding and
+//!   releasing the same messages (the store's ceiling that `run` reports), messages/s per run.
 
 // A measuring tool: its report is its output.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -70,6 +72,18 @@ fn main() -> ExitCode {
             &flag("--url").unwrap_or_default(),
             number("--count", 10_000),
         )),
+        Some("hold") => runtime.block_on(async {
+            for run in 0..number("--runs", 1) {
+                let rate = figures::redis_hold_and_release(
+                    &flag("--url").unwrap_or_default(),
+                    number("--messages", 100_000),
+                    run,
+                )
+                .await?;
+                println!("{rate:.0}");
+            }
+            Ok(())
+        }),
         Some("transfer") => runtime.block_on(transfer(
             &flag("--contender").unwrap_or_default(),
             &flag("--direction").unwrap_or_default(),
@@ -318,9 +332,11 @@ async fn run(settings: Settings) -> Result<(), String> {
         t.redis
             .down
             .push(figures::readyws_download(&redis_url, &redis_pid, n, run).await?);
+        t.redis_alone
+            .push(figures::redis_hold_and_release(&redis.url(), n, run).await?);
         let last = |samples: &[figures::Sample]| samples.last().map_or(0.0, |s| s.rate);
         progress(&format!(
-            "run {}: messages/s up: readyws {:.0}, naive {:.0}, pipelined {:.0}, Socket.IO {:.0}, on Redis {:.0}; down: readyws {:.0}, naive {:.0}, pipelined {:.0}, Socket.IO {:.0}, on Redis {:.0}",
+            "run {}: messages/s up: readyws {:.0}, naive {:.0}, pipelined {:.0}, Socket.IO {:.0}, on Redis {:.0}; down: readyws {:.0}, naive {:.0}, pipelined {:.0}, Socket.IO {:.0}, on Redis {:.0}, Redis alone {:.0}",
             run + 1,
             last(&t.readyws.up),
             last(&t.naive.up),
@@ -332,6 +348,7 @@ async fn run(settings: Settings) -> Result<(), String> {
             last(&t.pipelined.down),
             last(&t.socketio.down),
             last(&t.redis.down),
+            t.redis_alone.last().copied().unwrap_or(0.0),
         ));
     }
     drop((

@@ -75,6 +75,9 @@ pub(crate) struct ThroughputRuns {
     pub(crate) socketio: Both,
     /// readyws with the server on the Redis store.
     pub(crate) redis: Both,
+    /// Redis alone holding and releasing the same messages, messages/s
+    /// (`figures::redis_hold_and_release`).
+    pub(crate) redis_alone: Vec<f64>,
 }
 
 /// What one run of many sessions opened at once measured.
@@ -448,6 +451,24 @@ fn markdown(f: &Figures) -> String {
             spread(Spread::of(&cpus(&both.down)), micros_fine),
         );
     }
+    let _ = writeln!(
+        md,
+        "| redis-server alone: each message written to a hash and deleted again, no readyws | | | {} | |",
+        spread(Spread::of(&t.redis_alone), rate),
+    );
+    let _ = writeln!(
+        md,
+        "\nThe last row is the store's own ceiling for holding these messages: Redis, on the same \
+         `redis-server` (`appendfsync always`), given each 1 KiB payload as a hash field (`HSET`) \
+         and then its deletion (`HDEL`), in commands of {} fields with {} under way, with no \
+         WebSocket and no rules; messages/s over both. Server → client, readyws on Redis moves \
+         {} of it, run by run; the target of half the in-memory rate would ask the store for \
+         {} messages/s.",
+        crate::figures::HOLD_BATCH,
+        crate::figures::HOLD_IN_FLIGHT,
+        spread(ratio_spread(&rates(&t.redis.down), &t.redis_alone), ratio),
+        rate(Spread::of(&rates(&t.readyws.down)).median / 2.0),
+    );
     let _ = writeln!(
         md,
         "\nThe CPU split, medians in µs per message (client + server):\n\n\
