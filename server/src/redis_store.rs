@@ -425,7 +425,7 @@ fn from_hash(operation: &'static str, reply: Value) -> Result<Versioned, StoreEr
             b"r" => head = Some(value),
             _ => {
                 let id = field
-                    .strip_prefix(b"m:")
+                    .strip_prefix(HELD_FIELD_PREFIX.as_bytes())
                     .and_then(|id| std::str::from_utf8(id).ok())
                     .and_then(|id| id.parse::<u64>().ok())
                     .ok_or_else(|| bad_reply(operation, "a field this server did not write"))?;
@@ -485,6 +485,9 @@ end
 return 1
 ";
 
+/// What the hash field of a held message starts with, before its id.
+const HELD_FIELD_PREFIX: &str = "m:";
+
 /// The hash field of held message `id`: `m:<id>`. Written straight into the command, as
 /// [`HeldValue`] is: formatting a string per field first was a sixth of a commit's CPU.
 struct HeldField(u64);
@@ -493,7 +496,7 @@ impl redis::ToRedisArgs for HeldField {
     fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
         use std::io::Write as _;
         // Writing into the command's own buffer cannot fail.
-        let _ = write!(out.writer_for_next_arg(), "m:{}", self.0);
+        let _ = write!(out.writer_for_next_arg(), "{HELD_FIELD_PREFIX}{}", self.0);
     }
 }
 
