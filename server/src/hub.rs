@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -21,7 +22,9 @@ use tracing::{debug, info, warn};
 use crate::auth::UserId;
 use crate::metrics as m;
 use crate::options::Limits;
-use crate::store::{Due, Notice, Store, StoreError, Versioned, Written};
+use crate::store::{
+    Commit, Due, Notice, SentCommit, Store, StoreError, Versioned, Written, moved_deadline,
+};
 use crate::{PublishError, PublishReport, Shared, lock};
 
 pub(crate) use readyws_hub::{Copies, Taken};
@@ -204,6 +207,14 @@ struct Waiting {
     now: Time,
 }
 
+/// How [`Custody::send_change`] left a change.
+enum Sent {
+    /// Committed; the record written, when small enough to travel in a notice.
+    Written(Option<Written>),
+    /// Not committed: it runs again, waiting for its commit, from this record if known.
+    Wait(Option<Versioned>),
+}
+
 /// The rules across connections, over a [`Store`].
 pub(crate) struct Custody {
     store: Arc<dyn Store>,
@@ -276,33 +287,9 @@ impl Custody {
             result = Some(change(record, rules, &mut events));
             true
         };
-        let written = {
-            // A store whose records are copies is slow to read, so changes of one user here
-            // take turns; one that keeps its records in this process changes them in place.
-            let _turn = if self.store.outlives_instance() {
-                Some(self.user_turn(user).await)
-            } else {
-                None
-            };
-            // Taken out while the change runs, so that a notice arriving meanwhile does not
-            // replace it (`on_notice`).
-            let cached = lock(&self.local).cache.remove(user);
-            let written = self.store.update(user, cached, &mut run).await?;
-            // The woken instance starts its next change from the record written here, when it is
-            // small enough to travel in a notice; a large one only stays in the cache.
-            let (for_notice, for_cache) = match written {
-                Some(written) if written.now.record.held_bytes() <= MAX_RECORD_IN_NOTICE => {
-                    (Some(written.clone()), Some(written))
-                }
-                other => (None, other),
-            };
-            if let Some(written) = for_cache {
-                let mut local = lock(&self.local);
-                if local.by_user.contains_key(user) {
-                    local.cache.insert(user.clone(), written.now);
-                }
-            }
-            for_notice
+        let written = match self.send_change(user, &mut run).await? {
+            Sent::Written(written) => written,
+            Sent::Wait(start) => self.change_and_wait(user, start, &mut run).await?,
         };
         self.carry_out(user, events, written).await;
         if let Some((messages, bytes)) = self.store.held_totals() {
@@ -310,6 +297,120 @@ impl Custody {
         }
         // `update` ran `change` at least once, or failed.
         Ok(result.expect("the change ran"))
+    }
+
+    /// Runs `run` on the cached record of `user` and sends its commit, where the store sends
+    /// commits without waiting for them ([`Store::send_commit`]): the turn of the user passes
+    /// to the next change as soon as the commit is on its way, and that change starts from the
+    /// record this one writes and is sent behind it. So a user's publishes and its
+    /// connection's turns do not wait for each other's round trips, and Redis makes one commit
+    /// durable with the next. What a change asks for is carried out only once its own commit
+    /// is done; if a commit is refused, those sent behind it are too, and each runs again from
+    /// the record as it is.
+    async fn send_change(
+        &self,
+        user: &UserId,
+        run: &mut (dyn FnMut(&mut UserRecord) -> bool + Send),
+    ) -> Result<Sent, StoreError> {
+        if !self.store.outlives_instance() {
+            return Ok(Sent::Wait(None));
+        }
+        let turn = self.user_turn(user).await;
+        let Some(Versioned {
+            mut record,
+            version,
+        }) = lock(&self.local).cache.remove(user)
+        else {
+            return Ok(Sent::Wait(None));
+        };
+        let before = record.deadline();
+        record.mark_held();
+        run(&mut record);
+        let deadline = moved_deadline(before, record.deadline());
+        let Some(SentCommit {
+            version: next,
+            mut answer,
+        }) = self.store.send_commit(user, version, &record, deadline)
+        else {
+            // This store commits a round trip at a time here; the change runs again on the
+            // record as loaded.
+            return Ok(Sent::Wait(None));
+        };
+        // Polled once, the commit is on the store's connection, ahead of any sent later.
+        let first = std::future::poll_fn(|cx| Poll::Ready(answer.as_mut().poll(cx))).await;
+        let for_notice = (record.held_bytes() <= MAX_RECORD_IN_NOTICE).then(|| Written {
+            previous: version,
+            now: Versioned {
+                record: record.clone(),
+                version: next,
+            },
+        });
+        {
+            let mut local = lock(&self.local);
+            if local.by_user.contains_key(user) {
+                local.cache.insert(
+                    user.clone(),
+                    Versioned {
+                        record,
+                        version: next,
+                    },
+                );
+            }
+        }
+        drop(turn);
+        let outcome = match first {
+            Poll::Ready(outcome) => outcome,
+            Poll::Pending => answer.await,
+        };
+        if !matches!(outcome, Ok(Commit::Done(_))) {
+            // The cached record, or what a later change started from, may never be written:
+            // the next change loads.
+            lock(&self.local).cache.remove(user);
+        }
+        match outcome? {
+            Commit::Done(_) => Ok(Sent::Written(for_notice)),
+            Commit::Conflict { current } => {
+                m::store_conflict();
+                Ok(Sent::Wait(current))
+            }
+        }
+    }
+
+    /// Runs `run` on the record of `user` and waits for its commit, under the user's turn
+    /// where the store's records are copies; `start` is the record as last seen, if known.
+    /// Returns the record written when it is small enough to travel in a notice.
+    async fn change_and_wait(
+        &self,
+        user: &UserId,
+        start: Option<Versioned>,
+        run: &mut (dyn FnMut(&mut UserRecord) -> bool + Send),
+    ) -> Result<Option<Written>, StoreError> {
+        // A store whose records are copies is slow to read, so changes of one user here take
+        // turns; one that keeps its records in this process changes them in place.
+        let _turn = if self.store.outlives_instance() {
+            Some(self.user_turn(user).await)
+        } else {
+            None
+        };
+        // Taken out while the change runs, so that a notice arriving meanwhile does not
+        // replace it (`on_notice`).
+        let cached = lock(&self.local).cache.remove(user);
+        let written = self.store.update(user, start.or(cached), run).await?;
+        // The woken instance starts its next change from the record written here, when it is
+        // small enough to travel in a notice; a large one only stays in the cache.
+        let (for_notice, for_cache) = match written {
+            Some(written) if written.now.record.held_bytes() <= MAX_RECORD_IN_NOTICE => {
+                (Some(written.clone()), Some(written))
+            }
+            other => (None, other),
+        };
+        if let Some(written) = for_cache {
+            let mut local = lock(&self.local);
+            if local.by_user.contains_key(user) {
+                local.cache.insert(user.clone(), written.now);
+            }
+        }
+        Ok(for_notice)
     }
 
     /// Waits for the turn of `user` on this instance ([`Local::turns`]).

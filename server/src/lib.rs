@@ -83,7 +83,8 @@ pub use readyws_protocol::ServerConfig;
 #[cfg(feature = "redis")]
 pub use redis_store::{CLUSTER_SCHEME, DEADLINE_SHARDS, RedisStore};
 pub use store::{
-    Commit, Due, MemoryStore, Notice, Store, StoreError, UPDATE_ATTEMPTS, Versioned, Written,
+    Commit, Due, MemoryStore, Notice, SentCommit, Store, StoreError, UPDATE_ATTEMPTS, Versioned,
+    Written,
 };
 
 use hub::{ConnCommand, ConnHandle, Custody};

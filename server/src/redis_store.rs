@@ -45,7 +45,7 @@ use redis::{Client, Cmd, RedisError, RetryMethod, Value};
 use tracing::{debug, info, warn};
 
 use crate::metrics as m;
-use crate::store::{Commit, Due, Notice, Store, StoreError, Versioned};
+use crate::store::{Commit, Due, Notice, SentCommit, Store, StoreError, Versioned};
 
 /// How often one Redis operation is tried before it fails with [`StoreError::Unavailable`]; the
 /// waits between tries double from [`FIRST_RETRY_DELAY`]: 0.05 + 0.1 + 0.2 + 0.4 s in all.
@@ -238,6 +238,83 @@ impl RedisStore {
         m::store_failure(operation);
         warn!(operation, attempt, %error, "Redis failed; giving up");
         false
+    }
+
+    /// The commit of `record` over `expected` (with the deadline index in the same round trip
+    /// when `deadline` is given), built now and answered by the future: the version it writes,
+    /// and what it did. The command owns its arguments, so the future can outlive the record.
+    fn commit_command(
+        &self,
+        user: &UserId,
+        expected: u64,
+        record: &UserRecord,
+        deadline: Option<Time>,
+        incremental: bool,
+    ) -> (u64, BoxFuture<'static, Result<Commit, StoreError>>) {
+        let head = if record.is_empty() {
+            Vec::new()
+        } else {
+            // Plain data of numbers, strings and JSON text: nothing here fails to serialize.
+            serde_json::to_vec(&record.head()).expect("a record serializes")
+        };
+        // Only the held messages that changed since the mark travel; without one, the whole
+        // record replaces what the hash holds.
+        let (whole, removed, added): (bool, Vec<u64>, Vec<HeldMessage<'_>>) =
+            match record.held_changes().filter(|_| incremental) {
+                Some(changes) => (false, changes.removed, changes.added),
+                None => (true, Vec::new(), record.held_messages().collect()),
+            };
+        let version = random_version();
+        let mut pipe = redis::pipe();
+        if let Some(at) = deadline {
+            pipe.cmd("ZADD")
+                .arg(self.deadline_key(shard(user)))
+                .arg("LT")
+                .arg(millis(at))
+                .arg(hex(user))
+                .ignore();
+        }
+        pipe.cmd("EVALSHA")
+            .arg(&COMMIT.sha)
+            .arg(1)
+            .arg(self.user_key(user))
+            .arg(expected.to_string())
+            .arg(&head)
+            .arg(version.to_string())
+            .arg(if whole { "1" } else { "0" })
+            .arg(removed.len());
+        for id in &removed {
+            pipe.arg(HeldField(*id));
+        }
+        for (id, expires_at, data) in &added {
+            pipe.arg(HeldField(*id)).arg(HeldValue {
+                expires_at_ms: millis(*expires_at),
+                json: data.as_json(),
+            });
+        }
+        let store = self.clone();
+        let answer = Box::pin(async move {
+            let pipe = &pipe;
+            let reply = store
+                .with_retries("commit", |mut connection| async move {
+                    match pipe.query_async::<Value>(&mut connection).await {
+                        // A Redis just started or flushed: the script is loaded and the same
+                        // command sent again, which does not carry the script's text.
+                        Err(error) if no_script(&error) => {
+                            redis::cmd("SCRIPT")
+                                .arg("LOAD")
+                                .arg(COMMIT.text)
+                                .query_async::<Value>(&mut connection)
+                                .await?;
+                            pipe.query_async::<Value>(&mut connection).await
+                        }
+                        other => other,
+                    }
+                })
+                .await?;
+            commit_outcome(reply, version)
+        });
+        (if record.is_empty() { 0 } else { version }, answer)
     }
 
     fn user_key(&self, user: &UserId) -> String {
@@ -519,8 +596,30 @@ impl redis::ToRedisArgs for HeldValue<'_> {
 
 impl redis::ToSingleRedisArg for HeldValue<'_> {}
 
-/// A script named by its SHA-1: sent as `EVALSHA`, and in full only to a Redis that does not
-/// have it yet (just started, or flushed), so a commit does not carry the script's text.
+/// What the reply to a commit's round trip says it did; `version` is the one it wrote.
+fn commit_outcome(reply: Value, version: u64) -> Result<Commit, StoreError> {
+    let reply = array("commit", reply)?;
+    let outcome = reply
+        .last()
+        .ok_or_else(|| bad_reply("commit", "no answer to the script"))?;
+    if let Value::Array(conflict) = outcome {
+        let current = match conflict.as_slice() {
+            [_, hash] => from_hash("commit", hash.clone())?,
+            _ => return Err(bad_reply("commit", "a conflict without the record")),
+        };
+        return Ok(Commit::Conflict {
+            current: Some(current),
+        });
+    }
+    match integer("commit", outcome)? {
+        1 => Ok(Commit::Done(version)),
+        0 => Ok(Commit::Done(0)),
+        other => Err(bad_reply("commit", format!("the script answered {other}"))),
+    }
+}
+
+/// A script named by its SHA-1: sent as `EVALSHA`, and loaded (`SCRIPT LOAD`) only into a Redis
+/// that does not have it yet (just started, or flushed), so a commit does not carry its text.
 struct Lua {
     text: &'static str,
     sha: String,
@@ -535,15 +634,6 @@ impl Lua {
             .map(|byte| format!("{byte:02x}"))
             .collect();
         Lua { text, sha }
-    }
-
-    /// `EVALSHA sha` or, with `full`, `EVAL text`, to which the caller adds keys and arguments.
-    fn call<'a>(&self, pipe: &'a mut redis::Pipeline, full: bool) -> &'a mut redis::Pipeline {
-        if full {
-            pipe.cmd("EVAL").arg(self.text)
-        } else {
-            pipe.cmd("EVALSHA").arg(&self.sha)
-        }
     }
 }
 
@@ -600,27 +690,20 @@ impl Store for RedisStore {
         deadline: Option<Time>,
         incremental: bool,
     ) -> BoxFuture<'a, Result<Commit, StoreError>> {
+        // The index first, so that a crash after the write never leaves a record that no sweep
+        // will find: at worst the index says it is due too early. In a cluster the index shard
+        // and the user's record are in different slots, so the index is written on its own
+        // before the commit; on one primary both go in one round trip.
+        let separate_index = deadline.filter(|_| self.connection.is_cluster());
+        let (_, answer) = self.commit_command(
+            user,
+            expected,
+            record,
+            deadline.filter(|_| separate_index.is_none()),
+            incremental,
+        );
         Box::pin(async move {
-            let head = if record.is_empty() {
-                Vec::new()
-            } else {
-                // Plain data of numbers, strings and JSON text: nothing here fails to serialize.
-                serde_json::to_vec(&record.head()).expect("a record serializes")
-            };
-            // Only the held messages that changed since the mark travel; without one, the whole
-            // record replaces what the hash holds.
-            let (whole, removed, added): (bool, Vec<u64>, Vec<HeldMessage<'_>>) =
-                match record.held_changes().filter(|_| incremental) {
-                    Some(changes) => (false, changes.removed, changes.added),
-                    None => (true, Vec::new(), record.held_messages().collect()),
-                };
-            let version = random_version();
-            // The index first, so that a crash after the write never leaves a record that no
-            // sweep will find: at worst the index says it is due too early. In a cluster the
-            // index shard and the user's record are in different slots, so the index is
-            // written on its own before the commit; on one primary both go in one round trip.
-            let separate_index = self.connection.is_cluster();
-            if let (Some(at), true) = (deadline, separate_index) {
+            if let Some(at) = separate_index {
                 let mut command = redis::cmd("ZADD");
                 command
                     .arg(self.deadline_key(shard(user)))
@@ -629,68 +712,23 @@ impl Store for RedisStore {
                     .arg(hex(user));
                 self.query("commit", &command).await?;
             }
-            let build = |full: bool| {
-                let mut pipe = redis::pipe();
-                if let (Some(at), false) = (deadline, separate_index) {
-                    pipe.cmd("ZADD")
-                        .arg(self.deadline_key(shard(user)))
-                        .arg("LT")
-                        .arg(millis(at))
-                        .arg(hex(user))
-                        .ignore();
-                }
-                COMMIT
-                    .call(&mut pipe, full)
-                    .arg(1)
-                    .arg(self.user_key(user))
-                    .arg(expected.to_string())
-                    .arg(&head)
-                    .arg(version.to_string())
-                    .arg(if whole { "1" } else { "0" })
-                    .arg(removed.len());
-                for id in &removed {
-                    pipe.arg(HeldField(*id));
-                }
-                for (id, expires_at, data) in &added {
-                    pipe.arg(HeldField(*id)).arg(HeldValue {
-                        expires_at_ms: millis(*expires_at),
-                        json: data.as_json(),
-                    });
-                }
-                pipe
-            };
-            let reply = self
-                .with_retries("commit", |mut connection| {
-                    let build = &build;
-                    async move {
-                        match build(false).query_async::<Value>(&mut connection).await {
-                            Err(error) if no_script(&error) => {
-                                build(true).query_async::<Value>(&mut connection).await
-                            }
-                            other => other,
-                        }
-                    }
-                })
-                .await?;
-            let reply = array("commit", reply)?;
-            let outcome = reply
-                .last()
-                .ok_or_else(|| bad_reply("commit", "no answer to the script"))?;
-            if let Value::Array(conflict) = outcome {
-                let current = match conflict.as_slice() {
-                    [_, hash] => from_hash("commit", hash.clone())?,
-                    _ => return Err(bad_reply("commit", "a conflict without the record")),
-                };
-                return Ok(Commit::Conflict {
-                    current: Some(current),
-                });
-            }
-            match integer("commit", outcome)? {
-                1 => Ok(Commit::Done(version)),
-                0 => Ok(Commit::Done(0)),
-                other => Err(bad_reply("commit", format!("the script answered {other}"))),
-            }
+            answer.await
         })
+    }
+
+    fn send_commit(
+        &self,
+        user: &UserId,
+        expected: u64,
+        record: &UserRecord,
+        deadline: Option<Time>,
+    ) -> Option<SentCommit> {
+        // In a cluster the index goes first in a round trip of its own (`commit`).
+        if deadline.is_some() && self.connection.is_cluster() {
+            return None;
+        }
+        let (version, answer) = self.commit_command(user, expected, record, deadline, true);
+        Some(SentCommit { version, answer })
     }
 
     fn take_due(

@@ -134,6 +134,22 @@ pub enum Notice {
     },
 }
 
+/// A commit on its way ([`Store::send_commit`]).
+pub struct SentCommit {
+    /// The version the record is at once the commit is done; 0 when it removes the record.
+    pub version: u64,
+    /// What the commit did, as [`Store::commit`] tells it.
+    pub answer: BoxFuture<'static, Result<Commit, StoreError>>,
+}
+
+impl std::fmt::Debug for SentCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentCommit")
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A deadline handed out by [`Store::take_due`]: the user's index entry now says `claimed_until`,
 /// so that if this instance dies before it settles the entry, the user comes due again then.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -172,6 +188,24 @@ pub trait Store: Send + Sync + 'static {
         deadline: Option<Time>,
         incremental: bool,
     ) -> BoxFuture<'a, Result<Commit, StoreError>>;
+
+    /// Sends a [`commit`](Self::commit) (always incremental) without waiting for its answer,
+    /// where the store can: a store whose commits are round trips over one ordered connection
+    /// returns the version the commit writes, so that the next change of the same user can start
+    /// from this record and be sent behind it, naming that version. If this commit is refused,
+    /// so is everything sent behind it: nothing is written on a version that was not. The
+    /// commit is on its way once its answer has been polled once. `None` (the default): the
+    /// caller commits and waits.
+    fn send_commit(
+        &self,
+        user: &UserId,
+        expected: u64,
+        record: &UserRecord,
+        deadline: Option<Time>,
+    ) -> Option<SentCommit> {
+        let _ = (user, expected, record, deadline);
+        None
+    }
 
     /// Up to `limit` users whose indexed deadline is at or before `now`; their entries now say
     /// `claim_until`.
@@ -284,13 +318,7 @@ pub trait Store: Send + Sync + 'static {
                     }
                     return Ok(None);
                 }
-                // The index already says `before` or earlier for the version this change
-                // started from (every commit keeps it so), which the commit checks is still
-                // current: only a deadline that moved earlier needs writing.
-                let deadline = match (before, record.deadline()) {
-                    (Some(before), Some(after)) if after >= before => None,
-                    (_, after) => after,
-                };
+                let deadline = moved_deadline(before, record.deadline());
                 match self.commit(user, version, &record, deadline, true).await? {
                     Commit::Done(now) => {
                         return Ok(Some(Written {
@@ -321,6 +349,17 @@ pub trait Store: Send + Sync + 'static {
                 attempts: UPDATE_ATTEMPTS,
             })
         })
+    }
+}
+
+/// The deadline a commit must write to the index, for a change that moved the record's deadline
+/// from `before` to `after`. The index already says `before` or earlier for the version the
+/// change started from (every commit keeps it so), which the commit checks is still current:
+/// only a deadline that moved earlier needs writing.
+pub(crate) fn moved_deadline(before: Option<Time>, after: Option<Time>) -> Option<Time> {
+    match (before, after) {
+        (Some(before), Some(after)) if after >= before => None,
+        (_, after) => after,
     }
 }
 

@@ -4,7 +4,8 @@
 //! `resumed: true`; a Redis killed and restarted under load delays messages without losing any;
 //! a held message expires only while its user has no session; and a Redis that is down is
 //! reported to the publisher, with the reason, and counted; publishers that stop waiting hold up
-//! no other publish to the same user. Each test runs its own
+//! no other publish to the same user; publishers on two instances at once reach the user once
+//! each, in order. Each test runs its own
 //! `redis-server` on a free loopback port; the first four run again on a Redis Cluster of three
 //! loopback nodes.
 
@@ -148,6 +149,62 @@ async fn a_publish_on_one_instance_reaches_the_user_connected_to_another() {
                 .expect("acknowledged");
         }
         assert_eq!(seen_by_a.seen(), (0..10).collect::<Vec<_>>());
+        client.close(Duration::from_secs(1)).await;
+        a.stop().await;
+        b.stop().await;
+    }
+}
+
+/// An instance sends a user's commits one behind another without waiting for each answer; when
+/// another instance's commit gets in between, the ones sent behind it are refused and run again
+/// from the record as it is. Publishers on both instances at once, each publishing in order:
+/// the user gets every message once, each publisher's in its order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_on_two_instances_at_once_reach_the_user_once_each_in_order() {
+    const PUBLISHERS: u64 = 4;
+    const EACH: u64 = 60;
+    for start in both() {
+        let redis = start();
+        let a = RunningServer::start(options(&redis.url()).await, AcceptAll).await;
+        let b = RunningServer::start(options(&redis.url()).await, AcceptAll).await;
+        let client = Client::builder(a.ws_url())
+            .token("hal")
+            .connect()
+            .expect("a valid client configuration");
+        client.ready().await.expect("ready on A");
+        let mut messages = client.messages();
+        let hal = UserId::new("hal");
+
+        // Publisher p on instance p % 2 sends p * 1000 + 0, 1, 2 …, each after the last.
+        let publishers = (0..PUBLISHERS).map(|p| {
+            let server = if p % 2 == 0 { &a.handle } else { &b.handle };
+            let hal = &hal;
+            async move {
+                for i in 0..EACH {
+                    tokio::time::timeout(PATIENCE, server.publish(hal, numbered(p * 1000 + i)))
+                        .await
+                        .expect("a publish ends in time")
+                        .expect("stored in Redis");
+                }
+            }
+        });
+        let (_, received) = tokio::join!(
+            futures_util::future::join_all(publishers),
+            receive(&mut messages, (PUBLISHERS * EACH) as usize)
+        );
+        for p in 0..PUBLISHERS {
+            let from_p: Vec<u64> = received
+                .iter()
+                .filter(|n| *n / 1000 == p)
+                .map(|n| n % 1000)
+                .collect();
+            assert_eq!(
+                from_p,
+                (0..EACH).collect::<Vec<_>>(),
+                "publisher {p}'s messages, once each and in order"
+            );
+        }
+        wait_for_depth(&a.handle, "hal", 0).await;
         client.close(Duration::from_secs(1)).await;
         a.stop().await;
         b.stop().await;

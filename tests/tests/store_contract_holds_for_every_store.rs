@@ -6,17 +6,19 @@
 //! when that is outdated; an empty record goes; the deadline index may say a record is due
 //! early, never late, and a claimed entry comes due again if its claimer never settles it;
 //! leases and what an instance carries are kept until forgotten; a notice reaches the instance
-//! it names and no other; and a store that cannot be reached says so.
+//! it names and no other; a commit sent behind another lands after it or, if that one is
+//! refused, not at all; and a store that cannot be reached says so.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use readyws_hub::{HubLimits, MailboxLimits, Rules, UserRecord};
 use readyws_protocol::{Data, ServerConfig, Time};
 use readyws_server::{
-    Commit, MemoryStore, Notice, RedisStore, Store, StoreError, UserId, Versioned,
+    Commit, MemoryStore, Notice, RedisStore, SentCommit, Store, StoreError, UserId, Versioned,
 };
 use readyws_tests::cluster::{RedisCluster, RedisProcess};
 
@@ -262,6 +264,96 @@ async fn an_update_from_an_outdated_copy_lands_on_the_current_record() {
                 "{name}: the record returned is the one committed"
             );
         }
+    }
+}
+
+/// `record`, marked as the one at its version, with one more message: what the next
+/// incremental commit writes.
+fn marked_with_message(record: &UserRecord, user: &UserId, n: u64) -> UserRecord {
+    let mut next = record.clone();
+    next.mark_held();
+    with_message(next, user, n, at(0))
+}
+
+/// Polls a sent commit once, which puts it on its way, and keeps it.
+async fn on_its_way(mut sent: SentCommit) -> SentCommit {
+    let first = std::future::poll_fn(|cx| Poll::Ready(sent.answer.as_mut().poll(cx))).await;
+    assert!(
+        first.is_pending(),
+        "a commit is not answered before it is sent"
+    );
+    sent
+}
+
+/// A store that sends commits without waiting for their answers lets a second one go behind the
+/// first, naming the version the first writes: both land, in order. When the first is refused
+/// (it names an outdated version), so is the one behind it, and neither writes anything. A store
+/// that does not pipeline (`send_commit` answers `None`) commits a round trip at a time.
+#[tokio::test]
+async fn a_commit_sent_behind_another_lands_after_it_or_not_at_all() {
+    for (name, store, _redis) in every_store().await {
+        let gus = UserId::new("gus");
+        let start = store.load(&gus).await.expect("load");
+        let one = marked_with_message(&start.record, &gus, 1);
+        let Some(first) = store.send_commit(&gus, start.version, &one, None) else {
+            continue;
+        };
+        let first = on_its_way(first).await;
+        assert_ne!(first.version, 0, "{name}: a record written has a version");
+        let two = marked_with_message(&one, &gus, 2);
+        let second = on_its_way(
+            store
+                .send_commit(&gus, first.version, &two, None)
+                .expect("the same store sends the next commit too"),
+        )
+        .await;
+        let (first_version, second_version) = (first.version, second.version);
+        let (first, second) = tokio::join!(first.answer, second.answer);
+        assert!(
+            matches!(first, Ok(Commit::Done(v)) if v == first_version),
+            "{name}: the first commit lands: {first:?}"
+        );
+        assert!(
+            matches!(second, Ok(Commit::Done(v)) if v == second_version),
+            "{name}: and the one sent behind it, on the version the first wrote: {second:?}"
+        );
+        let read = store.load(&gus).await.expect("load");
+        assert_eq!(
+            (read.version, read.record.held_ids()),
+            (second_version, two.held_ids()),
+            "{name}: the record is the second commit's"
+        );
+
+        // A first commit on an outdated version, and one sent behind it.
+        let stale = marked_with_message(&one, &gus, 3);
+        let refused = on_its_way(
+            store
+                .send_commit(&gus, first_version, &stale, None)
+                .expect("sent"),
+        )
+        .await;
+        let behind = marked_with_message(&stale, &gus, 4);
+        let behind = on_its_way(
+            store
+                .send_commit(&gus, refused.version, &behind, None)
+                .expect("sent"),
+        )
+        .await;
+        let (refused, behind) = tokio::join!(refused.answer, behind.answer);
+        assert!(
+            refused.as_ref().is_ok_and(Commit::is_conflict),
+            "{name}: a commit on an outdated version is refused: {refused:?}"
+        );
+        assert!(
+            behind.as_ref().is_ok_and(Commit::is_conflict),
+            "{name}: and so is the one sent behind it: {behind:?}"
+        );
+        let read = store.load(&gus).await.expect("load");
+        assert_eq!(
+            (read.version, read.record.held_ids()),
+            (second_version, two.held_ids()),
+            "{name}: neither wrote anything"
+        );
     }
 }
 
