@@ -196,8 +196,19 @@ pub(crate) const NOTICE_QUEUE: usize = 4096;
 /// The most notices sent in one round trip.
 const NOTICE_BATCH: usize = 256;
 
-/// The most publishes to one user that wait for one commit.
+/// The most publishes to one user that go in one commit.
 pub(crate) const MAX_PUBLISH_BATCH: usize = 1024;
+/// The most publishes to one user that wait for a commit; past it a publish waits for room
+/// (counted as `publish_queue`), so that a burst of publishes is committed in batches rather
+/// than one commit each.
+pub(crate) const MAX_WAITING_PUBLISHES: usize = 4 * MAX_PUBLISH_BATCH;
+
+/// The publishes to one user waiting for a commit, and how those waiting for room hear of it.
+#[derive(Default)]
+struct Batches {
+    waiting: VecDeque<Waiting>,
+    room: Arc<Notify>,
+}
 
 /// A publish waiting for the commit of its user's batch.
 struct Waiting {
@@ -227,7 +238,7 @@ pub(crate) struct Custody {
     /// Their sender's end, until the background task takes it.
     outbox: Mutex<Option<mpsc::Receiver<(String, Notice)>>>,
     /// Per user with a publish committing, the publishes waiting for the next commit.
-    batches: Mutex<HashMap<UserId, VecDeque<Waiting>>>,
+    batches: Mutex<HashMap<UserId, Batches>>,
 }
 
 impl Custody {
@@ -479,7 +490,9 @@ impl Custody {
     /// Accepts a message for `user` [CU-1, CU-4], within the held bytes of the whole store
     /// where it counts them [CU-5]. Where a commit is a round trip, publishes to one user that
     /// arrive while one of them is committing wait and go together in the next commit, in the
-    /// order they arrived.
+    /// order they arrived, up to [`MAX_PUBLISH_BATCH`] a commit; past [`MAX_WAITING_PUBLISHES`]
+    /// waiting, a publish waits for room (had it committed alone instead, a burst of thousands
+    /// ran one commit each: about 3,000 messages/s at 68 µs of CPU per message).
     pub(crate) async fn publish(
         self: &Arc<Self>,
         user: &UserId,
@@ -497,50 +510,36 @@ impl Custody {
             let mut results = self.publish_all(user, vec![data], now).await;
             return results.pop().expect("one result per message");
         }
-        enum Role {
-            Lead(Data),
-            Alone(Data),
-            Wait(oneshot::Receiver<Result<PublishReport, PublishError>>),
+        let (reply, outcome) = oneshot::channel();
+        let waiting = Waiting { data, reply, now };
+        loop {
+            let room = {
+                let mut batches = lock(&self.batches);
+                match batches.get_mut(user) {
+                    Some(batch) if batch.waiting.len() < MAX_WAITING_PUBLISHES => {
+                        batch.waiting.push_back(waiting);
+                        break;
+                    }
+                    // Created under the lock the batch runner takes room under, so its
+                    // `notify_waiters` cannot come between.
+                    Some(batch) => Arc::clone(&batch.room).notified_owned(),
+                    None => {
+                        batches.insert(user.clone(), Batches::default());
+                        // A commit under way runs to its end even if its publisher stops
+                        // waiting: it may carry other publishes of the same user, whose
+                        // publishers wait for its outcome. So the commits run in a task of
+                        // their own, one task for a whole run of batches rather than one per
+                        // publish.
+                        tokio::spawn(Arc::clone(self).run_batches(user.clone(), waiting));
+                        break;
+                    }
+                }
+            };
+            // The queue is full: this publish waits for the runner to take a batch, then tries
+            // again, holding its place in no queue meanwhile.
+            m::limit_refused("publish_queue");
+            room.await;
         }
-        let role = {
-            let mut batches = lock(&self.batches);
-            match batches.get_mut(user) {
-                Some(queue) if queue.len() < MAX_PUBLISH_BATCH => {
-                    let (reply, outcome) = oneshot::channel();
-                    queue.push_back(Waiting { data, reply, now });
-                    Role::Wait(outcome)
-                }
-                // The batch is full: this one commits alone.
-                Some(_) => Role::Alone(data),
-                None => {
-                    batches.insert(user.clone(), VecDeque::new());
-                    Role::Lead(data)
-                }
-            }
-        };
-        let outcome = match role {
-            Role::Wait(outcome) => outcome,
-            // A commit under way runs to its end even if its publisher stops waiting: it may
-            // carry other publishes of the same user, whose publishers wait for its outcome.
-            // So the commits run in a task of their own, one task for a whole run of batches
-            // rather than one per publish.
-            Role::Lead(data) => {
-                let (reply, outcome) = oneshot::channel();
-                let first = Waiting { data, reply, now };
-                tokio::spawn(Arc::clone(self).run_batches(user.clone(), first));
-                outcome
-            }
-            Role::Alone(data) => {
-                let (reply, outcome) = oneshot::channel();
-                let custody = Arc::clone(self);
-                let user = user.clone();
-                tokio::spawn(async move {
-                    let mut results = custody.publish_all(&user, vec![data], now).await;
-                    let _ = reply.send(results.pop().expect("one result per message"));
-                });
-                outcome
-            }
-        };
         // The task was dropped mid-commit (the runtime is stopping): whether the message was
         // written is unknown, which the publisher is told.
         outcome.await.unwrap_or_else(|_| {
@@ -560,17 +559,22 @@ impl Custody {
         loop {
             let waiting: Vec<Waiting> = {
                 let mut batches = lock(&self.batches);
-                let queue = batches.get_mut(&user).map(|queue| queue.drain(..));
-                next.take()
-                    .into_iter()
-                    .chain(queue.into_iter().flatten())
-                    .collect()
+                let mut waiting: Vec<Waiting> = next.take().into_iter().collect();
+                if let Some(batch) = batches.get_mut(&user) {
+                    let taken = batch.waiting.len().min(MAX_PUBLISH_BATCH - waiting.len());
+                    waiting.extend(batch.waiting.drain(..taken));
+                    batch.room.notify_waiters();
+                }
+                waiting
             };
             let Some(now) = waiting.first().map(|first| first.now) else {
                 // Nothing arrived during the last commit: the batches of this user end, under
                 // the same lock a new publish would queue under.
                 let mut batches = lock(&self.batches);
-                if batches.get(&user).is_none_or(VecDeque::is_empty) {
+                if batches
+                    .get(&user)
+                    .is_none_or(|batch| batch.waiting.is_empty())
+                {
                     batches.remove(&user);
                     return;
                 }

@@ -20,7 +20,7 @@
 //! | `readyws_held_bytes` | gauge | bytes of `data` held for all users (in-memory store) |
 //! | `readyws_goaways_total{code}` | counter | `goaway`s sent, whether the server or the protocol raised them |
 //! | `readyws_closes_total{code}` | counter | WebSocket close frames sent, by close code |
-//! | `readyws_limit_refusals_total{limit}` | counter | a bound that bit: `connections`, `sessions_per_user`, `sessions_per_user_evicted`, `held_bytes`, `user_id_bytes`, `control_queue`, `notice_queue`, `publish_body_bytes` |
+//! | `readyws_limit_refusals_total{limit}` | counter | a bound that bit: `connections`, `sessions_per_user`, `sessions_per_user_evicted`, `held_bytes`, `user_id_bytes`, `control_queue`, `notice_queue`, `publish_queue`, `publish_body_bytes` |
 //! | `readyws_connections_evicted_total{reason}` | counter | connections closed before their upgrade to make room: `limit` (at `max_connections`), `descriptors` (out of file descriptors) |
 //! | `readyws_deadlines_total{stage}` | counter | connections closed by a deadline: `request_head`, `request_body`, `authenticate`, `write` |
 //! | `readyws_jwks_fetch_failures_total` | counter | JWKS documents that could not be fetched again (the keys there were are kept) |
@@ -148,6 +148,7 @@ const COUNTERS: &[(&str, &str, &str, &[&str])] = &[
             "user_id_bytes",
             "control_queue",
             "notice_queue",
+            "publish_queue",
             "pending_detaches",
             "publish_body_bytes",
         ],

@@ -4,8 +4,8 @@
 //! `resumed: true`; a Redis killed and restarted under load delays messages without losing any;
 //! a held message expires only while its user has no session; and a Redis that is down is
 //! reported to the publisher, with the reason, and counted; publishers that stop waiting hold up
-//! no other publish to the same user; publishers on two instances at once reach the user once
-//! each, in order. Each test runs its own
+//! no other publish to the same user, and a burst of them larger than may wait is still
+//! committed in batches; publishers on two instances at once reach the user once each, in order. Each test runs its own
 //! `redis-server` on a free loopback port; the first four run again on a Redis Cluster of three
 //! loopback nodes.
 
@@ -153,6 +153,62 @@ async fn a_publish_on_one_instance_reaches_the_user_connected_to_another() {
         a.stop().await;
         b.stop().await;
     }
+}
+
+/// How many commits Redis has run (calls of the commit script), read with `redis-cli`.
+fn commits_run(redis: &RedisProcess) -> u64 {
+    let url = redis.url();
+    let port = url.rsplit(':').next().expect("a port in the URL");
+    let output = std::process::Command::new("redis-cli")
+        .args(["-p", port, "info", "commandstats"])
+        .output()
+        .expect("redis-cli runs (it comes with redis-server)");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().expect("a count"))
+}
+
+/// A burst of publishes to one user, more than may wait for a commit at once (4,096): those
+/// past the bound wait for room and are still committed in batches, not one commit each, and
+/// every one of them is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_publishes_beyond_the_waiting_bound_is_committed_in_batches() {
+    const BURST: u64 = 6000;
+    let redis = RedisProcess::start().expect("redis-server");
+    let limits = MailboxLimits {
+        max_messages: BURST as usize,
+        max_bytes: 1 << 24,
+        ..MailboxLimits::default()
+    };
+    let server = RunningServer::start(options(&redis.url()).await.mailbox(limits), AcceptAll).await;
+    let client = Client::builder(server.ws_url())
+        .token("ida")
+        .connect()
+        .expect("a valid client configuration");
+    client.ready().await.expect("ready");
+    let mut messages = client.messages();
+    let ida = UserId::new("ida");
+    let before = commits_run(&redis);
+
+    let publishes = (0..BURST).map(|n| server.handle.publish(&ida, numbered(n)));
+    let (outcomes, mut received) = tokio::join!(
+        tokio::time::timeout(PATIENCE, futures_util::future::join_all(publishes)),
+        receive(&mut messages, BURST as usize)
+    );
+    for outcome in outcomes.expect("the publishes end in time") {
+        outcome.expect("stored in Redis");
+    }
+    received.sort_unstable();
+    assert_eq!(received, (0..BURST).collect::<Vec<_>>(), "each once");
+    let commits = commits_run(&redis) - before;
+    assert!(
+        commits < BURST / 20,
+        "{BURST} publishes and their deliveries took {commits} commits"
+    );
+    client.close(Duration::from_secs(1)).await;
+    server.stop().await;
 }
 
 /// An instance sends a user's commits one behind another without waiting for each answer; when
