@@ -7,7 +7,7 @@
 //! (two task switches each, which capped throughput at a fifth of a bare socket's). The lock is
 //! never held across an `.await`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -62,7 +62,7 @@ pub(crate) fn start(builder: Checked) -> Client {
     let core = Arc::new(Core {
         shared: Mutex::new(Shared {
             session: ClientSession::new(builder.protocol.clone(), seed),
-            deliveries: HashMap::new(),
+            deliveries: BTreeMap::new(),
             ended: false,
         }),
         epoch: Instant::now(),
@@ -100,6 +100,7 @@ pub(crate) fn start(builder: Checked) -> Client {
         closing: None,
         attempt_started: None,
         pending_reset: None,
+        room_freed: false,
     };
     tokio::spawn(driver.run(command_rx).instrument(span));
     client
@@ -131,7 +132,10 @@ pub(crate) struct Core {
 #[derive(Debug)]
 struct Shared {
     session: ClientSession,
-    deliveries: HashMap<MessageId, oneshot::Sender<Outcome>>,
+    /// Ids grow with each send and outcomes mostly come oldest first, so a B-tree keeps both of
+    /// its ends in cache; a hash table, probed at random, missed the cache on most outcomes (a
+    /// twentieth of the client's CPU with 100,000 messages queued).
+    deliveries: BTreeMap<MessageId, oneshot::Sender<Outcome>>,
     /// The driver task has ended: nothing carries messages any more.
     ended: bool,
 }
@@ -194,6 +198,8 @@ struct Driver {
     attempt_started: Option<Instant>,
     /// A session reset the next `Ready` state reports.
     pending_reset: Option<crate::SessionReset>,
+    /// Messages ended in this round of [`Driver::drain`]: senders waiting for room are told.
+    room_freed: bool,
 }
 
 impl Drop for Driver {
@@ -390,6 +396,11 @@ impl Driver {
                     self.event(event, &mut shared);
                 }
             }
+            // Once per round rather than per outcome: telling waiters takes the `Notify`'s lock,
+            // which every sender waiting for room shares.
+            if std::mem::take(&mut self.room_freed) {
+                self.core.room.notify_waiters();
+            }
             // Written with the lock released: senders keep adding while the socket is busy.
             for transmit in transmits.drain(..) {
                 let Some((conn, socket)) = self.socket.as_mut() else {
@@ -573,7 +584,7 @@ impl Driver {
                 if let Some(delivery) = shared.deliveries.remove(&id) {
                     let _ = delivery.send(outcome);
                 }
-                self.core.room.notify_waiters();
+                self.room_freed = true;
             }
             ClientEvent::Disconnected {
                 reason,

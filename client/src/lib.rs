@@ -166,27 +166,36 @@ impl Client {
         mut data: Data,
         ttl: Option<Duration>,
     ) -> Result<Delivery, SendError> {
+        // The session is shared with the driver task: accepting a message is a call under a
+        // lock, not a round trip to that task, which only needs a nudge to transmit it.
+        let accept = |data: Data| {
+            let accepted = self.handle.core.accept(data, ttl);
+            if accepted.is_ok() {
+                self.handle.core.wake.notify_one();
+            }
+            accepted
+        };
+        let waits = |error: &SendError| {
+            self.handle.overflow == Overflow::Wait
+                && matches!(
+                    error.reason,
+                    SendErrorReason::QueueFullCount { .. } | SendErrorReason::QueueFullBytes { .. }
+                )
+        };
         loop {
-            // Registered before the attempt, so that room freed in between is not missed.
+            let error = match accept(data) {
+                Err(error) if waits(&error) => error,
+                other => return other,
+            };
+            // Only a sender that found the queue full waits for room: registered first and
+            // then tried again, so that room freed in between is not missed.
             let room = self.handle.core.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            // The session is shared with the driver task: accepting a message is a call under a
-            // lock, not a round trip to that task, which only needs a nudge to transmit it.
-            let error = match self.handle.core.accept(data, ttl) {
-                Ok(delivery) => {
-                    self.handle.core.wake.notify_one();
-                    return Ok(delivery);
-                }
-                Err(error) => error,
+            let error = match accept(error.into_data()) {
+                Err(error) if waits(&error) => error,
+                other => return other,
             };
-            let full = matches!(
-                error.reason,
-                SendErrorReason::QueueFullCount { .. } | SendErrorReason::QueueFullBytes { .. }
-            );
-            if !(full && self.handle.overflow == Overflow::Wait) {
-                return Err(error);
-            }
             data = error.into_data();
             room.await;
         }
