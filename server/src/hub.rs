@@ -336,6 +336,7 @@ impl Custody {
         };
         let before = record.deadline();
         record.mark_held();
+        // A custody change always writes (its `run` answers `true`).
         run(&mut record);
         let deadline = moved_deadline(before, record.deadline());
         let Some(SentCommit {
