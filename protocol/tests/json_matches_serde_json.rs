@@ -298,3 +298,24 @@ fn encoding_writes_what_serde_json_writes() {
     assert_eq!(encode(&escapes), serde_json::to_string(&escapes).unwrap());
     assert!(compared > 100, "{compared} frames compared");
 }
+
+/// Long strings are checked many bytes at a time: a quote, an escape (valid or not) or a
+/// control character anywhere in a long string, on either side of every 8- and 32-byte
+/// boundary, is accepted or rejected as `serde_json` does.
+#[test]
+fn a_special_byte_anywhere_in_a_long_string_is_seen() {
+    for len in [7, 8, 9, 31, 32, 33, 63, 64, 65, 100] {
+        for at in 0..len {
+            for special in [
+                "\"", "\\n", "\\u0041", "\\q", "\u{1}", "\u{1f}", "\u{7f}", "é",
+            ] {
+                let mut text = "a".repeat(len);
+                text.replace_range(at..at + 1, special);
+                let json = format!(r#"{{"s":"{text}","n":1}}"#);
+                let ours = Data::from_json(json.as_str()).is_ok();
+                let theirs = serde_json::from_str::<Value>(&json).is_ok();
+                assert_eq!(ours, theirs, "{json:?}");
+            }
+        }
+    }
+}
