@@ -48,6 +48,11 @@ pub(crate) const MAX_PENDING_DETACHES: usize = 10_000;
 /// The most bytes of held messages a record may have to travel in a wake-up notice.
 const MAX_RECORD_IN_NOTICE: usize = 16 * 1024;
 
+/// Whether `record` is small enough to travel in a wake-up notice ([`MAX_RECORD_IN_NOTICE`]).
+fn travels_in_notice(record: &UserRecord) -> bool {
+    record.held_bytes() <= MAX_RECORD_IN_NOTICE
+}
+
 /// How many commands may wait for one connection task. Commands are rare (a takeover, a
 /// shutdown `goaway`); deliveries do not travel this way.
 pub(crate) const CONTROL_CAPACITY: usize = 8;
@@ -350,25 +355,20 @@ impl Custody {
         };
         // Polled once, the commit is on the store's connection, ahead of any sent later.
         let first = std::future::poll_fn(|cx| Poll::Ready(answer.as_mut().poll(cx))).await;
-        let for_notice = (record.held_bytes() <= MAX_RECORD_IN_NOTICE).then(|| Written {
+        let for_notice = travels_in_notice(&record).then(|| Written {
             previous: version,
             now: Versioned {
                 record: record.clone(),
                 version: next,
             },
         });
-        {
-            let mut local = lock(&self.local);
-            if local.by_user.contains_key(user) {
-                local.cache.insert(
-                    user.clone(),
-                    Versioned {
-                        record,
-                        version: next,
-                    },
-                );
-            }
-        }
+        self.keep_cached(
+            user,
+            Versioned {
+                record,
+                version: next,
+            },
+        );
         drop(turn);
         let outcome = match first {
             Poll::Ready(outcome) => outcome,
@@ -411,18 +411,24 @@ impl Custody {
         // The woken instance starts its next change from the record written here, when it is
         // small enough to travel in a notice; a large one only stays in the cache.
         let (for_notice, for_cache) = match written {
-            Some(written) if written.now.record.held_bytes() <= MAX_RECORD_IN_NOTICE => {
+            Some(written) if travels_in_notice(&written.now.record) => {
                 (Some(written.clone()), Some(written))
             }
             other => (None, other),
         };
         if let Some(written) = for_cache {
-            let mut local = lock(&self.local);
-            if local.by_user.contains_key(user) {
-                local.cache.insert(user.clone(), written.now);
-            }
+            self.keep_cached(user, written.now);
         }
         Ok(for_notice)
+    }
+
+    /// Keeps `record` as the one the next change of `user` starts from, for a user with a live
+    /// session here ([`Local::cache`]).
+    fn keep_cached(&self, user: &UserId, record: Versioned) {
+        let mut local = lock(&self.local);
+        if local.by_user.contains_key(user) {
+            local.cache.insert(user.clone(), record);
+        }
     }
 
     /// Waits for the turn of `user` on this instance ([`Local::turns`]).
