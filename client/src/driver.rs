@@ -7,7 +7,7 @@
 //! (two task switches each, which capped throughput at a fifth of a bare socket's). The lock is
 //! never held across an `.await`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use readyws_protocol::{
-    Action, ClientEvent, ClientSession, ConnId, Data, DisconnectReason, MessageId, Outcome,
-    SUBPROTOCOL, SendError, SendErrorReason, Time,
+    Action, ClientEvent, ClientSession, ConnId, Data, DisconnectReason, Outcome, SUBPROTOCOL,
+    SendError, SendErrorReason, Time,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
@@ -29,6 +29,7 @@ use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::builder::{Checked, TokenFuture, TokenProvider};
+use crate::deliveries::Deliveries;
 use crate::stats::{ReadyTimes, Stats};
 use crate::{Client, CloseReport, Command, ConnectionState, Delivery};
 
@@ -62,7 +63,7 @@ pub(crate) fn start(builder: Checked) -> Client {
     let core = Arc::new(Core {
         shared: Mutex::new(Shared {
             session: ClientSession::new(builder.protocol.clone(), seed),
-            deliveries: BTreeMap::new(),
+            deliveries: Deliveries::default(),
             ended: false,
         }),
         epoch: Instant::now(),
@@ -132,10 +133,9 @@ pub(crate) struct Core {
 #[derive(Debug)]
 struct Shared {
     session: ClientSession,
-    /// Ids grow with each send and outcomes mostly come oldest first, so a B-tree keeps both of
-    /// its ends in cache; a hash table, probed at random, missed the cache on most outcomes (a
-    /// twentieth of the client's CPU with 100,000 messages queued).
-    deliveries: BTreeMap<MessageId, oneshot::Sender<Outcome>>,
+    /// Registered under the same lock as the message is accepted, so that its outcome cannot
+    /// come first.
+    deliveries: Deliveries,
     /// The driver task has ended: nothing carries messages any more.
     ended: bool,
 }
@@ -581,7 +581,7 @@ impl Driver {
                         _ => {}
                     }
                 }
-                if let Some(delivery) = shared.deliveries.remove(&id) {
+                if let Some(delivery) = shared.deliveries.remove(id) {
                     let _ = delivery.send(outcome);
                 }
                 self.room_freed = true;

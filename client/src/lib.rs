@@ -30,6 +30,7 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 mod builder;
+mod deliveries;
 mod driver;
 mod stats;
 
