@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use readyws::{Client, Data, Outcome, Overflow};
 use serde::Serialize;
 use tokio_tungstenite::tungstenite::Message;
@@ -146,16 +146,23 @@ pub(crate) async fn readyws_upload(
         .await
         .map_err(|r| format!("not ready: {r}"))?;
     let meter = Meter::start("self", server);
-    let mut deliveries = Vec::with_capacity(messages);
+    let acked = |outcome: Outcome| match outcome {
+        Outcome::Acked => Ok(()),
+        other => Err(format!("a message ended {other:?}")),
+    };
+    // Outcomes are taken as they come, oldest first, so that only the deliveries of messages
+    // still queued are alive.
+    let mut deliveries = std::collections::VecDeque::new();
     for seq in 1..=messages as u64 {
         let data = Data::from_json(payload(seq)).map_err(|e| e.to_string())?;
-        deliveries.push(client.send(data).await.map_err(|e| e.to_string())?);
+        deliveries.push_back(client.send(data).await.map_err(|e| e.to_string())?);
+        while let Some(outcome) = deliveries.front_mut().and_then(|d| d.now_or_never()) {
+            deliveries.pop_front();
+            acked(outcome)?;
+        }
     }
     for delivery in deliveries {
-        let outcome = delivery.await;
-        if outcome != Outcome::Acked {
-            return Err(format!("a message ended {outcome:?}"));
-        }
+        acked(delivery.await)?;
     }
     let sample = meter.stop(messages);
     client.close(Duration::from_secs(1)).await;
@@ -402,4 +409,181 @@ pub(crate) async fn redis_hold_and_release(
         }
     }
     Ok(messages as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Messages in flight of the hand-acknowledged baseline: readyws's default window.
+pub(crate) const ACKED_WINDOW: u64 = 256;
+
+/// Raw tokio-tungstenite with acknowledgements done by hand, as lean as they come: one task feeds
+/// `hold` frames up to [`ACKED_WINDOW`] unacknowledged, flushing once per burst, keeps each
+/// payload until the server's cumulative `ack` covers it, and reads the acks between bursts.
+pub(crate) async fn acked_upload(
+    url: &str,
+    server: &str,
+    messages: usize,
+) -> Result<Sample, String> {
+    let (mut socket, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .map_err(|e| format!("raw connect: {e}"))?;
+    let meter = Meter::start("self", server);
+    let count = messages as u64;
+    // Each payload is kept until acknowledged, as a sender that can send it again must.
+    let mut kept: std::collections::VecDeque<(u64, String)> = std::collections::VecDeque::new();
+    let (mut next, mut acked, mut settled) = (1u64, 0u64, 0u64);
+    while acked < count {
+        let mut fed = 0;
+        while next <= count && next - acked <= ACKED_WINDOW && fed < PIPELINE_BURST {
+            let data = payload(next);
+            let text = format!(r#"{{"type":"hold","id":{next},"data":{data}}}"#);
+            kept.push_back((next, data));
+            socket
+                .feed(Message::Text(text.into()))
+                .await
+                .map_err(|e| format!("raw feed: {e}"))?;
+            next += 1;
+            fed += 1;
+        }
+        if fed > 0 {
+            socket
+                .flush()
+                .await
+                .map_err(|e| format!("raw flush: {e}"))?;
+        }
+        let blocked = next > count || next - acked > ACKED_WINDOW;
+        let mut first = true;
+        loop {
+            let frame = if blocked && first {
+                socket.next().await
+            } else {
+                match socket.next().now_or_never() {
+                    Some(frame) => frame,
+                    None => break,
+                }
+            };
+            first = false;
+            match frame {
+                Some(Ok(Message::Text(text))) => {
+                    let frame = serde_json::from_str::<RawFrame<'_>>(text.as_str())
+                        .map_err(|e| format!("raw ack: {e}"))?;
+                    acked = acked.max(frame.id);
+                    while kept.front().is_some_and(|(id, _)| *id <= acked) {
+                        kept.pop_front();
+                        settled += 1;
+                    }
+                }
+                other => return Err(format!("raw socket ended: {other:?}")),
+            }
+            if acked >= count {
+                break;
+            }
+        }
+    }
+    let sample = meter.stop(settled as usize);
+    let _ = socket.close(None).await;
+    Ok(sample)
+}
+
+/// The readyws client session (the sans-IO state machine of `readyws-protocol`) driven by the
+/// application's own task on a raw tokio-tungstenite socket: what the native client does, with
+/// no task of its own between the application and the socket.
+pub(crate) async fn session_upload(
+    url: &str,
+    server: &str,
+    messages: usize,
+) -> Result<Sample, String> {
+    use readyws_protocol::{
+        Action, ClientConfig, ClientEvent, ClientSession, SUBPROTOCOL, SendErrorReason, Time,
+    };
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let epoch = Instant::now();
+    let now = || Time::from_millis(u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX));
+    let mut session = ClientSession::new(ClientConfig::default().token("session-upload"), 7);
+    session.connect(now());
+    let Some(Action::Open { conn }) = session.poll_action() else {
+        return Err("the session did not ask for a socket".to_owned());
+    };
+    let mut request = url.into_client_request().map_err(|e| e.to_string())?;
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        SUBPROTOCOL.parse().map_err(|_| "subprotocol")?,
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    session.handle_connected(conn, Some(SUBPROTOCOL), now());
+    let mut meter = None;
+    let count = messages as u64;
+    let (mut next, mut settled) = (1u64, 0u64);
+    let mut ready = false;
+    while settled < count {
+        let mut full = false;
+        if ready {
+            while next <= count {
+                let data = Data::from_json(payload(next)).map_err(|e| e.to_string())?;
+                match session.send(data, now()) {
+                    Ok(_) => next += 1,
+                    Err(e)
+                        if matches!(
+                            e.reason,
+                            SendErrorReason::QueueFullCount { .. }
+                                | SendErrorReason::QueueFullBytes { .. }
+                        ) =>
+                    {
+                        full = true;
+                        break;
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        }
+        let mut fed = false;
+        while let Some(transmit) = session.poll_transmit() {
+            socket
+                .feed(Message::Text(transmit.text.into()))
+                .await
+                .map_err(|e| format!("feed: {e}"))?;
+            fed = true;
+        }
+        if fed {
+            socket.flush().await.map_err(|e| format!("flush: {e}"))?;
+        }
+        while let Some(event) = session.poll_event() {
+            match event {
+                ClientEvent::Ready { .. } => {
+                    ready = true;
+                    meter = Some(Meter::start("self", server));
+                }
+                ClientEvent::Outcome { outcome, .. } => {
+                    if outcome != Outcome::Acked {
+                        return Err(format!("a message ended {outcome:?}"));
+                    }
+                    settled += 1;
+                }
+                _ => {}
+            }
+        }
+        if settled >= count {
+            break;
+        }
+        let blocking = !ready || full || next > count;
+        let mut first = true;
+        loop {
+            let frame = if blocking && first {
+                socket.next().await
+            } else {
+                match socket.next().now_or_never() {
+                    Some(frame) => frame,
+                    None => break,
+                }
+            };
+            first = false;
+            match frame {
+                Some(Ok(Message::Text(text))) => session.handle_text(conn, text.as_str(), now()),
+                other => return Err(format!("socket ended: {other:?}")),
+            }
+        }
+    }
+    let sample = meter.ok_or("never ready")?.stop(messages);
+    let _ = socket.close(None).await;
+    Ok(sample)
 }

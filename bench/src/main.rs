@@ -14,6 +14,10 @@
 //! - `readyws-bench transfer --contender readyws|naive|pipelined --direction up|down --url URL
 //!   --server-pid PID [--messages N] [--runs N]`: one throughput figure against a server started
 //!   with `server`, each run's figures as a JSON line: for a profiler attached to either side.
+//!   Two more contenders, client → server only, take apart what the readyws client costs over
+//!   the ceiling: `acked` (raw tokio-tungstenite with acknowledgements done by hand in one task,
+//!   against `server --kind raw`) and `session` (the readyws client session of
+//!   `readyws-protocol` driven by the application's own task, against `server --kind readyws`).
 //! - `readyws-bench hold --url REDIS_URL [--messages N] [--runs N]`: Redis alone holding and
 //!   releasing the same messages (the store's ceiling that `run` reports), messages/s per run.
 
@@ -141,9 +145,12 @@ async fn transfer(
             ("naive", "up") => figures::naive_upload(url, server_pid, messages).await,
             ("naive", "down") => figures::naive_download(url, server_pid, messages).await,
             ("pipelined", "up") => figures::pipelined_upload(url, server_pid, messages).await,
+            ("acked", "up") => figures::acked_upload(url, server_pid, messages).await,
+            ("session", "up") => figures::session_upload(url, server_pid, messages).await,
             ("pipelined", "down") => figures::pipelined_download(url, server_pid, messages).await,
             _ => Err(format!(
-                "no transfer `{contender}` `{direction}` (readyws|naive|pipelined, up|down)"
+                "no transfer `{contender}` `{direction}` (readyws|naive|pipelined, up|down; \
+                 acked|session, up)"
             )),
         }?;
         println!(

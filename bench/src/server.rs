@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use readyws::Data;
 use readyws_server::{
     Decision, Inbound, InboundHandler, InsecureDevAuth, MailboxLimits, OverflowPolicy, Reply,
@@ -176,7 +176,8 @@ async fn publish_to(server: ServerHandle, user: UserId, count: u64) {
 /// that many `msg` frames, one `send` each, and read the client's `ack`s until the last one. The
 /// pipelined ceiling: `push` frames are only counted, and an `end` frame answered with an `ack`
 /// of that count; a `pipe` request makes it feed that many `msg` frames, flushing once per
-/// [`PIPELINE_BURST`], and expect no `ack`.
+/// [`PIPELINE_BURST`], and expect no `ack`. The hand-acknowledged one: `hold` frames already read
+/// are answered together, with one cumulative `ack` of the highest id.
 async fn raw_server(listener: tokio::net::TcpListener) {
     while let Ok((stream, _)) = listener.accept().await {
         let _ = stream.set_nodelay(true);
@@ -192,6 +193,25 @@ async fn raw_server(listener: tokio::net::TcpListener) {
                 };
                 match frame.kind {
                     "push" => pushed += 1,
+                    "hold" => {
+                        // Frames already read answered together: one cumulative `ack`.
+                        let mut through = frame.id;
+                        while let Some(Some(Ok(Message::Text(text)))) = socket.next().now_or_never()
+                        {
+                            let Ok(frame) = serde_json::from_str::<RawFrame<'_>>(text.as_str())
+                            else {
+                                return;
+                            };
+                            through = through.max(frame.id);
+                        }
+                        if socket
+                            .send(Message::Text(raw_ack(through).into()))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
                     "end" => {
                         let received = std::mem::take(&mut pushed);
                         if socket
