@@ -700,8 +700,9 @@ the machine hits all of them; the runs show how much it moves.
    documentation asks of long work, which calls `ServerHandle::publish` with up to 256 under way
    at once, as a backend with work for one user has them; Socket.IO: `emit` with a callback
    each), and the client counts them until the
-   last, acknowledging each as its protocol does. readyws's outbox and the server's mailbox are
-   sized to take a whole run.
+   last, acknowledging each as its protocol does. The readyws client sends through its default
+   queue (1,000 messages, 1 MiB) and waits for room when it is full (`Overflow::Wait`), taking
+   each outcome as it comes; the server's mailbox is sized to take a whole run.
 4. **CPU per message.** User + system time of the client process and of the server process, read
    from `/proc/<pid>/stat` (all threads) right before and after the transfer (after the connect),
    divided by the messages. Its resolution is the kernel's clock tick (10 ms), a few percent of a
