@@ -449,18 +449,9 @@ pub(crate) async fn acked_upload(
                 .await
                 .map_err(|e| format!("raw flush: {e}"))?;
         }
-        let blocked = next > count || next - acked > ACKED_WINDOW;
-        let mut first = true;
-        loop {
-            let frame = if blocked && first {
-                socket.next().await
-            } else {
-                match socket.next().now_or_never() {
-                    Some(frame) => frame,
-                    None => break,
-                }
-            };
-            first = false;
+        let mut wait = next > count || next - acked > ACKED_WINDOW;
+        while let Some(frame) = arrived_or_awaited(&mut socket, wait).await {
+            wait = false;
             match frame {
                 Some(Ok(Message::Text(text))) => {
                     let frame = serde_json::from_str::<RawFrame<'_>>(text.as_str())
@@ -565,18 +556,9 @@ pub(crate) async fn session_upload(
         if settled >= count {
             break;
         }
-        let blocking = !ready || full || next > count;
-        let mut first = true;
-        loop {
-            let frame = if blocking && first {
-                socket.next().await
-            } else {
-                match socket.next().now_or_never() {
-                    Some(frame) => frame,
-                    None => break,
-                }
-            };
-            first = false;
+        let mut wait = !ready || full || next > count;
+        while let Some(frame) = arrived_or_awaited(&mut socket, wait).await {
+            wait = false;
             match frame {
                 Some(Ok(Message::Text(text))) => session.handle_text(conn, text.as_str(), now()),
                 other => return Err(format!("socket ended: {other:?}")),
@@ -586,4 +568,17 @@ pub(crate) async fn session_upload(
     let sample = meter.ok_or("never ready")?.stop(messages);
     let _ = socket.close(None).await;
     Ok(sample)
+}
+
+/// The next item of `stream`: waited for when `wait`, otherwise only one that has already
+/// arrived (`None` when none has), so that a sender reads what is there between its bursts.
+async fn arrived_or_awaited<S: futures_util::Stream + Unpin>(
+    stream: &mut S,
+    wait: bool,
+) -> Option<Option<S::Item>> {
+    if wait {
+        Some(stream.next().await)
+    } else {
+        stream.next().now_or_never()
+    }
 }
