@@ -500,15 +500,15 @@ fn markdown(f: &Figures) -> String {
 
     let _ = writeln!(
         md,
-        "\nServer → client in memory varies the most from run to run, for readyws and the naive \
-         baseline alike. For readyws, the server's CPU time read per thread (`/proc/<pid>/task`) \
-         shows why: in the slow runs all of it was on one of its two worker threads. The \
-         publishing task and the connection's task then take turns on one core (a task woken \
-         by another waits in that worker's LIFO slot, which in tokio 1.54 other workers cannot \
-         steal from: tokio-rs/tokio#4941). The publisher \
-         outruns the connection, so the mailbox (the bench allows 1,000,000 messages) grows, \
-         and its memory is faulted in again in every run (`perf stat -e page-faults` on the \
-         server: about 30,000 per 100,000 messages in a slow run, 3,000 in a fast one)."
+        "\nServer → client, the reference server commits the publishes waiting for one user \
+         together (up to 1,024 a commit) and wakes the user's connection once per commit. \
+         Committed one by one, each publish woke the connection for one message, and the \
+         server's CPU time read per thread (`/proc/<pid>/task`) was all on one of its two \
+         worker threads in every run: the publishing task and the connection's task took turns \
+         on one core (a task woken by another waits in that worker's LIFO slot, which in tokio \
+         1.54 other workers cannot steal from: tokio-rs/tokio#4941). The publisher still \
+         outruns the connection, so the mailbox (the bench allows 1,000,000 messages) grows \
+         during a run and its memory is faulted in afresh."
     );
 
     let r = &f.ready;
