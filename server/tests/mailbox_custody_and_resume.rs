@@ -236,6 +236,43 @@ async fn mailbox_overflow_follows_its_policy() {
     server.stop().await;
 }
 
+/// [CU-1] Publishes to one user under way at once are admitted in the order they were made,
+/// within the mailbox's bound: a burst larger than the mailbox keeps its first messages, refuses
+/// the rest, and the user's connection gets the kept ones in that order.
+#[tokio::test]
+async fn a_burst_of_publishes_at_once_is_held_in_the_order_it_was_made() {
+    let limits = MailboxLimits {
+        max_messages: 100,
+        ..MailboxLimits::default()
+    };
+    let server = TestServer::start(options_with(limits)).await;
+    let (mut raw, _) = Raw::handshake(&server.url(), "carol", None).await;
+    let user = UserId::new("carol");
+    let publishes = (1..=150).map(|n| {
+        let data = readyws_protocol::Data::from_json(n.to_string()).expect("json");
+        server.handle.publish(&user, data)
+    });
+    let results = futures_util::future::join_all(publishes).await;
+    let refused_from = results
+        .iter()
+        .position(Result::is_err)
+        .expect("a burst past the bound is partly refused");
+    assert!(
+        results[refused_from..]
+            .iter()
+            .all(|result| matches!(result, Err(PublishError::MailboxFull { .. }))),
+        "after the first refusal every later publish is refused as full"
+    );
+    assert_eq!(
+        refused_from, 100,
+        "nothing is acknowledged, so the bound holds exactly"
+    );
+    let msgs = raw.recv_msgs(refused_from).await;
+    let expected: Vec<Value> = (1..=refused_from as u64).map(|n| json!(n)).collect();
+    assert_eq!(datas(&msgs), expected);
+    server.stop().await;
+}
+
 fn options_with(limits: MailboxLimits) -> ServerOptions {
     options(Duration::from_secs(60)).mailbox(limits)
 }
