@@ -387,7 +387,7 @@ impl Driver {
                     progressed = true;
                     self.action(action, &shared.session);
                 }
-                while let Some(transmit) = shared.session.poll_transmit() {
+                while let Some(transmit) = shared.session.poll_unencoded() {
                     progressed = true;
                     transmits.push(transmit);
                 }
@@ -403,6 +403,7 @@ impl Driver {
             }
             // Written with the lock released: senders keep adding while the socket is busy.
             for transmit in transmits.drain(..) {
+                let transmit = transmit.encode();
                 let Some((conn, socket)) = self.socket.as_mut() else {
                     continue;
                 };

@@ -172,6 +172,34 @@ pub struct Transmit {
     pub text: String,
 }
 
+/// A frame to write to a socket whose text is not written yet ([`ClientSession::poll_unencoded`]).
+#[derive(Clone, Debug)]
+pub struct Unencoded {
+    /// The socket to write to.
+    pub conn: ConnId,
+    body: Body,
+}
+
+#[derive(Clone, Debug)]
+enum Body {
+    Text(String),
+    Msg(u64, Data),
+}
+
+impl Unencoded {
+    /// The frame's text.
+    pub fn encode(self) -> Transmit {
+        let text = match self.body {
+            Body::Text(text) => text,
+            Body::Msg(id, data) => crate::codec::encode_msg(id, &data),
+        };
+        Transmit {
+            conn: self.conn,
+            text,
+        }
+    }
+}
+
 /// Why a connection ended, when the session will try again.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -829,6 +857,31 @@ impl ClientSession {
             _ => None,
         }?;
         Some(Transmit { conn, text })
+    }
+
+    /// As [`poll_transmit`](Self::poll_transmit), with a `msg` frame's text left to write:
+    /// [`Unencoded::encode`] writes it, so that a driver that shares the session with other
+    /// threads under a lock copies each payload into its frame after releasing it.
+    pub fn poll_unencoded(&mut self) -> Option<Unencoded> {
+        let conn = self.connection()?;
+        if let Phase::Ready { welcome, .. } = &self.phase {
+            if self.control.is_empty() && !self.inbox.has_frame() {
+                let max_inflight = welcome.max_inflight;
+                let max_frame = usize::try_from(welcome.max_frame_bytes).unwrap_or(usize::MAX);
+                return self
+                    .outbox
+                    .next_message(self.now, max_inflight, max_frame)
+                    .map(|(id, data)| Unencoded {
+                        conn,
+                        body: Body::Msg(id, data),
+                    });
+            }
+        }
+        self.poll_transmit()
+            .map(|Transmit { conn, text }| Unencoded {
+                conn,
+                body: Body::Text(text),
+            })
     }
 
     /// The next event for the application. Outcomes come before the `Closed` event that ends a

@@ -168,6 +168,11 @@ impl Inbox {
         self.ack_due = self.last_received > 0;
     }
 
+    /// Whether an acknowledgement frame is owed to the peer ([`Inbox::poll_frame`] has one).
+    pub(crate) fn has_frame(&self) -> bool {
+        !self.owed.is_empty() || self.ack_due
+    }
+
     /// The next acknowledgement frame owed to the peer.
     pub(crate) fn poll_frame(&mut self) -> Option<Frame> {
         if let Some(frame) = self.owed.pop_front() {

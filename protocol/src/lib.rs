@@ -78,7 +78,7 @@ mod time;
 pub use backoff::BackoffConfig;
 pub use client::{
     Action, ClientConfig, ClientEvent, ClientSession, ClientState, CloseReason, ConnId,
-    DisconnectReason, ResetPolicy, Transmit,
+    DisconnectReason, ResetPolicy, Transmit, Unencoded,
 };
 pub use close::CloseClass;
 pub use data::Data;

@@ -251,6 +251,31 @@ impl Outbox {
         max_inflight: u64,
         max_frame_bytes: usize,
     ) -> Option<String> {
+        let (index, wire) = self.next_entry(now, max_inflight, max_frame_bytes)?;
+        Some(encode_msg(wire, &self.entries[index].data))
+    }
+
+    /// As [`Outbox::next_transmit`], the wire id and the data rather than the frame's text.
+    pub(crate) fn next_message(
+        &mut self,
+        now: Time,
+        max_inflight: u64,
+        max_frame_bytes: usize,
+    ) -> Option<(u64, Data)> {
+        let (index, wire) = self.next_entry(now, max_inflight, max_frame_bytes)?;
+        Some((wire, self.entries[index].data.clone()))
+    }
+
+    /// The entry [`Outbox::next_transmit`] transmits next, by its index, and its wire id.
+    /// Inlined into both callers: as a call of its own it added 36 bytes to the gzipped browser
+    /// package, which is over its size budget.
+    #[inline(always)]
+    fn next_entry(
+        &mut self,
+        now: Time,
+        max_inflight: u64,
+        max_frame_bytes: usize,
+    ) -> Option<(usize, u64)> {
         self.expire(now);
         loop {
             let entry = self.entries.get(self.cursor)?;
@@ -287,10 +312,10 @@ impl Outbox {
                     wire
                 }
             };
-            let text = encode_msg(wire, &self.entries[self.cursor].data);
+            let index = self.cursor;
             self.cursor += 1;
             self.drop_stale_expiries();
-            return Some(text);
+            return Some((index, wire));
         }
     }
 
