@@ -107,9 +107,7 @@ pub(crate) async fn time_to_ready(
 /// A raw tokio-tungstenite connect and one request's answer, timed.
 async fn raw_round_trip(url: &str) -> Result<Duration, String> {
     let started = Instant::now();
-    let (mut socket, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .map_err(|e| format!("raw connect: {e}"))?;
+    let mut socket = raw_connect(url).await?;
     socket
         .send(Message::Text(raw_msg(1, "{}").into()))
         .await
@@ -176,9 +174,7 @@ pub(crate) async fn naive_upload(
     server: &str,
     messages: usize,
 ) -> Result<Sample, String> {
-    let (socket, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .map_err(|e| format!("raw connect: {e}"))?;
+    let socket = raw_connect(url).await?;
     let (mut write, mut read) = socket.split();
     let meter = Meter::start("self", server);
     let sending = tokio::spawn(async move {
@@ -217,9 +213,7 @@ pub(crate) async fn pipelined_upload(
     server: &str,
     messages: usize,
 ) -> Result<Sample, String> {
-    let (mut socket, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .map_err(|e| format!("raw connect: {e}"))?;
+    let mut socket = raw_connect(url).await?;
     let meter = Meter::start("self", server);
     let count = messages as u64;
     for id in 1..=count {
@@ -326,9 +320,7 @@ async fn raw_download(
     messages: usize,
     pipelined: bool,
 ) -> Result<Sample, String> {
-    let (mut socket, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .map_err(|e| format!("raw connect: {e}"))?;
+    let mut socket = raw_connect(url).await?;
     let meter = Meter::start("self", server);
     let kind = if pipelined { "pipe" } else { "send" };
     let request = format!(r#"{{"type":"{kind}","count":{messages}}}"#);
@@ -422,9 +414,7 @@ pub(crate) async fn acked_upload(
     server: &str,
     messages: usize,
 ) -> Result<Sample, String> {
-    let (mut socket, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .map_err(|e| format!("raw connect: {e}"))?;
+    let mut socket = raw_connect(url).await?;
     let meter = Meter::start("self", server);
     let count = messages as u64;
     // Each payload is kept until acknowledged, as a sender that can send it again must.
@@ -581,4 +571,16 @@ async fn arrived_or_awaited<S: futures_util::Stream + Unpin>(
     } else {
         stream.next().now_or_never()
     }
+}
+
+/// A raw tokio-tungstenite socket of a baseline, opened on `url`.
+type RawSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens a baseline's socket: a plain `connect_async`, as the baselines' users would write it.
+async fn raw_connect(url: &str) -> Result<RawSocket, String> {
+    tokio_tungstenite::connect_async(url)
+        .await
+        .map(|(socket, _)| socket)
+        .map_err(|e| format!("raw connect: {e}"))
 }
